@@ -1,0 +1,170 @@
+//! Storage keys, in CNCF distribution's layout so that a registry:2 bucket is served in place.
+//!
+//! Everything lives under `docker/registry/v2/`. Berth's own additions (upload state, referrer
+//! and catalog indexes) sit where distribution never looks.
+
+use crate::digest::Digest;
+use crate::names::{RepositoryName, Tag};
+
+const ROOT: &str = "docker/registry/v2";
+
+/// Key of a blob's bytes (manifests are blobs too).
+pub fn blob_data(d: &Digest) -> String {
+    format!(
+        "{ROOT}/blobs/{}/{}/{}/data",
+        d.algorithm(),
+        &d.hex()[..2],
+        d.hex()
+    )
+}
+
+/// Prefix of every blob of one algorithm.
+pub fn blobs_prefix() -> String {
+    format!("{ROOT}/blobs/")
+}
+
+/// Prefix of every repository.
+pub fn repositories_prefix() -> String {
+    format!("{ROOT}/repositories/")
+}
+
+fn repo(name: &RepositoryName) -> String {
+    format!("{ROOT}/repositories/{name}")
+}
+
+/// Link that makes a blob part of a repository.
+pub fn layer_link(name: &RepositoryName, d: &Digest) -> String {
+    format!("{}/_layers/{}/{}/link", repo(name), d.algorithm(), d.hex())
+}
+
+/// Link that makes a manifest revision part of a repository.
+pub fn manifest_revision_link(name: &RepositoryName, d: &Digest) -> String {
+    format!(
+        "{}/_manifests/revisions/{}/{}/link",
+        repo(name),
+        d.algorithm(),
+        d.hex()
+    )
+}
+
+/// Prefix of a repository's manifest revisions.
+pub fn manifest_revisions_prefix(name: &RepositoryName) -> String {
+    format!("{}/_manifests/revisions/", repo(name))
+}
+
+/// Prefix under which each tag is a sub-prefix.
+pub fn tags_prefix(name: &RepositoryName) -> String {
+    format!("{}/_manifests/tags/", repo(name))
+}
+
+/// Prefix of everything stored for one tag.
+pub fn tag_prefix(name: &RepositoryName, tag: &Tag) -> String {
+    format!("{}/_manifests/tags/{tag}/", repo(name))
+}
+
+/// The tag's current target.
+pub fn tag_current_link(name: &RepositoryName, tag: &Tag) -> String {
+    format!("{}/_manifests/tags/{tag}/current/link", repo(name))
+}
+
+/// The tag's history entry for one digest.
+pub fn tag_index_link(name: &RepositoryName, tag: &Tag, d: &Digest) -> String {
+    format!(
+        "{}/_manifests/tags/{tag}/index/{}/{}/link",
+        repo(name),
+        d.algorithm(),
+        d.hex()
+    )
+}
+
+/// Prefix of one upload session.
+pub fn upload_prefix(name: &RepositoryName, id: &str) -> String {
+    format!("{}/_uploads/{id}/", repo(name))
+}
+
+/// The upload session's state object.
+pub fn upload_state(name: &RepositoryName, id: &str) -> String {
+    format!("{}/_uploads/{id}/berth-state.json", repo(name))
+}
+
+/// Where an upload's bytes accumulate before they are verified and moved.
+pub fn upload_data(name: &RepositoryName, id: &str) -> String {
+    format!("{}/_uploads/{id}/data", repo(name))
+}
+
+/// A staged fragment smaller than a part, waiting to be joined with the next bytes.
+pub fn upload_staged(name: &RepositoryName, id: &str, generation: u64) -> String {
+    format!("{}/_uploads/{id}/staged/{generation}", repo(name))
+}
+
+/// Prefix of the referrers of one subject (Berth's index; distribution ignores `_berth*`).
+pub fn referrers_prefix(name: &RepositoryName, subject: &Digest) -> String {
+    format!(
+        "{}/_berth_referrers/{}/{}/",
+        repo(name),
+        subject.algorithm(),
+        subject.hex()
+    )
+}
+
+/// One referrer's descriptor, stored as JSON.
+pub fn referrer_entry(name: &RepositoryName, subject: &Digest, referrer: &Digest) -> String {
+    format!(
+        "{}{}-{}",
+        referrers_prefix(name, subject),
+        referrer.algorithm(),
+        referrer.hex()
+    )
+}
+
+/// Prefix of Berth's repository catalog index.
+pub fn catalog_prefix() -> String {
+    format!("{ROOT}/berth/catalog/")
+}
+
+/// Catalog entry of one repository; `/` is escaped so the index is one flat level.
+pub fn catalog_entry(name: &RepositoryName) -> String {
+    format!("{}{}", catalog_prefix(), name.as_str().replace('/', "+"))
+}
+
+/// The repository name a catalog entry key stands for.
+pub fn catalog_name_of(key_segment: &str) -> String {
+    key_segment.replace('+', "/")
+}
+
+/// Marker written once the catalog index is known to cover every repository.
+pub fn catalog_complete_marker() -> String {
+    format!("{ROOT}/berth/catalog-complete")
+}
+
+/// Parses the `sha256:<hex>` text of a link file.
+pub fn parse_link(body: &[u8]) -> Option<Digest> {
+    std::str::from_utf8(body).ok()?.trim().parse().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::digest::Algorithm;
+
+    #[test]
+    fn distribution_paths() {
+        let d = Digest::of(Algorithm::Sha256, b"");
+        let n: RepositoryName = "library/ubuntu".parse().unwrap();
+        assert_eq!(
+            blob_data(&d),
+            "docker/registry/v2/blobs/sha256/e3/e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855/data"
+        );
+        assert_eq!(
+            tag_current_link(&n, &"latest".parse().unwrap()),
+            "docker/registry/v2/repositories/library/ubuntu/_manifests/tags/latest/current/link"
+        );
+        assert!(layer_link(&n, &d).ends_with(
+            "_layers/sha256/e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855/link"
+        ));
+        assert_eq!(
+            catalog_name_of(catalog_entry(&n).rsplit('/').next().unwrap()),
+            "library/ubuntu"
+        );
+    }
+}

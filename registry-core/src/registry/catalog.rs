@@ -1,0 +1,69 @@
+//! The repository catalog, served from Berth's index instead of a walk of the whole store.
+//!
+//! Every manifest put records its repository in the index. A store written by distribution has no
+//! index, so the first catalog request walks the repository tree once (by delimiter listing, never
+//! touching blobs) and marks the index complete.
+
+use bytes::Bytes;
+
+use super::Registry;
+use super::tags::{Page, paginate};
+use crate::error::Result;
+use crate::layout;
+use crate::names::RepositoryName;
+use crate::storage::PutCondition;
+
+impl Registry {
+    pub(super) async fn add_to_catalog(&self, name: &RepositoryName) -> Result<()> {
+        let key = layout::catalog_entry(name);
+        if !self.exists(&key).await? {
+            self.store
+                .put_bytes(&key, Bytes::new(), PutCondition::Overwrite)
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// Repositories in lexical order, paginated.
+    pub async fn list_catalog(&self, n: Option<usize>, last: Option<&str>) -> Result<Page> {
+        if !self.exists(&layout::catalog_complete_marker()).await? {
+            self.rebuild_catalog().await?;
+        }
+        let listing = self.store.list(&layout::catalog_prefix()).await?;
+        let names = listing
+            .objects
+            .iter()
+            .filter_map(|k| k.rsplit('/').next())
+            .map(layout::catalog_name_of)
+            .collect();
+        Ok(paginate(names, n, last))
+    }
+
+    /// Finds every repository in the layout and records it in the catalog index.
+    pub async fn rebuild_catalog(&self) -> Result<usize> {
+        let root = layout::repositories_prefix();
+        let mut pending = vec![String::new()];
+        let mut found = 0;
+        while let Some(rel) = pending.pop() {
+            let listing = self.store.list(&format!("{root}{rel}")).await?;
+            for child in listing.prefixes {
+                if child == "_manifests" {
+                    if let Ok(name) = rel.trim_end_matches('/').parse::<RepositoryName>() {
+                        self.add_to_catalog(&name).await?;
+                        found += 1;
+                    }
+                } else if !child.starts_with('_') {
+                    pending.push(format!("{rel}{child}/"));
+                }
+            }
+        }
+        self.store
+            .put_bytes(
+                &layout::catalog_complete_marker(),
+                Bytes::new(),
+                PutCondition::Overwrite,
+            )
+            .await?;
+        Ok(found)
+    }
+}

@@ -1,0 +1,196 @@
+//! Manifests: validated puts, reads by tag or digest, deletes.
+
+use bytes::Bytes;
+use futures::future::try_join_all;
+
+use super::Registry;
+use crate::digest::{Algorithm, Digest};
+use crate::error::{RegistryError, Result};
+use crate::layout;
+use crate::manifest::{Manifest, Requirement, sniff_media_type};
+use crate::names::{Reference, RepositoryName, Tag};
+use crate::storage::{PutCondition, StorageError};
+
+/// What a manifest put produced.
+#[derive(Debug, Clone)]
+pub struct PutManifestOutcome {
+    /// Digest of the stored bytes.
+    pub digest: Digest,
+    /// The subject, when the manifest has one (answered as `OCI-Subject`).
+    pub subject: Option<Digest>,
+}
+
+/// A stored manifest as served.
+#[derive(Debug, Clone)]
+pub struct ManifestContent {
+    /// The exact bytes that were pushed.
+    pub body: Bytes,
+    /// Its media type.
+    pub media_type: String,
+    /// Its digest.
+    pub digest: Digest,
+}
+
+impl Registry {
+    /// Stores a manifest under `reference` and any extra `tags`.
+    pub async fn put_manifest(
+        &self,
+        name: &RepositoryName,
+        reference: &Reference,
+        body: Bytes,
+        content_type: Option<&str>,
+        tags: &[Tag],
+    ) -> Result<PutManifestOutcome> {
+        if body.len() > self.settings.max_manifest_bytes {
+            return Err(RegistryError::ManifestTooLarge {
+                limit: self.settings.max_manifest_bytes,
+            });
+        }
+        let digest = match reference {
+            Reference::Digest(d) => {
+                let computed = Digest::of(d.algorithm(), &body);
+                if &computed != d {
+                    return Err(RegistryError::DigestInvalid(format!(
+                        "manifest digest is {computed}"
+                    )));
+                }
+                computed
+            }
+            Reference::Tag(_) => Digest::of(Algorithm::Sha256, &body),
+        };
+        let manifest = Manifest::parse(&body, content_type)?;
+        let checks = manifest.requirements().into_iter().map(|req| async move {
+            let (key, d) = match &req {
+                Requirement::Blob(d) => (layout::layer_link(name, d), d),
+                Requirement::Manifest(d) => (layout::manifest_revision_link(name, d), d),
+            };
+            if self.exists(&key).await? {
+                Ok(())
+            } else {
+                Err(RegistryError::ManifestBlobUnknown(d.clone()))
+            }
+        });
+        try_join_all(checks).await?;
+
+        let blob_key = layout::blob_data(&digest);
+        if !self.exists(&blob_key).await? {
+            self.store
+                .put_bytes(&blob_key, body.clone(), PutCondition::Overwrite)
+                .await?;
+        }
+        self.write_link(&layout::manifest_revision_link(name, &digest), &digest)
+            .await?;
+        let mut all_tags: Vec<&Tag> = tags.iter().collect();
+        if let Reference::Tag(t) = reference {
+            all_tags.push(t);
+        }
+        for tag in all_tags {
+            self.write_link(&layout::tag_index_link(name, tag, &digest), &digest)
+                .await?;
+            self.write_link(&layout::tag_current_link(name, tag), &digest)
+                .await?;
+        }
+        let subject = manifest.subject.as_ref().map(|s| s.digest.clone());
+        if let Some(s) = &subject {
+            let desc = manifest.referrer_descriptor(digest.clone(), body.len() as u64);
+            self.add_referrer(name, s, &desc).await?;
+        }
+        self.add_to_catalog(name).await?;
+        Ok(PutManifestOutcome { digest, subject })
+    }
+
+    /// The digest a reference currently names in the repository.
+    pub async fn resolve(&self, name: &RepositoryName, reference: &Reference) -> Result<Digest> {
+        match reference {
+            Reference::Digest(d) => {
+                if self
+                    .exists(&layout::manifest_revision_link(name, d))
+                    .await?
+                {
+                    Ok(d.clone())
+                } else {
+                    Err(RegistryError::ManifestUnknown(d.to_string()))
+                }
+            }
+            Reference::Tag(t) => match self
+                .store
+                .read_small(&layout::tag_current_link(name, t))
+                .await
+            {
+                Ok((body, _)) => layout::parse_link(&body).ok_or_else(|| {
+                    RegistryError::ManifestUnknown(format!("tag {t} has a corrupt link"))
+                }),
+                Err(StorageError::NotFound(_)) => {
+                    Err(RegistryError::ManifestUnknown(t.to_string()))
+                }
+                Err(e) => Err(e.into()),
+            },
+        }
+    }
+
+    /// Reads a manifest by tag or digest.
+    pub async fn get_manifest(
+        &self,
+        name: &RepositoryName,
+        reference: &Reference,
+    ) -> Result<ManifestContent> {
+        let digest = self.resolve(name, reference).await?;
+        let body = match self.store.read_small(&layout::blob_data(&digest)).await {
+            Ok((b, _)) => b,
+            Err(StorageError::NotFound(_)) => {
+                return Err(RegistryError::ManifestUnknown(digest.to_string()));
+            }
+            Err(e) => return Err(e.into()),
+        };
+        Ok(ManifestContent {
+            media_type: sniff_media_type(&body),
+            body,
+            digest,
+        })
+    }
+
+    /// Deletes a tag (by tag reference) or a manifest revision and the tags that point at it.
+    pub async fn delete_manifest(
+        &self,
+        name: &RepositoryName,
+        reference: &Reference,
+    ) -> Result<()> {
+        self.require_delete()?;
+        match reference {
+            Reference::Tag(t) => {
+                if !self.exists(&layout::tag_current_link(name, t)).await? {
+                    return Err(RegistryError::ManifestUnknown(t.to_string()));
+                }
+                self.store
+                    .delete_prefix(&layout::tag_prefix(name, t))
+                    .await?;
+            }
+            Reference::Digest(d) => {
+                let content = self.get_manifest(name, reference).await?;
+                if let Ok(m) = Manifest::parse(&content.body, None)
+                    && let Some(s) = m.subject
+                {
+                    self.remove_referrer(name, &s.digest, d).await?;
+                }
+                for tag in self.all_tags(name).await? {
+                    if let Ok(Reference::Tag(t)) = tag.parse::<Reference>()
+                        && self
+                            .resolve(name, &Reference::Tag(t.clone()))
+                            .await
+                            .ok()
+                            .as_ref()
+                            == Some(d)
+                    {
+                        self.store
+                            .delete_prefix(&layout::tag_prefix(name, &t))
+                            .await?;
+                    }
+                }
+                self.store
+                    .delete(&layout::manifest_revision_link(name, d))
+                    .await?;
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,98 @@
+//! Registry operations (blobs, uploads, manifests, tags, referrers, catalog) over a storage driver.
+
+mod blobs;
+mod catalog;
+mod manifests;
+mod referrers;
+mod tags;
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+
+use crate::error::{RegistryError, Result};
+use crate::storage::{PutCondition, StorageDriver, StorageError};
+use crate::upload::UploadSessions;
+
+pub use manifests::{ManifestContent, PutManifestOutcome};
+pub use tags::Page;
+
+/// Behaviour switches that come from configuration.
+#[derive(Debug, Clone)]
+pub struct RegistrySettings {
+    /// Whether deletes of blobs, manifests and tags are allowed.
+    pub delete_enabled: bool,
+    /// Largest manifest body accepted, in bytes.
+    pub max_manifest_bytes: usize,
+}
+
+impl Default for RegistrySettings {
+    fn default() -> Self {
+        RegistrySettings {
+            delete_enabled: true,
+            max_manifest_bytes: 4 << 20,
+        }
+    }
+}
+
+/// The registry: every operation the HTTP API exposes, independent of HTTP.
+pub struct Registry {
+    store: Arc<dyn StorageDriver>,
+    uploads: UploadSessions,
+    settings: RegistrySettings,
+}
+
+impl Registry {
+    /// A registry over `store`.
+    pub fn new(store: Arc<dyn StorageDriver>, settings: RegistrySettings) -> Self {
+        Registry {
+            uploads: UploadSessions::new(store.clone()),
+            store,
+            settings,
+        }
+    }
+
+    /// The storage driver.
+    pub fn store(&self) -> &Arc<dyn StorageDriver> {
+        &self.store
+    }
+
+    /// Upload session operations.
+    pub fn uploads(&self) -> &UploadSessions {
+        &self.uploads
+    }
+
+    /// The settings in force.
+    pub fn settings(&self) -> &RegistrySettings {
+        &self.settings
+    }
+
+    fn require_delete(&self) -> Result<()> {
+        if self.settings.delete_enabled {
+            Ok(())
+        } else {
+            Err(RegistryError::Unsupported(
+                "deletes are disabled (storage.delete.enabled)".into(),
+            ))
+        }
+    }
+
+    async fn exists(&self, key: &str) -> Result<bool> {
+        match self.store.stat(key).await {
+            Ok(_) => Ok(true),
+            Err(StorageError::NotFound(_)) => Ok(false),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    async fn write_link(&self, key: &str, target: &crate::Digest) -> Result<()> {
+        self.store
+            .put_bytes(
+                key,
+                Bytes::from(target.to_string()),
+                PutCondition::Overwrite,
+            )
+            .await?;
+        Ok(())
+    }
+}

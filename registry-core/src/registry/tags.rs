@@ -1,0 +1,100 @@
+//! Tag listing with the spec's `n` / `last` pagination.
+
+use super::Registry;
+use crate::error::{RegistryError, Result};
+use crate::layout;
+use crate::names::RepositoryName;
+
+/// One page of a lexically ordered listing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Page {
+    /// The entries of this page.
+    pub items: Vec<String>,
+    /// Whether entries remain after this page (a `Link` header is due).
+    pub more: bool,
+}
+
+/// Cuts a sorted list into the page after `last` holding at most `n` entries.
+pub fn paginate(mut all: Vec<String>, n: Option<usize>, last: Option<&str>) -> Page {
+    all.sort_unstable();
+    all.dedup();
+    let start = last.map_or(0, |l| all.partition_point(|x| x.as_str() <= l));
+    let rest = all.len() - start;
+    let take = n.unwrap_or(rest).min(rest);
+    Page {
+        more: take < rest,
+        items: all.drain(start..start + take).collect(),
+    }
+}
+
+impl Registry {
+    pub(super) async fn all_tags(&self, name: &RepositoryName) -> Result<Vec<String>> {
+        Ok(self.store.list(&layout::tags_prefix(name)).await?.prefixes)
+    }
+
+    /// Whether anything was ever pushed to the repository.
+    pub async fn repository_exists(&self, name: &RepositoryName) -> Result<bool> {
+        let revisions = self
+            .store
+            .list(&layout::manifest_revisions_prefix(name))
+            .await?;
+        Ok(!revisions.prefixes.is_empty() || !revisions.objects.is_empty())
+    }
+
+    /// Tags of a repository in lexical order, paginated.
+    pub async fn list_tags(
+        &self,
+        name: &RepositoryName,
+        n: Option<usize>,
+        last: Option<&str>,
+    ) -> Result<Page> {
+        let tags = self.all_tags(name).await?;
+        if tags.is_empty() && !self.repository_exists(name).await? {
+            return Err(RegistryError::NameUnknown(name.to_string()));
+        }
+        Ok(paginate(tags, n, last))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::paginate;
+
+    fn v(xs: &[&str]) -> Vec<String> {
+        xs.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn pages() {
+        let all = v(&["c", "a", "b", "d"]);
+        assert_eq!(
+            paginate(all.clone(), Some(2), None),
+            super::Page {
+                items: v(&["a", "b"]),
+                more: true
+            }
+        );
+        assert_eq!(
+            paginate(all.clone(), Some(2), Some("b")),
+            super::Page {
+                items: v(&["c", "d"]),
+                more: false
+            }
+        );
+        assert_eq!(
+            paginate(all.clone(), None, Some("bb")).items,
+            v(&["c", "d"])
+        );
+        assert_eq!(
+            paginate(all.clone(), Some(0), None),
+            super::Page {
+                items: vec![],
+                more: true
+            }
+        );
+        assert_eq!(
+            paginate(all, Some(10), Some("z")).items,
+            Vec::<String>::new()
+        );
+    }
+}

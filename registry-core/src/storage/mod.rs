@@ -1,0 +1,216 @@
+//! The storage trait: the one seam between the registry and its backends.
+//!
+//! Keys are relative, `/`-separated paths built by [`crate::layout`]; a driver maps them under
+//! its own root. Bodies are streams so that no blob is ever held whole in memory.
+
+use std::fmt::Debug;
+use std::ops::Range;
+use std::time::{Duration, SystemTime};
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use futures::stream::BoxStream;
+use serde::{Deserialize, Serialize};
+
+/// A stream of byte chunks from or to storage.
+pub type ByteStream = BoxStream<'static, Result<Bytes, StorageError>>;
+
+/// Errors every backend maps its failures into.
+#[derive(Debug, thiserror::Error)]
+pub enum StorageError {
+    /// No object at that key.
+    #[error("not found: {0}")]
+    NotFound(String),
+    /// A create-only put found an object already there.
+    #[error("already exists: {0}")]
+    AlreadyExists(String),
+    /// A conditional put lost a race: the object changed since it was read.
+    #[error("precondition failed: {0}")]
+    Precondition(String),
+    /// The requested byte range lies outside the object.
+    #[error("range not satisfiable")]
+    RangeNotSatisfiable {
+        /// Size of the object.
+        size: u64,
+    },
+    /// A key that a driver refuses (for example one that would leave the root).
+    #[error("invalid key {0:?}")]
+    InvalidKey(String),
+    /// Anything else the backend reported.
+    #[error("storage backend error: {0}")]
+    Backend(String),
+}
+
+impl StorageError {
+    /// Wraps any backend error.
+    pub fn backend(e: impl std::fmt::Display) -> Self {
+        StorageError::Backend(e.to_string())
+    }
+}
+
+/// Identifies one version of an object, for update-if-unchanged.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct ObjectVersion {
+    /// The backend's ETag, if it has one.
+    pub e_tag: Option<String>,
+    /// The backend's version id, if it has one.
+    pub version: Option<String>,
+}
+
+/// Metadata of a stored object.
+#[derive(Debug, Clone)]
+pub struct ObjectInfo {
+    /// Size in bytes.
+    pub size: u64,
+    /// Last modification time, when the backend reports one.
+    pub last_modified: Option<SystemTime>,
+    /// The version to use for a conditional update.
+    pub version: ObjectVersion,
+}
+
+/// The body and metadata of a read.
+pub struct GetResponse {
+    /// Metadata of the whole object.
+    pub info: ObjectInfo,
+    /// The byte range being returned.
+    pub range: Range<u64>,
+    /// The bytes of that range.
+    pub body: ByteStream,
+}
+
+/// How a small put behaves when an object exists.
+#[derive(Debug, Clone)]
+pub enum PutCondition {
+    /// Replace whatever is there.
+    Overwrite,
+    /// Fail with [`StorageError::AlreadyExists`] if anything is there.
+    CreateOnly,
+    /// Replace only if the current object is still this version, else [`StorageError::Precondition`].
+    IfVersion(ObjectVersion),
+}
+
+/// One level of a listing.
+#[derive(Debug, Default, Clone)]
+pub struct Listing {
+    /// Keys of objects directly under the prefix.
+    pub objects: Vec<String>,
+    /// Names (last path segment only) of sub-prefixes directly under the prefix.
+    pub prefixes: Vec<String>,
+}
+
+/// A multipart write in progress; plain data so another process can continue it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MultipartHandle {
+    /// The backend's upload id.
+    pub upload_id: String,
+}
+
+/// A part that has been written, as the backend needs it at completion.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WrittenPart {
+    /// The backend's id for the part (S3 ETag, Azure block id); empty where unused.
+    pub content_id: String,
+}
+
+/// How a backend wants multipart data cut.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PartPolicy {
+    /// Size of every part but the last.
+    pub part_size: u64,
+    /// Whether parts below `part_size` are refused (object stores) or fine (local disk).
+    pub fixed_size: bool,
+}
+
+/// The storage port: every backend implements this, and the registry knows nothing else.
+#[async_trait]
+pub trait StorageDriver: Send + Sync + Debug + 'static {
+    /// Short backend name for logs and metrics.
+    fn name(&self) -> &'static str;
+
+    /// How uploads must cut their data into parts.
+    fn part_policy(&self) -> PartPolicy;
+
+    /// Reads an object, or a byte range of it.
+    async fn get(&self, key: &str, range: Option<Range<u64>>) -> Result<GetResponse, StorageError>;
+
+    /// Metadata of an object.
+    async fn stat(&self, key: &str) -> Result<ObjectInfo, StorageError>;
+
+    /// Reads a small object (links, state, manifests) whole.
+    async fn read_small(&self, key: &str) -> Result<(Bytes, ObjectInfo), StorageError> {
+        use futures::TryStreamExt;
+        let resp = self.get(key, None).await?;
+        let chunks: Vec<Bytes> = resp.body.try_collect().await?;
+        Ok((chunks.concat().into(), resp.info))
+    }
+
+    /// Writes a small object in one request, honouring `condition`.
+    async fn put_bytes(
+        &self,
+        key: &str,
+        data: Bytes,
+        condition: PutCondition,
+    ) -> Result<ObjectInfo, StorageError>;
+
+    /// Streams an object of unknown length; it becomes visible only once complete.
+    async fn put_stream(&self, key: &str, body: ByteStream) -> Result<u64, StorageError>;
+
+    /// Deletes an object; deleting a missing object succeeds.
+    async fn delete(&self, key: &str) -> Result<(), StorageError>;
+
+    /// Deletes every object under `prefix` (which ends with `/`).
+    async fn delete_prefix(&self, prefix: &str) -> Result<(), StorageError>;
+
+    /// Lists one level under `prefix` (which ends with `/`); a missing prefix lists empty.
+    async fn list(&self, prefix: &str) -> Result<Listing, StorageError>;
+
+    /// Streams every object key under `prefix`, at any depth.
+    fn list_recursive(&self, prefix: &str) -> BoxStream<'static, Result<String, StorageError>>;
+
+    /// Copies an object inside the store without passing its bytes through this process.
+    async fn copy(&self, from: &str, to: &str) -> Result<(), StorageError>;
+
+    /// Moves an object; atomic where the backend can (local rename), else copy then delete.
+    async fn rename(&self, from: &str, to: &str) -> Result<(), StorageError> {
+        self.copy(from, to).await?;
+        self.delete(from).await
+    }
+
+    /// A URL a client can GET the object from directly, or `None` if the backend cannot sign.
+    async fn presign_get(
+        &self,
+        key: &str,
+        expires_in: Duration,
+    ) -> Result<Option<String>, StorageError>;
+
+    /// Starts a multipart write to `key`.
+    async fn create_multipart(&self, key: &str) -> Result<MultipartHandle, StorageError>;
+
+    /// Writes part `index`, which starts at byte `offset` of the final object.
+    async fn put_part(
+        &self,
+        key: &str,
+        handle: &MultipartHandle,
+        index: usize,
+        offset: u64,
+        data: Vec<Bytes>,
+    ) -> Result<WrittenPart, StorageError>;
+
+    /// Completes a multipart write; `size` is the total length written.
+    async fn complete_multipart(
+        &self,
+        key: &str,
+        handle: &MultipartHandle,
+        parts: &[WrittenPart],
+        size: u64,
+    ) -> Result<(), StorageError>;
+
+    /// Abandons a multipart write and frees what it stored.
+    async fn abort_multipart(
+        &self,
+        key: &str,
+        handle: &MultipartHandle,
+    ) -> Result<(), StorageError>;
+}
+
+pub mod suite;

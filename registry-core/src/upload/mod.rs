@@ -1,0 +1,9 @@
+//! Upload sessions whose state lives in the store, so any replica can take any request.
+
+pub mod content_range;
+pub mod session;
+pub mod state;
+
+pub use content_range::ChunkRange;
+pub use session::UploadSessions;
+pub use state::UploadState;

@@ -1,0 +1,584 @@
+//! The upload state machine: start, append chunks, report status, finish, cancel.
+//!
+//! Bytes go into the backend's multipart write in parts of the backend's part size. On object
+//! stores every part but the last must have that size, so a tail shorter than a part is staged
+//! as a small object and joined with the next chunk. The state object is rewritten with an
+//! if-version condition after each part, so a crash loses at most the part in flight and two
+//! replicas can never both append at one offset.
+
+use std::sync::{Arc, Mutex};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use futures::StreamExt;
+
+use crate::digest::{Algorithm, Digest, DigestHasher};
+use crate::error::{RegistryError, Result};
+use crate::layout;
+use crate::names::RepositoryName;
+use crate::storage::{
+    ByteStream, ObjectVersion, PartPolicy, PutCondition, StorageDriver, StorageError,
+};
+use crate::upload::state::{StagedFragment, UploadState};
+
+/// Size of writes on backends without a fixed part size (local disk): small, to bound memory.
+const LOOSE_WRITE_SIZE: u64 = 1 << 20;
+/// How many bytes may be written on such backends before the state is committed again.
+const LOOSE_COMMIT_INTERVAL: u64 = 64 << 20;
+
+/// Upload operations over a storage driver.
+pub struct UploadSessions {
+    store: Arc<dyn StorageDriver>,
+}
+
+/// Checks an upload id is a UUID and returns its canonical form (it becomes part of a key).
+pub fn parse_upload_id(id: &str) -> Result<String> {
+    let u = uuid::Uuid::try_parse(id).map_err(|_| RegistryError::BlobUploadUnknown)?;
+    Ok(u.hyphenated().to_string())
+}
+
+fn now_secs() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+fn hasher_of(state: &UploadState) -> Result<DigestHasher> {
+    let raw = hex::decode(&state.hash_state)
+        .map_err(|_| RegistryError::BlobUploadInvalid("corrupt upload state".into()))?;
+    DigestHasher::restore(Algorithm::Sha256, &raw)
+        .map_err(|_| RegistryError::BlobUploadInvalid("corrupt upload state".into()))
+}
+
+/// Takes exactly `n` bytes from the front of a rope, splitting a chunk if needed.
+fn take_front(buf: &mut Vec<Bytes>, n: u64) -> Vec<Bytes> {
+    let mut taken = Vec::new();
+    let mut need = n as usize;
+    let mut rest = Vec::with_capacity(buf.len());
+    for mut chunk in buf.drain(..) {
+        if need == 0 {
+            rest.push(chunk);
+        } else if chunk.len() <= need {
+            need -= chunk.len();
+            taken.push(chunk);
+        } else {
+            taken.push(chunk.split_to(need));
+            need = 0;
+            rest.push(chunk);
+        }
+    }
+    *buf = rest;
+    taken
+}
+
+/// Loaded session plus the version it was read at.
+struct Loaded {
+    state: UploadState,
+    version: ObjectVersion,
+}
+
+/// Appends one request's bytes to a session, committing state as parts complete.
+struct Appender<'a> {
+    store: &'a dyn StorageDriver,
+    name: &'a RepositoryName,
+    id: &'a str,
+    policy: PartPolicy,
+    state: UploadState,
+    version: ObjectVersion,
+    hasher: DigestHasher,
+    buf: Vec<Bytes>,
+    buf_len: u64,
+    uncommitted: u64,
+}
+
+impl<'a> Appender<'a> {
+    fn data_key(&self) -> String {
+        layout::upload_data(self.name, self.id)
+    }
+
+    async fn commit(&mut self) -> Result<()> {
+        self.state.hash_state = hex::encode(self.hasher.save());
+        self.version =
+            write_state(self.store, self.name, self.id, &self.state, &self.version).await?;
+        self.uncommitted = 0;
+        Ok(())
+    }
+
+    async fn ensure_multipart(&mut self) -> Result<()> {
+        if self.state.multipart.is_none() {
+            self.state.multipart = Some(self.store.create_multipart(&self.data_key()).await?);
+        }
+        Ok(())
+    }
+
+    async fn push(&mut self, chunk: Bytes) -> Result<()> {
+        self.buf_len += chunk.len() as u64;
+        self.buf.push(chunk);
+        if self.policy.fixed_size {
+            while self.state.staged_len() + self.buf_len >= self.policy.part_size {
+                self.write_fixed_part().await?;
+            }
+        } else if self.buf_len >= LOOSE_WRITE_SIZE {
+            self.write_loose_part().await?;
+            if self.uncommitted >= LOOSE_COMMIT_INTERVAL {
+                self.commit().await?;
+            }
+        }
+        Ok(())
+    }
+
+    async fn read_staged(&self) -> Result<Vec<Bytes>> {
+        let mut out = Vec::with_capacity(self.state.staged.len());
+        for f in &self.state.staged {
+            let (b, _) = self
+                .store
+                .read_small(&layout::upload_staged(self.name, self.id, f.generation))
+                .await?;
+            if b.len() as u64 != f.len {
+                return Err(RegistryError::BlobUploadInvalid(
+                    "staged upload data is incomplete".into(),
+                ));
+            }
+            out.push(b);
+        }
+        Ok(out)
+    }
+
+    async fn write_part(&mut self, data: Vec<Bytes>, len: u64) -> Result<()> {
+        self.ensure_multipart().await?;
+        let handle = self
+            .state
+            .multipart
+            .clone()
+            .ok_or(RegistryError::BlobUploadUnknown)?;
+        let part = self
+            .store
+            .put_part(
+                &self.data_key(),
+                &handle,
+                self.state.parts.len(),
+                self.state.parts_bytes,
+                data,
+            )
+            .await?;
+        self.state.parts.push(part);
+        self.state.parts_bytes += len;
+        Ok(())
+    }
+
+    async fn write_fixed_part(&mut self) -> Result<()> {
+        let staged_len = self.state.staged_len();
+        let fresh = take_front(&mut self.buf, self.policy.part_size - staged_len);
+        self.buf_len -= self.policy.part_size - staged_len;
+        for c in &fresh {
+            self.hasher.update(c);
+        }
+        let mut data = self.read_staged().await?;
+        data.extend(fresh);
+        self.write_part(data, self.policy.part_size).await?;
+        let old_staged = std::mem::take(&mut self.state.staged);
+        self.state.offset = self.state.parts_bytes;
+        self.commit().await?;
+        for f in old_staged {
+            // Unreferenced now; a failure here only leaves garbage for upload purging.
+            let _ = self
+                .store
+                .delete(&layout::upload_staged(self.name, self.id, f.generation))
+                .await;
+        }
+        Ok(())
+    }
+
+    async fn write_loose_part(&mut self) -> Result<()> {
+        let data = std::mem::take(&mut self.buf);
+        let len = std::mem::take(&mut self.buf_len);
+        for c in &data {
+            self.hasher.update(c);
+        }
+        self.write_part(data, len).await?;
+        self.state.offset = self.state.parts_bytes;
+        self.uncommitted += len;
+        Ok(())
+    }
+
+    /// Persists what is buffered at the end of a request and commits.
+    async fn end(&mut self) -> Result<()> {
+        if self.buf_len > 0 {
+            if self.policy.fixed_size {
+                let data = Bytes::from(std::mem::take(&mut self.buf).concat());
+                let len = std::mem::take(&mut self.buf_len);
+                self.hasher.update(&data);
+                let generation = self.state.next_generation;
+                self.state.next_generation += 1;
+                let key = layout::upload_staged(self.name, self.id, generation);
+                self.store
+                    .put_bytes(&key, data, PutCondition::Overwrite)
+                    .await?;
+                self.state.staged.push(StagedFragment { generation, len });
+                self.state.offset += len;
+            } else {
+                self.write_loose_part().await?;
+            }
+        }
+        self.commit().await
+    }
+}
+
+async fn write_state(
+    store: &dyn StorageDriver,
+    name: &RepositoryName,
+    id: &str,
+    state: &UploadState,
+    version: &ObjectVersion,
+) -> Result<ObjectVersion> {
+    let json =
+        serde_json::to_vec(state).map_err(|e| RegistryError::BlobUploadInvalid(e.to_string()))?;
+    match store
+        .put_bytes(
+            &layout::upload_state(name, id),
+            json.into(),
+            PutCondition::IfVersion(version.clone()),
+        )
+        .await
+    {
+        Ok(info) => Ok(info.version),
+        Err(StorageError::Precondition(_)) | Err(StorageError::NotFound(_)) => Err(
+            RegistryError::Conflict("upload was changed or ended by another request".into()),
+        ),
+        Err(e) => Err(e.into()),
+    }
+}
+
+impl UploadSessions {
+    /// Upload operations over `store`.
+    pub fn new(store: Arc<dyn StorageDriver>) -> Self {
+        UploadSessions { store }
+    }
+
+    /// The part size clients should use (advertised as `OCI-Chunk-Min-Length`), where it matters.
+    pub fn chunk_min_length(&self) -> Option<u64> {
+        let p = self.store.part_policy();
+        p.fixed_size.then_some(p.part_size)
+    }
+
+    /// Starts a session and returns its id.
+    pub async fn start(&self, name: &RepositoryName) -> Result<String> {
+        let id = uuid::Uuid::new_v4().hyphenated().to_string();
+        let state = UploadState {
+            started_at: now_secs(),
+            offset: 0,
+            hash_state: hex::encode(DigestHasher::new(Algorithm::Sha256).save()),
+            multipart: None,
+            parts: Vec::new(),
+            parts_bytes: 0,
+            staged: Vec::new(),
+            next_generation: 0,
+            claim: 0,
+            assembled: false,
+        };
+        let json = serde_json::to_vec(&state)
+            .map_err(|e| RegistryError::BlobUploadInvalid(e.to_string()))?;
+        self.store
+            .put_bytes(
+                &layout::upload_state(name, &id),
+                json.into(),
+                PutCondition::CreateOnly,
+            )
+            .await?;
+        Ok(id)
+    }
+
+    async fn load(&self, name: &RepositoryName, id: &str) -> Result<Loaded> {
+        match self.store.read_small(&layout::upload_state(name, id)).await {
+            Ok((body, info)) => {
+                let state = serde_json::from_slice(&body)
+                    .map_err(|_| RegistryError::BlobUploadInvalid("corrupt upload state".into()))?;
+                Ok(Loaded {
+                    state,
+                    version: info.version,
+                })
+            }
+            Err(StorageError::NotFound(_)) => Err(RegistryError::BlobUploadUnknown),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Loads and claims a session: the claim is a conditional write, so of two requests acting on
+    /// one version of the state only one proceeds.
+    async fn claim(
+        &self,
+        name: &RepositoryName,
+        id: &str,
+        expected_start: Option<u64>,
+    ) -> Result<Loaded> {
+        let mut l = self.load(name, id).await?;
+        if let Some(start) = expected_start
+            && start != l.state.offset
+        {
+            return Err(RegistryError::UploadRangeInvalid {
+                offset: l.state.offset,
+            });
+        }
+        l.state.claim += 1;
+        l.version = write_state(self.store.as_ref(), name, id, &l.state, &l.version).await?;
+        Ok(l)
+    }
+
+    /// Bytes received so far.
+    pub async fn status(&self, name: &RepositoryName, id: &str) -> Result<u64> {
+        Ok(self.load(name, id).await?.state.offset)
+    }
+
+    /// Appends a request body; `range` is the Content-Range, if one was sent. Returns the new offset.
+    pub async fn append(
+        &self,
+        name: &RepositoryName,
+        id: &str,
+        range: Option<crate::upload::ChunkRange>,
+        body: ByteStream,
+    ) -> Result<u64> {
+        let l = self.claim(name, id, range.map(|r| r.start)).await?;
+        let mut app = self.appender(name, id, l)?;
+        append_body(&mut app, body, range.map(|r| r.len())).await?;
+        Ok(app.state.offset)
+    }
+
+    fn appender<'a>(
+        &'a self,
+        name: &'a RepositoryName,
+        id: &'a str,
+        l: Loaded,
+    ) -> Result<Appender<'a>> {
+        Ok(Appender {
+            store: self.store.as_ref(),
+            name,
+            id,
+            policy: self.store.part_policy(),
+            hasher: hasher_of(&l.state)?,
+            state: l.state,
+            version: l.version,
+            buf: Vec::new(),
+            buf_len: 0,
+            uncommitted: 0,
+        })
+    }
+
+    /// Completes a session with the client's final body and digest; on success the blob is at its
+    /// content-addressed key (not yet linked into the repository).
+    pub async fn finish(
+        &self,
+        name: &RepositoryName,
+        id: &str,
+        digest: &Digest,
+        range: Option<crate::upload::ChunkRange>,
+        body: ByteStream,
+    ) -> Result<u64> {
+        let l = self.claim(name, id, range.map(|r| r.start)).await?;
+        if l.state.is_pristine() {
+            // The whole blob arrives in this request: stream it straight to storage.
+            let size = self
+                .stream_verified(name, id, digest, body, range.map(|r| r.len()))
+                .await;
+            let _ = self
+                .store
+                .delete_prefix(&layout::upload_prefix(name, id))
+                .await;
+            return size;
+        }
+        let mut app = self.appender(name, id, l)?;
+        if !app.state.assembled {
+            append_body(&mut app, body, range.map(|r| r.len())).await?;
+            self.assemble(&mut app).await?;
+        }
+        let computed = if digest.algorithm() == Algorithm::Sha256 {
+            app.hasher.clone().finish()
+        } else {
+            self.hash_object(&layout::upload_data(name, id), digest.algorithm())
+                .await?
+        };
+        let size = app.state.offset;
+        let result = self
+            .place(&layout::upload_data(name, id), digest, &computed)
+            .await;
+        self.discard(name, id, None).await;
+        result.map(|_| size)
+    }
+
+    /// Moves every byte of the session to its data key as one object.
+    async fn assemble(&self, app: &mut Appender<'_>) -> Result<()> {
+        let data_key = app.data_key();
+        let staged = app.read_staged().await?;
+        let staged_len = app.state.staged_len();
+        match app.state.multipart.clone() {
+            Some(handle) => {
+                if staged_len > 0 {
+                    app.write_part(staged, staged_len).await?;
+                }
+                self.store
+                    .complete_multipart(&data_key, &handle, &app.state.parts, app.state.parts_bytes)
+                    .await?;
+            }
+            None => {
+                self.store
+                    .put_bytes(
+                        &data_key,
+                        Bytes::from(staged.concat()),
+                        PutCondition::Overwrite,
+                    )
+                    .await?;
+            }
+        }
+        app.state.assembled = true;
+        app.commit().await
+    }
+
+    async fn hash_object(&self, key: &str, algorithm: Algorithm) -> Result<Digest> {
+        let mut hasher = DigestHasher::new(algorithm);
+        let mut body = self.store.get(key, None).await?.body;
+        while let Some(chunk) = body.next().await {
+            hasher.update(&chunk?);
+        }
+        Ok(hasher.finish())
+    }
+
+    /// Puts verified bytes at the blob's key, or refuses them when the digest differs.
+    async fn place(&self, data_key: &str, expected: &Digest, computed: &Digest) -> Result<()> {
+        if computed != expected {
+            let _ = self.store.delete(data_key).await;
+            return Err(RegistryError::DigestInvalid(format!(
+                "content digest is {computed}"
+            )));
+        }
+        let blob_key = layout::blob_data(expected);
+        match self.store.stat(&blob_key).await {
+            Ok(_) => self.store.delete(data_key).await?,
+            Err(StorageError::NotFound(_)) => self.store.rename(data_key, &blob_key).await?,
+            Err(e) => return Err(e.into()),
+        }
+        Ok(())
+    }
+
+    /// Streams a whole blob to storage, hashing on the way, and places it if the digest matches.
+    async fn stream_verified(
+        &self,
+        name: &RepositoryName,
+        id: &str,
+        digest: &Digest,
+        body: ByteStream,
+        expected_len: Option<u64>,
+    ) -> Result<u64> {
+        let hasher = Arc::new(Mutex::new(DigestHasher::new(digest.algorithm())));
+        let tap = hasher.clone();
+        let mut seen = 0u64;
+        let body = body
+            .map(move |r| {
+                let chunk = r?;
+                seen += chunk.len() as u64;
+                if expected_len.is_some_and(|n| seen > n) {
+                    return Err(StorageError::Backend(
+                        "body longer than Content-Range".into(),
+                    ));
+                }
+                tap.lock()
+                    .map_err(|_| StorageError::Backend("hasher poisoned".into()))?
+                    .update(&chunk);
+                Ok(chunk)
+            })
+            .boxed();
+        let data_key = layout::upload_data(name, id);
+        let size = match self.store.put_stream(&data_key, body).await {
+            Ok(n) => n,
+            Err(e) => {
+                let _ = self.store.delete(&data_key).await;
+                return Err(e.into());
+            }
+        };
+        if expected_len.is_some_and(|n| n != size) {
+            let _ = self.store.delete(&data_key).await;
+            return Err(RegistryError::SizeInvalid(
+                "body shorter than Content-Range".into(),
+            ));
+        }
+        let computed = {
+            let h = hasher
+                .lock()
+                .map_err(|_| RegistryError::BlobUploadInvalid("hasher poisoned".into()))?;
+            h.clone().finish()
+        };
+        self.place(&data_key, digest, &computed).await?;
+        Ok(size)
+    }
+
+    /// A whole blob in one request (`POST ?digest=`): no session state is kept.
+    pub async fn monolithic(
+        &self,
+        name: &RepositoryName,
+        digest: &Digest,
+        body: ByteStream,
+    ) -> Result<u64> {
+        let id = uuid::Uuid::new_v4().hyphenated().to_string();
+        let r = self.stream_verified(name, &id, digest, body, None).await;
+        let _ = self
+            .store
+            .delete_prefix(&layout::upload_prefix(name, &id))
+            .await;
+        r
+    }
+
+    /// Cancels a session and frees what it stored.
+    pub async fn cancel(&self, name: &RepositoryName, id: &str) -> Result<()> {
+        let l = self.load(name, id).await?;
+        self.discard(name, id, Some(&l.state)).await;
+        Ok(())
+    }
+
+    async fn discard(&self, name: &RepositoryName, id: &str, state: Option<&UploadState>) {
+        if let Some(s) = state
+            && let (Some(h), false) = (&s.multipart, s.assembled)
+        {
+            let _ = self
+                .store
+                .abort_multipart(&layout::upload_data(name, id), h)
+                .await;
+        }
+        let _ = self
+            .store
+            .delete_prefix(&layout::upload_prefix(name, id))
+            .await;
+    }
+}
+
+async fn append_body(
+    app: &mut Appender<'_>,
+    mut body: ByteStream,
+    expected_len: Option<u64>,
+) -> Result<()> {
+    let mut seen = 0u64;
+    while let Some(next) = body.next().await {
+        let chunk = match next {
+            Ok(c) => c,
+            Err(e) => {
+                // Keep what arrived intact so a resuming client can continue from the offset.
+                app.end().await?;
+                return Err(RegistryError::BlobUploadInvalid(format!(
+                    "request body: {e}"
+                )));
+            }
+        };
+        seen += chunk.len() as u64;
+        if expected_len.is_some_and(|n| seen > n) {
+            return Err(RegistryError::SizeInvalid(
+                "body longer than Content-Range".into(),
+            ));
+        }
+        app.push(chunk).await?;
+    }
+    app.end().await?;
+    if expected_len.is_some_and(|n| n != seen) {
+        return Err(RegistryError::SizeInvalid(
+            "body shorter than Content-Range".into(),
+        ));
+    }
+    Ok(())
+}

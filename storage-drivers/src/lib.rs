@@ -1,0 +1,12 @@
+//! Storage backends behind registry-core's [`StorageDriver`](registry_core::StorageDriver) trait.
+//!
+//! Local disk has its own append-and-rename implementation; every object store (memory, S3,
+//! Azure, GCS) goes through object_store and one shared adapter, [`ObjectStoreDriver`].
+
+pub mod local;
+pub mod memory;
+pub mod object_store_driver;
+
+pub use local::LocalDriver;
+pub use memory::memory_driver;
+pub use object_store_driver::ObjectStoreDriver;

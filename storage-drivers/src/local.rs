@@ -1,0 +1,553 @@
+//! Local-disk driver: plain files under a root directory, written to a hidden temporary name and
+//! renamed into place so that readers never see a partial object.
+
+use std::io::{ErrorKind, SeekFrom};
+use std::ops::Range;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use futures::stream::BoxStream;
+use futures::{StreamExt, TryStreamExt};
+use registry_core::storage::{
+    ByteStream, GetResponse, Listing, MultipartHandle, ObjectInfo, ObjectVersion, PartPolicy,
+    PutCondition, StorageDriver, StorageError, WrittenPart,
+};
+use tokio::io::{AsyncReadExt, AsyncSeekExt, AsyncWriteExt};
+
+/// Names starting with this are in-progress files, never listed as objects.
+const HIDDEN: &str = ".berth-";
+/// Read buffer for streaming files out: large, to keep syscalls and task wake-ups few.
+const READ_CHUNK: usize = 256 * 1024;
+
+/// Stores objects as files under a root directory.
+#[derive(Debug, Clone)]
+pub struct LocalDriver {
+    root: PathBuf,
+}
+
+fn io_err(key: &str, e: std::io::Error) -> StorageError {
+    match e.kind() {
+        ErrorKind::NotFound => StorageError::NotFound(key.to_owned()),
+        ErrorKind::AlreadyExists => StorageError::AlreadyExists(key.to_owned()),
+        _ => StorageError::Backend(format!("{key}: {e}")),
+    }
+}
+
+fn version_of(meta: &std::fs::Metadata) -> ObjectVersion {
+    // A rename-into-place always brings a new inode, so inode+mtime+size changes on every write.
+    ObjectVersion {
+        e_tag: Some(format!(
+            "{:x}-{:x}.{:x}-{:x}",
+            meta.ino(),
+            meta.mtime(),
+            meta.mtime_nsec(),
+            meta.size()
+        )),
+        version: None,
+    }
+}
+
+fn info_of(meta: &std::fs::Metadata) -> ObjectInfo {
+    ObjectInfo {
+        size: meta.len(),
+        last_modified: meta.modified().ok(),
+        version: version_of(meta),
+    }
+}
+
+fn hidden_sibling(path: &Path, tag: &str) -> PathBuf {
+    let file = path
+        .file_name()
+        .and_then(|f| f.to_str())
+        .unwrap_or("object");
+    path.with_file_name(format!(
+        "{HIDDEN}{tag}-{}-{file}",
+        uuid::Uuid::new_v4().simple()
+    ))
+}
+
+impl LocalDriver {
+    /// A driver rooted at `root` (created when missing).
+    pub fn new(root: impl Into<PathBuf>) -> std::io::Result<Self> {
+        let root = root.into();
+        std::fs::create_dir_all(&root)?;
+        Ok(LocalDriver { root })
+    }
+
+    /// Maps a key to a path, refusing anything that could leave the root.
+    fn path(&self, key: &str) -> Result<PathBuf, StorageError> {
+        let key = key.trim_end_matches('/');
+        let bad = key.is_empty()
+            || key.contains('\\')
+            || key.contains('\0')
+            || key
+                .split('/')
+                .any(|s| s.is_empty() || s == "." || s == ".." || s.starts_with(HIDDEN));
+        if bad {
+            return Err(StorageError::InvalidKey(key.to_owned()));
+        }
+        Ok(self.root.join(key))
+    }
+
+    async fn ensure_parent(path: &Path, key: &str) -> Result<(), StorageError> {
+        if let Some(parent) = path.parent() {
+            tokio::fs::create_dir_all(parent)
+                .await
+                .map_err(|e| io_err(key, e))?;
+        }
+        Ok(())
+    }
+
+    /// Removes now-empty directories above a deleted file, so listings match object stores.
+    async fn prune_empty_dirs(&self, mut dir: Option<&Path>) {
+        while let Some(d) = dir {
+            if d == self.root
+                || !d.starts_with(&self.root)
+                || tokio::fs::remove_dir(d).await.is_err()
+            {
+                break;
+            }
+            dir = d.parent();
+        }
+    }
+
+    async fn write_new(path: &Path, key: &str, data: &[u8]) -> Result<PathBuf, StorageError> {
+        Self::ensure_parent(path, key).await?;
+        let tmp = hidden_sibling(path, "tmp");
+        tokio::fs::write(&tmp, data)
+            .await
+            .map_err(|e| io_err(key, e))?;
+        Ok(tmp)
+    }
+
+    fn multipart_path(path: &Path, handle: &MultipartHandle) -> Result<PathBuf, StorageError> {
+        let id = &handle.upload_id;
+        if id.is_empty() || !id.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(StorageError::InvalidKey(format!("multipart id {id}")));
+        }
+        let file = path
+            .file_name()
+            .and_then(|f| f.to_str())
+            .unwrap_or("object");
+        Ok(path.with_file_name(format!("{HIDDEN}mp-{id}-{file}")))
+    }
+}
+
+#[async_trait]
+impl StorageDriver for LocalDriver {
+    fn name(&self) -> &'static str {
+        "filesystem"
+    }
+
+    fn part_policy(&self) -> PartPolicy {
+        PartPolicy {
+            part_size: 8 << 20,
+            fixed_size: false,
+        }
+    }
+
+    async fn get(&self, key: &str, range: Option<Range<u64>>) -> Result<GetResponse, StorageError> {
+        let path = self.path(key)?;
+        let mut file = tokio::fs::File::open(&path)
+            .await
+            .map_err(|e| io_err(key, e))?;
+        let meta = file.metadata().await.map_err(|e| io_err(key, e))?;
+        if meta.is_dir() {
+            return Err(StorageError::NotFound(key.to_owned()));
+        }
+        let size = meta.len();
+        let range = match range {
+            None => 0..size,
+            Some(r) if r.start >= size || r.start >= r.end => {
+                return Err(StorageError::RangeNotSatisfiable { size });
+            }
+            Some(r) => r.start..r.end.min(size),
+        };
+        if range.start > 0 {
+            file.seek(SeekFrom::Start(range.start))
+                .await
+                .map_err(|e| io_err(key, e))?;
+        }
+        let owned_key = key.to_owned();
+        let reader = file.take(range.end - range.start);
+        let body = tokio_util::io::ReaderStream::with_capacity(reader, READ_CHUNK)
+            .map_err(move |e| io_err(&owned_key, e))
+            .boxed();
+        Ok(GetResponse {
+            info: info_of(&meta),
+            range,
+            body,
+        })
+    }
+
+    async fn stat(&self, key: &str) -> Result<ObjectInfo, StorageError> {
+        let meta = tokio::fs::metadata(self.path(key)?)
+            .await
+            .map_err(|e| io_err(key, e))?;
+        if meta.is_dir() {
+            return Err(StorageError::NotFound(key.to_owned()));
+        }
+        Ok(info_of(&meta))
+    }
+
+    async fn read_small(&self, key: &str) -> Result<(Bytes, ObjectInfo), StorageError> {
+        let path = self.path(key)?;
+        let mut file = tokio::fs::File::open(&path)
+            .await
+            .map_err(|e| io_err(key, e))?;
+        let meta = file.metadata().await.map_err(|e| io_err(key, e))?;
+        if meta.is_dir() {
+            return Err(StorageError::NotFound(key.to_owned()));
+        }
+        let mut buf = Vec::with_capacity(meta.len() as usize);
+        file.read_to_end(&mut buf)
+            .await
+            .map_err(|e| io_err(key, e))?;
+        Ok((buf.into(), info_of(&meta)))
+    }
+
+    async fn put_bytes(
+        &self,
+        key: &str,
+        data: Bytes,
+        condition: PutCondition,
+    ) -> Result<ObjectInfo, StorageError> {
+        let path = self.path(key)?;
+        match condition {
+            PutCondition::Overwrite => {
+                let tmp = Self::write_new(&path, key, &data).await?;
+                tokio::fs::rename(&tmp, &path)
+                    .await
+                    .map_err(|e| io_err(key, e))?;
+            }
+            PutCondition::CreateOnly => {
+                let tmp = Self::write_new(&path, key, &data).await?;
+                // link(2) fails if the target exists: an atomic create-only.
+                let linked = tokio::fs::hard_link(&tmp, &path).await;
+                let _ = tokio::fs::remove_file(&tmp).await;
+                linked.map_err(|e| io_err(key, e))?;
+            }
+            PutCondition::IfVersion(expected) => {
+                let tmp = Self::write_new(&path, key, &data).await?;
+                let owned_key = key.to_owned();
+                let lock_path = path.with_file_name(format!(
+                    "{HIDDEN}lock-{}",
+                    path.file_name()
+                        .and_then(|f| f.to_str())
+                        .unwrap_or("object")
+                ));
+                let target = path.clone();
+                let tmp2 = tmp.clone();
+                // flock serialises compare-and-swap across threads and processes on this host.
+                let outcome = tokio::task::spawn_blocking(move || -> Result<(), StorageError> {
+                    let lock = std::fs::OpenOptions::new()
+                        .create(true)
+                        .truncate(false)
+                        .write(true)
+                        .open(&lock_path)
+                        .map_err(|e| io_err(&owned_key, e))?;
+                    lock.lock().map_err(|e| io_err(&owned_key, e))?;
+                    let current = std::fs::metadata(&target).map_err(|e| io_err(&owned_key, e))?;
+                    if version_of(&current) != expected {
+                        return Err(StorageError::Precondition(owned_key));
+                    }
+                    std::fs::rename(&tmp2, &target).map_err(|e| io_err(&owned_key, e))
+                })
+                .await
+                .map_err(StorageError::backend)?;
+                if outcome.is_err() {
+                    let _ = tokio::fs::remove_file(&tmp).await;
+                }
+                outcome?;
+            }
+        }
+        self.stat(key).await
+    }
+
+    async fn put_stream(&self, key: &str, mut body: ByteStream) -> Result<u64, StorageError> {
+        let path = self.path(key)?;
+        Self::ensure_parent(&path, key).await?;
+        let tmp = hidden_sibling(&path, "tmp");
+        let result = async {
+            let file = tokio::fs::File::create(&tmp)
+                .await
+                .map_err(|e| io_err(key, e))?;
+            let mut out = tokio::io::BufWriter::with_capacity(READ_CHUNK, file);
+            let mut n = 0u64;
+            while let Some(chunk) = body.next().await {
+                let chunk = chunk?;
+                n += chunk.len() as u64;
+                out.write_all(&chunk).await.map_err(|e| io_err(key, e))?;
+            }
+            out.flush().await.map_err(|e| io_err(key, e))?;
+            tokio::fs::rename(&tmp, &path)
+                .await
+                .map_err(|e| io_err(key, e))?;
+            Ok(n)
+        }
+        .await;
+        if result.is_err() {
+            let _ = tokio::fs::remove_file(&tmp).await;
+        }
+        result
+    }
+
+    async fn delete(&self, key: &str) -> Result<(), StorageError> {
+        let path = self.path(key)?;
+        match tokio::fs::remove_file(&path).await {
+            Ok(()) => {
+                self.prune_empty_dirs(path.parent()).await;
+                Ok(())
+            }
+            Err(e) if e.kind() == ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(io_err(key, e)),
+        }
+    }
+
+    async fn delete_prefix(&self, prefix: &str) -> Result<(), StorageError> {
+        let path = self.path(prefix)?;
+        match tokio::fs::remove_dir_all(&path).await {
+            Ok(()) => {
+                self.prune_empty_dirs(path.parent()).await;
+                Ok(())
+            }
+            Err(e) if e.kind() == ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(io_err(prefix, e)),
+        }
+    }
+
+    async fn list(&self, prefix: &str) -> Result<Listing, StorageError> {
+        let dir = self.path(prefix)?;
+        let mut listing = Listing::default();
+        let mut entries = match tokio::fs::read_dir(&dir).await {
+            Ok(e) => e,
+            Err(e) if matches!(e.kind(), ErrorKind::NotFound | ErrorKind::NotADirectory) => {
+                return Ok(listing);
+            }
+            Err(e) => return Err(io_err(prefix, e)),
+        };
+        let base = prefix.trim_end_matches('/');
+        while let Some(entry) = entries.next_entry().await.map_err(|e| io_err(prefix, e))? {
+            let Some(name) = entry.file_name().to_str().map(str::to_owned) else {
+                continue;
+            };
+            if name.starts_with(HIDDEN) {
+                continue;
+            }
+            let ft = entry.file_type().await.map_err(|e| io_err(prefix, e))?;
+            if ft.is_dir() {
+                listing.prefixes.push(name);
+            } else {
+                listing.objects.push(format!("{base}/{name}"));
+            }
+        }
+        Ok(listing)
+    }
+
+    fn list_recursive(&self, prefix: &str) -> BoxStream<'static, Result<String, StorageError>> {
+        let start = match self.path(prefix) {
+            Ok(p) => p,
+            Err(e) => return futures::stream::once(async move { Err(e) }).boxed(),
+        };
+        let root = self.root.clone();
+        let (tx, rx) = tokio::sync::mpsc::channel::<Result<String, StorageError>>(256);
+        tokio::task::spawn_blocking(move || {
+            let mut stack = vec![start];
+            while let Some(dir) = stack.pop() {
+                let entries = match std::fs::read_dir(&dir) {
+                    Ok(e) => e,
+                    Err(e) if e.kind() == ErrorKind::NotFound => continue,
+                    Err(e) => {
+                        let _ = tx.blocking_send(Err(StorageError::backend(e)));
+                        return;
+                    }
+                };
+                for entry in entries.flatten() {
+                    let name = entry.file_name();
+                    if name.to_str().is_none_or(|n| n.starts_with(HIDDEN)) {
+                        continue;
+                    }
+                    let path = entry.path();
+                    if entry.file_type().map(|t| t.is_dir()).unwrap_or(false) {
+                        stack.push(path);
+                    } else if let Some(key) = path.strip_prefix(&root).ok().and_then(|p| p.to_str())
+                        && tx.blocking_send(Ok(key.to_owned())).is_err()
+                    {
+                        return;
+                    }
+                }
+            }
+        });
+        futures::stream::unfold(rx, |mut rx| async move {
+            rx.recv().await.map(|item| (item, rx))
+        })
+        .boxed()
+    }
+
+    async fn copy(&self, from: &str, to: &str) -> Result<(), StorageError> {
+        let (src, dst) = (self.path(from)?, self.path(to)?);
+        Self::ensure_parent(&dst, to).await?;
+        let tmp = hidden_sibling(&dst, "tmp");
+        if let Err(e) = tokio::fs::copy(&src, &tmp).await {
+            let _ = tokio::fs::remove_file(&tmp).await;
+            return Err(io_err(from, e));
+        }
+        tokio::fs::rename(&tmp, &dst)
+            .await
+            .map_err(|e| io_err(to, e))
+    }
+
+    async fn rename(&self, from: &str, to: &str) -> Result<(), StorageError> {
+        let (src, dst) = (self.path(from)?, self.path(to)?);
+        Self::ensure_parent(&dst, to).await?;
+        tokio::fs::rename(&src, &dst)
+            .await
+            .map_err(|e| io_err(from, e))?;
+        self.prune_empty_dirs(src.parent()).await;
+        Ok(())
+    }
+
+    async fn presign_get(
+        &self,
+        _key: &str,
+        _expires_in: Duration,
+    ) -> Result<Option<String>, StorageError> {
+        Ok(None)
+    }
+
+    async fn create_multipart(&self, key: &str) -> Result<MultipartHandle, StorageError> {
+        let path = self.path(key)?;
+        Self::ensure_parent(&path, key).await?;
+        let handle = MultipartHandle {
+            upload_id: uuid::Uuid::new_v4().simple().to_string(),
+        };
+        tokio::fs::File::create(Self::multipart_path(&path, &handle)?)
+            .await
+            .map_err(|e| io_err(key, e))?;
+        Ok(handle)
+    }
+
+    async fn put_part(
+        &self,
+        key: &str,
+        handle: &MultipartHandle,
+        _index: usize,
+        offset: u64,
+        data: Vec<Bytes>,
+    ) -> Result<WrittenPart, StorageError> {
+        let path = Self::multipart_path(&self.path(key)?, handle)?;
+        let mut file = tokio::fs::OpenOptions::new()
+            .write(true)
+            .open(&path)
+            .await
+            .map_err(|e| io_err(key, e))?;
+        let len = file.metadata().await.map_err(|e| io_err(key, e))?.len();
+        if len < offset {
+            return Err(StorageError::Backend(format!(
+                "{key}: part at {offset} but only {len} bytes written"
+            )));
+        }
+        // Anything past `offset` was written by a request that never committed: overwrite it.
+        file.set_len(offset).await.map_err(|e| io_err(key, e))?;
+        file.seek(SeekFrom::Start(offset))
+            .await
+            .map_err(|e| io_err(key, e))?;
+        for chunk in &data {
+            file.write_all(chunk).await.map_err(|e| io_err(key, e))?;
+        }
+        file.flush().await.map_err(|e| io_err(key, e))?;
+        Ok(WrittenPart {
+            content_id: String::new(),
+        })
+    }
+
+    async fn complete_multipart(
+        &self,
+        key: &str,
+        handle: &MultipartHandle,
+        _parts: &[WrittenPart],
+        size: u64,
+    ) -> Result<(), StorageError> {
+        let path = self.path(key)?;
+        let mp = Self::multipart_path(&path, handle)?;
+        let file = tokio::fs::OpenOptions::new()
+            .write(true)
+            .open(&mp)
+            .await
+            .map_err(|e| io_err(key, e))?;
+        file.set_len(size).await.map_err(|e| io_err(key, e))?;
+        drop(file);
+        tokio::fs::rename(&mp, &path)
+            .await
+            .map_err(|e| io_err(key, e))
+    }
+
+    async fn abort_multipart(
+        &self,
+        key: &str,
+        handle: &MultipartHandle,
+    ) -> Result<(), StorageError> {
+        let mp = Self::multipart_path(&self.path(key)?, handle)?;
+        match tokio::fs::remove_file(&mp).await {
+            Err(e) if e.kind() != ErrorKind::NotFound => Err(io_err(key, e)),
+            _ => Ok(()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+
+    #[tokio::test]
+    async fn passes_the_shared_driver_suite() {
+        let dir = tempfile::tempdir().unwrap();
+        let driver = LocalDriver::new(dir.path()).unwrap();
+        registry_core::storage::suite::run_all(Arc::new(driver)).await;
+    }
+
+    #[tokio::test]
+    async fn refuses_keys_that_leave_the_root() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = LocalDriver::new(dir.path().join("root")).unwrap();
+        for key in [
+            "../escape",
+            "a/../../b",
+            "/etc/passwd",
+            "a//b",
+            "a/./b",
+            "a\\b",
+            ".berth-tmp-x",
+        ] {
+            let r = d
+                .put_bytes(key, Bytes::from_static(b"x"), PutCondition::Overwrite)
+                .await;
+            assert!(matches!(r, Err(StorageError::InvalidKey(_))), "{key}");
+        }
+        assert!(!dir.path().join("escape").exists());
+    }
+
+    #[tokio::test]
+    async fn delete_prunes_empty_directories() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = LocalDriver::new(dir.path()).unwrap();
+        d.put_bytes(
+            "a/b/c/link",
+            Bytes::from_static(b"x"),
+            PutCondition::Overwrite,
+        )
+        .await
+        .unwrap();
+        d.put_bytes("a/keep", Bytes::from_static(b"x"), PutCondition::Overwrite)
+            .await
+            .unwrap();
+        d.delete("a/b/c/link").await.unwrap();
+        assert!(!dir.path().join("a/b").exists());
+        assert!(dir.path().join("a/keep").exists());
+    }
+}
