@@ -1,1 +1,10 @@
+//! Helpers for end-to-end tests: start the real `berth` binary and reference servers on loopback,
+//! make OCI image layouts, and require the external clients the tests drive.
 
+pub mod distribution;
+pub mod http;
+pub mod layout;
+pub mod server;
+pub mod tools;
+
+pub use server::Berth;

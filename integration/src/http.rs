@@ -1,0 +1,121 @@
+//! A small raw-HTTP client for checking the API rule by rule.
+
+use reqwest::{Client, Method, Response};
+use serde_json::{Value, json};
+
+use crate::layout::sha256;
+
+/// Talks to one registry at `base` (`http://127.0.0.1:PORT`).
+#[derive(Clone)]
+pub struct Api {
+    /// Base URL.
+    pub base: String,
+    /// The HTTP client (redirects off, so 307s can be inspected).
+    pub client: Client,
+}
+
+/// The OCI error code of an error response body.
+pub async fn error_code(resp: Response) -> String {
+    let body: Value = resp.json().await.expect("error body is JSON");
+    body["errors"][0]["code"]
+        .as_str()
+        .expect("errors[0].code")
+        .to_owned()
+}
+
+/// A header's value as a string.
+pub fn header(resp: &Response, name: &str) -> Option<String> {
+    resp.headers()
+        .get(name)
+        .map(|v| v.to_str().unwrap().to_owned())
+}
+
+impl Api {
+    /// A client for `base` that does not follow redirects.
+    pub fn new(base: &str) -> Api {
+        let client = Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .unwrap();
+        Api {
+            base: base.trim_end_matches('/').to_owned(),
+            client,
+        }
+    }
+
+    /// Resolves a Location header (absolute or a path) against the base.
+    pub fn url(&self, path_or_url: &str) -> String {
+        if path_or_url.starts_with("http") {
+            path_or_url.to_owned()
+        } else {
+            format!("{}{path_or_url}", self.base)
+        }
+    }
+
+    /// Sends a request with optional body and headers.
+    pub async fn send(
+        &self,
+        method: Method,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: Option<Vec<u8>>,
+    ) -> Response {
+        let mut req = self.client.request(method, self.url(path));
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        if let Some(b) = body {
+            req = req.body(b);
+        }
+        req.send().await.expect("request failed")
+    }
+
+    /// Monolithic upload of `data` to `repo`; panics unless 201. Returns the digest.
+    pub async fn push_blob(&self, repo: &str, data: &[u8]) -> String {
+        let d = sha256(data);
+        let resp = self
+            .send(
+                Method::POST,
+                &format!("/v2/{repo}/blobs/uploads/?digest={d}"),
+                &[],
+                Some(data.to_vec()),
+            )
+            .await;
+        assert_eq!(resp.status(), 201, "blob push to {repo}");
+        d
+    }
+
+    /// PUT of a manifest; returns the response.
+    pub async fn put_manifest(
+        &self,
+        repo: &str,
+        reference: &str,
+        media_type: &str,
+        body: &[u8],
+    ) -> Response {
+        self.send(
+            Method::PUT,
+            &format!("/v2/{repo}/manifests/{reference}"),
+            &[("content-type", media_type)],
+            Some(body.to_vec()),
+        )
+        .await
+    }
+
+    /// Pushes a config and one layer and returns an OCI image manifest naming them.
+    pub async fn image_manifest(&self, repo: &str, seed: &str) -> Vec<u8> {
+        let config = self
+            .push_blob(repo, format!("{{\"seed\":\"{seed}\"}}").as_bytes())
+            .await;
+        let layer = self
+            .push_blob(repo, format!("layer {seed}").as_bytes())
+            .await;
+        serde_json::to_vec(&json!({
+            "schemaVersion": 2,
+            "mediaType": "application/vnd.oci.image.manifest.v1+json",
+            "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": config, "size": 13 + seed.len()},
+            "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": layer, "size": 6 + seed.len()}],
+        }))
+        .unwrap()
+    }
+}

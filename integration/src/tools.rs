@@ -1,0 +1,62 @@
+//! External programs the tests drive (skopeo, docker-registry), required loudly.
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+/// Panics with an install hint if `program` is not on PATH.
+pub fn require(program: &str) {
+    let found = std::env::var_os("PATH")
+        .map(|p| std::env::split_paths(&p).any(|d| d.join(program).is_file()))
+        .unwrap_or(false);
+    assert!(
+        found,
+        "{program} is not installed; run ./scripts/test.sh, which installs it (see README)"
+    );
+}
+
+/// Runs a command and panics with its output if it fails.
+pub fn run(cmd: &mut Command) -> Output {
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed: {}\nstdout: {}\nstderr: {}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+/// `skopeo copy` between two references, without TLS (loopback only).
+pub fn skopeo_copy(src: &str, dst: &str, extra: &[&str]) -> Output {
+    require("skopeo");
+    let mut cmd = Command::new("skopeo");
+    cmd.args([
+        "--insecure-policy",
+        "copy",
+        "--src-tls-verify=false",
+        "--dest-tls-verify=false",
+    ]);
+    cmd.args(extra).args([src, dst]);
+    run(&mut cmd)
+}
+
+/// Every file under `dir` with its bytes, keyed by relative path.
+pub fn tree(dir: &Path) -> std::collections::BTreeMap<String, Vec<u8>> {
+    let mut out = std::collections::BTreeMap::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap().flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                stack.push(p);
+            } else {
+                let rel = p.strip_prefix(dir).unwrap().to_string_lossy().into_owned();
+                out.insert(rel, std::fs::read(&p).unwrap());
+            }
+        }
+    }
+    out
+}

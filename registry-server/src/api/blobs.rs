@@ -1,0 +1,184 @@
+//! Blob reads (with Range and presigned redirects) and deletes.
+
+use axum::body::Body;
+use axum::http::{Method, StatusCode};
+use axum::response::{IntoResponse, Response};
+use registry_core::{Digest, RegistryError};
+
+use super::error::{ApiError, ApiResult};
+use super::{Ctx, empty, parse_name};
+
+/// A parsed `Range: bytes=...` request for one range.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum ByteRange {
+    /// `bytes=a-b` or `bytes=a-`.
+    From { start: u64, end: Option<u64> },
+    /// `bytes=-n`: the last n bytes.
+    Suffix(u64),
+}
+
+impl ByteRange {
+    /// Parses a single-range header; multi-range and malformed headers are ignored (`None`).
+    pub(crate) fn parse(h: &str) -> Option<ByteRange> {
+        let spec = h.trim().strip_prefix("bytes=")?;
+        if spec.contains(',') {
+            return None;
+        }
+        let (a, b) = spec.split_once('-')?;
+        let num = |s: &str| -> Option<u64> {
+            (!s.is_empty() && s.bytes().all(|c| c.is_ascii_digit())).then(|| s.parse().ok())?
+        };
+        match (a.trim(), b.trim()) {
+            ("", n) => Some(ByteRange::Suffix(num(n)?)),
+            (s, "") => Some(ByteRange::From {
+                start: num(s)?,
+                end: None,
+            }),
+            (s, e) => {
+                let (start, end) = (num(s)?, num(e)?);
+                (start <= end).then_some(ByteRange::From {
+                    start,
+                    end: Some(end),
+                })
+            }
+        }
+    }
+
+    /// The half-open range within an object of `size` bytes, or `None` if unsatisfiable.
+    pub(crate) fn resolve(&self, size: u64) -> Option<std::ops::Range<u64>> {
+        match *self {
+            ByteRange::Suffix(0) => None,
+            ByteRange::Suffix(n) => Some(size.saturating_sub(n)..size).filter(|_| size > 0),
+            ByteRange::From { start, end } => {
+                let end = end.map_or(size, |e| (e + 1).min(size));
+                (start < size).then_some(start..end)
+            }
+        }
+    }
+}
+
+pub(crate) async fn get(ctx: &Ctx, name: &str, digest: &str) -> ApiResult {
+    let name = parse_name(name)?;
+    let digest: Digest = digest.parse().map_err(RegistryError::from)?;
+    let registry = &ctx.app.registry;
+    let info = registry.stat_blob(&name, &digest).await?;
+    let common = [
+        ("docker-content-digest", digest.to_string()),
+        ("etag", format!("\"{digest}\"")),
+        ("accept-ranges", "bytes".to_owned()),
+        ("cache-control", "max-age=31536000".to_owned()),
+    ];
+    if ctx.method == Method::HEAD {
+        let mut resp = empty(StatusCode::OK, &common);
+        set_length_and_type(&mut resp, info.size);
+        return Ok(resp);
+    }
+    if ctx.app.settings.redirect
+        && let Some(url) = registry
+            .presign_blob(&digest, ctx.app.settings.redirect_expiry)
+            .await?
+    {
+        let mut headers = common.to_vec();
+        headers.push(("location", url));
+        return Ok(empty(StatusCode::TEMPORARY_REDIRECT, &headers));
+    }
+    let requested = ctx.header("range").and_then(ByteRange::parse);
+    let range = match &requested {
+        None => None,
+        Some(r) => match r.resolve(info.size) {
+            Some(r) => Some(r),
+            None => return Err(RegistryError::BlobRangeInvalid { size: info.size }.into()),
+        },
+    };
+    // An empty blob has no satisfiable range: serve it whole.
+    let read = if info.size == 0 { None } else { range.clone() };
+    let got = registry.read_blob(&digest, read).await?;
+    let len = got.range.end - got.range.start;
+    let status = if range.is_some() {
+        StatusCode::PARTIAL_CONTENT
+    } else {
+        StatusCode::OK
+    };
+    let mut resp = (status, Body::from_stream(got.body)).into_response();
+    for (k, v) in &common {
+        if let Ok(v) = v.parse() {
+            resp.headers_mut().insert(*k, v);
+        }
+    }
+    if range.is_some()
+        && let Ok(v) = format!(
+            "bytes {}-{}/{}",
+            got.range.start,
+            got.range.end.saturating_sub(1),
+            info.size
+        )
+        .parse()
+    {
+        resp.headers_mut().insert("content-range", v);
+    }
+    set_length_and_type(&mut resp, len);
+    Ok(resp)
+}
+
+fn set_length_and_type(resp: &mut Response, len: u64) {
+    resp.headers_mut().insert("content-length", len.into());
+    resp.headers_mut().insert(
+        "content-type",
+        axum::http::HeaderValue::from_static("application/octet-stream"),
+    );
+}
+
+pub(crate) async fn delete(ctx: &Ctx, name: &str, digest: &str) -> ApiResult {
+    let name = parse_name(name)?;
+    let digest: Digest = digest.parse().map_err(RegistryError::from)?;
+    ctx.app
+        .registry
+        .delete_blob(&name, &digest)
+        .await
+        .map_err(ApiError::from)?;
+    Ok(empty(
+        StatusCode::ACCEPTED,
+        &[("content-length", "0".into())],
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ByteRange;
+
+    #[test]
+    fn ranges() {
+        assert_eq!(
+            ByteRange::parse("bytes=0-9").unwrap().resolve(100),
+            Some(0..10)
+        );
+        assert_eq!(
+            ByteRange::parse("bytes=90-").unwrap().resolve(100),
+            Some(90..100)
+        );
+        assert_eq!(
+            ByteRange::parse("bytes=-10").unwrap().resolve(100),
+            Some(90..100)
+        );
+        assert_eq!(
+            ByteRange::parse("bytes=-1000").unwrap().resolve(100),
+            Some(0..100)
+        );
+        assert_eq!(
+            ByteRange::parse("bytes=50-1000").unwrap().resolve(100),
+            Some(50..100)
+        );
+        assert_eq!(ByteRange::parse("bytes=100-").unwrap().resolve(100), None);
+        assert_eq!(ByteRange::parse("bytes=-0").unwrap().resolve(100), None);
+        for bad in [
+            "bytes=5-1",
+            "bytes=a-b",
+            "bytes=0-1,3-4",
+            "items=0-1",
+            "bytes=-",
+            "",
+        ] {
+            assert_eq!(ByteRange::parse(bad), None, "{bad}");
+        }
+    }
+}

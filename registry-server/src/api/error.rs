@@ -1,0 +1,151 @@
+//! The one place where registry errors become OCI error responses.
+
+use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use registry_core::RegistryError;
+use serde_json::json;
+
+/// An error response: OCI error code, HTTP status, message, optional detail and extra headers.
+#[derive(Debug)]
+pub struct ApiError {
+    /// The OCI error code, e.g. `BLOB_UNKNOWN`.
+    pub code: &'static str,
+    /// The HTTP status.
+    pub status: StatusCode,
+    /// Human-readable message.
+    pub message: String,
+    /// Structured detail.
+    pub detail: serde_json::Value,
+    /// Headers the client needs (Range on 416, Location).
+    pub headers: HeaderMap,
+}
+
+impl ApiError {
+    /// An error with no detail.
+    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        ApiError {
+            code,
+            status,
+            message: message.into(),
+            detail: serde_json::Value::Null,
+            headers: HeaderMap::new(),
+        }
+    }
+
+    /// Adds a header to the error response.
+    pub fn with_header(mut self, name: &'static str, value: &str) -> Self {
+        if let Ok(v) = HeaderValue::from_str(value) {
+            self.headers.insert(HeaderName::from_static(name), v);
+        }
+        self
+    }
+
+    /// 405 for a method the endpoint does not have.
+    pub fn method_not_allowed() -> Self {
+        ApiError::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "UNSUPPORTED",
+            "the method is not supported on this endpoint",
+        )
+    }
+
+    /// 404 for a path that is no registry endpoint.
+    pub fn no_route() -> Self {
+        ApiError::new(StatusCode::NOT_FOUND, "NOT_FOUND", "no such endpoint")
+    }
+
+    fn detail(mut self, detail: serde_json::Value) -> Self {
+        self.detail = detail;
+        self
+    }
+}
+
+/// `Range: 0-<last>` as the upload endpoints report progress (`0-0` for an empty upload).
+pub fn upload_range(offset: u64) -> String {
+    format!("0-{}", offset.saturating_sub(1))
+}
+
+impl From<RegistryError> for ApiError {
+    fn from(e: RegistryError) -> Self {
+        use StatusCode as S;
+        let msg = e.to_string();
+        match e {
+            RegistryError::NameInvalid(n) => {
+                ApiError::new(S::BAD_REQUEST, "NAME_INVALID", msg).detail(json!({ "name": n }))
+            }
+            RegistryError::NameUnknown(n) => {
+                ApiError::new(S::NOT_FOUND, "NAME_UNKNOWN", msg).detail(json!({ "name": n }))
+            }
+            RegistryError::TagInvalid(t) => {
+                ApiError::new(S::BAD_REQUEST, "TAG_INVALID", msg).detail(json!({ "tag": t }))
+            }
+            RegistryError::DigestInvalid(d) => {
+                ApiError::new(S::BAD_REQUEST, "DIGEST_INVALID", msg).detail(json!({ "reason": d }))
+            }
+            RegistryError::BlobUnknown(d) => ApiError::new(S::NOT_FOUND, "BLOB_UNKNOWN", msg)
+                .detail(json!({ "digest": d.to_string() })),
+            RegistryError::BlobUploadUnknown => {
+                ApiError::new(S::NOT_FOUND, "BLOB_UPLOAD_UNKNOWN", msg)
+            }
+            RegistryError::BlobUploadInvalid(r) => {
+                ApiError::new(S::BAD_REQUEST, "BLOB_UPLOAD_INVALID", msg)
+                    .detail(json!({ "reason": r }))
+            }
+            RegistryError::UploadRangeInvalid { offset } => {
+                ApiError::new(S::RANGE_NOT_SATISFIABLE, "BLOB_UPLOAD_INVALID", msg)
+                    .detail(json!({ "offset": offset }))
+                    .with_header("range", &upload_range(offset))
+            }
+            RegistryError::BlobRangeInvalid { size } => {
+                ApiError::new(S::RANGE_NOT_SATISFIABLE, "RANGE_INVALID", msg)
+                    .with_header("content-range", &format!("bytes */{size}"))
+            }
+            RegistryError::ManifestUnknown(r) => {
+                ApiError::new(S::NOT_FOUND, "MANIFEST_UNKNOWN", msg)
+                    .detail(json!({ "reference": r }))
+            }
+            RegistryError::ManifestInvalid(r) => {
+                ApiError::new(S::BAD_REQUEST, "MANIFEST_INVALID", msg)
+                    .detail(json!({ "reason": r }))
+            }
+            RegistryError::ManifestBlobUnknown(d) => {
+                ApiError::new(S::BAD_REQUEST, "MANIFEST_BLOB_UNKNOWN", msg)
+                    .detail(json!({ "digest": d.to_string() }))
+            }
+            RegistryError::ManifestTooLarge { limit } => {
+                ApiError::new(S::PAYLOAD_TOO_LARGE, "SIZE_INVALID", msg)
+                    .detail(json!({ "limit": limit }))
+            }
+            RegistryError::SizeInvalid(r) => {
+                ApiError::new(S::BAD_REQUEST, "SIZE_INVALID", msg).detail(json!({ "reason": r }))
+            }
+            RegistryError::Unsupported(r) => {
+                ApiError::new(S::METHOD_NOT_ALLOWED, "UNSUPPORTED", msg)
+                    .detail(json!({ "reason": r }))
+            }
+            RegistryError::Conflict(r) => ApiError::new(S::CONFLICT, "BLOB_UPLOAD_INVALID", msg)
+                .detail(json!({ "reason": r })),
+            RegistryError::Storage(inner) => {
+                // Store details can name buckets and keys: log them, tell the client only the kind.
+                tracing::error!(error = %inner, "storage failure");
+                ApiError::new(
+                    S::INTERNAL_SERVER_ERROR,
+                    "UNKNOWN",
+                    "storage backend failure",
+                )
+            }
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = json!({ "errors": [{ "code": self.code, "message": self.message, "detail": self.detail }] });
+        let mut resp = (self.status, axum::Json(body)).into_response();
+        resp.headers_mut().extend(self.headers);
+        resp
+    }
+}
+
+/// Result of a handler.
+pub type ApiResult = Result<Response, ApiError>;

@@ -1,0 +1,93 @@
+//! Manifest GET/HEAD/PUT/DELETE.
+
+use axum::body::Body;
+use axum::http::{Method, StatusCode};
+use axum::response::IntoResponse;
+use registry_core::{Reference, RegistryError, Tag};
+
+use super::error::{ApiError, ApiResult};
+use super::{Ctx, empty, parse_name};
+
+fn parse_reference(raw: &str) -> Result<Reference, ApiError> {
+    raw.parse::<Reference>()
+        .map_err(|e| ApiError::from(RegistryError::from(e)))
+}
+
+pub(crate) async fn get(ctx: &Ctx, name: &str, reference: &str) -> ApiResult {
+    let name = parse_name(name)?;
+    let reference = parse_reference(reference)?;
+    let m = ctx.app.registry.get_manifest(&name, &reference).await?;
+    let headers = [
+        ("content-type", m.media_type.clone()),
+        ("docker-content-digest", m.digest.to_string()),
+        ("etag", format!("\"{}\"", m.digest)),
+        ("content-length", m.body.len().to_string()),
+    ];
+    if ctx.method == Method::HEAD {
+        return Ok(empty(StatusCode::OK, &headers));
+    }
+    let mut resp = (StatusCode::OK, m.body).into_response();
+    for (k, v) in headers {
+        if let Ok(v) = v.parse() {
+            resp.headers_mut().insert(k, v);
+        }
+    }
+    Ok(resp)
+}
+
+pub(crate) async fn put(ctx: &Ctx, name: &str, reference: &str, body: Body) -> ApiResult {
+    let name = parse_name(name)?;
+    let reference = parse_reference(reference)?;
+    let tags = ctx
+        .query
+        .all("tag")
+        .map(|t| {
+            t.parse::<Tag>()
+                .map_err(|e| ApiError::from(RegistryError::from(e)))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let limit = ctx.app.settings.max_manifest_bytes;
+    if ctx
+        .header("content-length")
+        .and_then(|v| v.parse::<usize>().ok())
+        .is_some_and(|n| n > limit)
+    {
+        return Err(RegistryError::ManifestTooLarge { limit }.into());
+    }
+    let body = axum::body::to_bytes(body, limit)
+        .await
+        .map_err(|_| ApiError::from(RegistryError::ManifestTooLarge { limit }))?;
+    let outcome = ctx
+        .app
+        .registry
+        .put_manifest(&name, &reference, body, ctx.header("content-type"), &tags)
+        .await?;
+    let mut headers = vec![
+        (
+            "location",
+            ctx.location(&format!("/v2/{name}/manifests/{}", outcome.digest)),
+        ),
+        ("docker-content-digest", outcome.digest.to_string()),
+        ("content-length", "0".into()),
+    ];
+    if let Some(s) = &outcome.subject {
+        headers.push(("oci-subject", s.to_string()));
+    }
+    let mut resp = empty(StatusCode::CREATED, &headers);
+    for t in &tags {
+        if let Ok(v) = t.as_str().parse() {
+            resp.headers_mut().append("oci-tag", v);
+        }
+    }
+    Ok(resp)
+}
+
+pub(crate) async fn delete(ctx: &Ctx, name: &str, reference: &str) -> ApiResult {
+    let name = parse_name(name)?;
+    let reference = parse_reference(reference)?;
+    ctx.app.registry.delete_manifest(&name, &reference).await?;
+    Ok(empty(
+        StatusCode::ACCEPTED,
+        &[("content-length", "0".into())],
+    ))
+}

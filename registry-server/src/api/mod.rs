@@ -1,0 +1,170 @@
+//! The OCI distribution HTTP API: one dispatcher over [`route::Route`] and a module per resource.
+
+mod blobs;
+pub mod error;
+mod listing;
+mod manifests;
+mod referrers;
+pub mod route;
+mod uploads;
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, request::Parts};
+use axum::response::{IntoResponse, Response};
+use futures::TryStreamExt;
+use registry_core::storage::{ByteStream, StorageError};
+use registry_core::{Registry, RepositoryName};
+
+use crate::config::Settings;
+use error::{ApiError, ApiResult};
+use route::Route;
+
+/// Everything a request handler needs.
+pub struct App {
+    /// The registry operations.
+    pub registry: Registry,
+    /// Validated configuration.
+    pub settings: Settings,
+}
+
+/// Builds the router serving the whole API.
+pub fn router(app: Arc<App>) -> Router {
+    Router::new()
+        .fallback(dispatch)
+        .layer(axum::middleware::map_response(api_version_header))
+        .with_state(app)
+}
+
+async fn api_version_header(mut resp: Response) -> Response {
+    resp.headers_mut().insert(
+        "docker-distribution-api-version",
+        HeaderValue::from_static("registry/2.0"),
+    );
+    resp
+}
+
+/// Query parameters in order; repeated keys are kept (`?tag=a&tag=b`).
+pub(crate) struct Query(Vec<(String, String)>);
+
+impl Query {
+    fn of(parts: &Parts) -> Query {
+        let q = parts.uri.query().unwrap_or("");
+        Query(
+            url::form_urlencoded::parse(q.as_bytes())
+                .into_owned()
+                .collect(),
+        )
+    }
+
+    /// First value of `key`.
+    pub(crate) fn get(&self, key: &str) -> Option<&str> {
+        self.0
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// Every value of `key`.
+    pub(crate) fn all<'a>(&'a self, key: &'a str) -> impl Iterator<Item = &'a str> + 'a {
+        self.0
+            .iter()
+            .filter(move |(k, _)| k == key)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// Per-request context passed to handlers.
+pub(crate) struct Ctx {
+    pub app: Arc<App>,
+    pub method: Method,
+    pub headers: HeaderMap,
+    pub query: Query,
+}
+
+impl Ctx {
+    /// A Location value for an API path: absolute when `http.host` is set, else a path.
+    pub(crate) fn location(&self, path: &str) -> String {
+        match &self.app.settings.host {
+            Some(h) => format!("{h}{path}"),
+            None => path.to_owned(),
+        }
+    }
+
+    /// A header's value as text, if present and readable.
+    pub(crate) fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+}
+
+pub(crate) fn parse_name(raw: &str) -> Result<RepositoryName, ApiError> {
+    raw.parse::<RepositoryName>()
+        .map_err(|e| ApiError::from(registry_core::RegistryError::from(e)))
+}
+
+/// A request body as a storage stream.
+pub(crate) fn body_stream(body: Body) -> ByteStream {
+    Box::pin(
+        body.into_data_stream()
+            .map_err(|e| StorageError::Backend(format!("request body: {e}"))),
+    )
+}
+
+/// A response with a status, headers and no body.
+pub(crate) fn empty(status: StatusCode, headers: &[(&'static str, String)]) -> Response {
+    let mut resp = (status, Body::empty()).into_response();
+    for (k, v) in headers {
+        if let Ok(v) = HeaderValue::from_str(v) {
+            resp.headers_mut().insert(*k, v);
+        }
+    }
+    resp
+}
+
+async fn dispatch(State(app): State<Arc<App>>, req: Request) -> Response {
+    let Some(route) = Route::parse(req.uri().path()) else {
+        return ApiError::no_route().into_response();
+    };
+    let (parts, body) = req.into_parts();
+    let ctx = Ctx {
+        app,
+        method: parts.method.clone(),
+        query: Query::of(&parts),
+        headers: parts.headers,
+    };
+    let m = &ctx.method;
+    let result: ApiResult = match route {
+        Route::Base if m == Method::GET || m == Method::HEAD => {
+            Ok(([("content-type", "application/json")], "{}").into_response())
+        }
+        Route::Catalog if m == Method::GET => listing::catalog(&ctx).await,
+        Route::Tags { name } if m == Method::GET => listing::tags(&ctx, &name).await,
+        Route::Manifest { name, reference } => match *m {
+            Method::GET | Method::HEAD => manifests::get(&ctx, &name, &reference).await,
+            Method::PUT => manifests::put(&ctx, &name, &reference, body).await,
+            Method::DELETE => manifests::delete(&ctx, &name, &reference).await,
+            _ => Err(ApiError::method_not_allowed()),
+        },
+        Route::Blob { name, digest } => match *m {
+            Method::GET | Method::HEAD => blobs::get(&ctx, &name, &digest).await,
+            Method::DELETE => blobs::delete(&ctx, &name, &digest).await,
+            _ => Err(ApiError::method_not_allowed()),
+        },
+        Route::UploadStart { name } if m == Method::POST => uploads::start(&ctx, &name, body).await,
+        Route::Upload { name, id } => match *m {
+            Method::GET => uploads::status(&ctx, &name, &id).await,
+            Method::PATCH => uploads::patch(&ctx, &name, &id, body).await,
+            Method::PUT => uploads::finish(&ctx, &name, &id, body).await,
+            Method::DELETE => uploads::cancel(&ctx, &name, &id).await,
+            _ => Err(ApiError::method_not_allowed()),
+        },
+        Route::Referrers { name, digest } if m == Method::GET => {
+            referrers::list(&ctx, &name, &digest).await
+        }
+        _ => Err(ApiError::method_not_allowed()),
+    };
+    result.unwrap_or_else(IntoResponse::into_response)
+}

@@ -1,0 +1,150 @@
+//! Blob uploads: start (with mount and monolithic variants), chunks, status, finish, cancel.
+
+use axum::body::Body;
+use axum::http::StatusCode;
+use registry_core::upload::ChunkRange;
+use registry_core::upload::session::parse_upload_id;
+use registry_core::{Digest, RegistryError, RepositoryName};
+
+use super::error::{ApiError, ApiResult, upload_range};
+use super::{Ctx, body_stream, empty, parse_name};
+
+fn upload_path(name: &RepositoryName, id: &str) -> String {
+    format!("/v2/{name}/blobs/uploads/{id}")
+}
+
+fn created(ctx: &Ctx, name: &RepositoryName, digest: &Digest) -> axum::response::Response {
+    empty(
+        StatusCode::CREATED,
+        &[
+            (
+                "location",
+                ctx.location(&format!("/v2/{name}/blobs/{digest}")),
+            ),
+            ("docker-content-digest", digest.to_string()),
+            ("content-length", "0".into()),
+        ],
+    )
+}
+
+fn progress(
+    ctx: &Ctx,
+    status: StatusCode,
+    name: &RepositoryName,
+    id: &str,
+    offset: u64,
+) -> axum::response::Response {
+    let mut headers = vec![
+        ("location", ctx.location(&upload_path(name, id))),
+        ("range", upload_range(offset)),
+        ("docker-upload-uuid", id.to_owned()),
+        ("content-length", "0".into()),
+    ];
+    if let Some(min) = ctx.app.registry.uploads().chunk_min_length() {
+        headers.push(("oci-chunk-min-length", min.to_string()));
+    }
+    empty(status, &headers)
+}
+
+/// Errors about an existing session carry its Location, so the client can resume.
+fn with_location(ctx: &Ctx, name: &RepositoryName, id: &str, e: RegistryError) -> ApiError {
+    let resumable = matches!(e, RegistryError::UploadRangeInvalid { .. });
+    let err = ApiError::from(e);
+    if resumable {
+        err.with_header("location", &ctx.location(&upload_path(name, id)))
+    } else {
+        err
+    }
+}
+
+/// The Content-Range of a chunk, checked against Content-Length when both are sent.
+fn chunk_range(ctx: &Ctx) -> Result<Option<ChunkRange>, ApiError> {
+    let Some(raw) = ctx.header("content-range") else {
+        return Ok(None);
+    };
+    let range = ChunkRange::parse(raw).ok_or_else(|| {
+        ApiError::from(RegistryError::BlobUploadInvalid(format!(
+            "malformed Content-Range {raw:?}"
+        )))
+    })?;
+    if let Some(len) = ctx
+        .header("content-length")
+        .and_then(|v| v.parse::<u64>().ok())
+        && len != range.len()
+    {
+        return Err(RegistryError::SizeInvalid(format!(
+            "Content-Length {len} does not match Content-Range {raw}"
+        ))
+        .into());
+    }
+    Ok(Some(range))
+}
+
+pub(crate) async fn start(ctx: &Ctx, name: &str, body: Body) -> ApiResult {
+    let name = parse_name(name)?;
+    let registry = &ctx.app.registry;
+    if let Some(mount) = ctx.query.get("mount") {
+        let digest: Digest = mount.parse().map_err(RegistryError::from)?;
+        if let Some(from) = ctx.query.get("from") {
+            let from = parse_name(from)?;
+            if registry.mount_blob(&name, &from, &digest).await? {
+                return Ok(created(ctx, &name, &digest));
+            }
+        }
+        // Cannot mount: fall through to an ordinary upload, as the spec allows.
+    } else if let Some(d) = ctx.query.get("digest") {
+        let digest: Digest = d.parse().map_err(RegistryError::from)?;
+        registry.put_blob(&name, &digest, body_stream(body)).await?;
+        return Ok(created(ctx, &name, &digest));
+    }
+    let id = registry.uploads().start(&name).await?;
+    Ok(progress(ctx, StatusCode::ACCEPTED, &name, &id, 0))
+}
+
+pub(crate) async fn status(ctx: &Ctx, name: &str, id: &str) -> ApiResult {
+    let name = parse_name(name)?;
+    let id = parse_upload_id(id)?;
+    let offset = ctx.app.registry.uploads().status(&name, &id).await?;
+    Ok(progress(ctx, StatusCode::NO_CONTENT, &name, &id, offset))
+}
+
+pub(crate) async fn patch(ctx: &Ctx, name: &str, id: &str, body: Body) -> ApiResult {
+    let name = parse_name(name)?;
+    let id = parse_upload_id(id)?;
+    let range = chunk_range(ctx)?;
+    let offset = ctx
+        .app
+        .registry
+        .uploads()
+        .append(&name, &id, range, body_stream(body))
+        .await
+        .map_err(|e| with_location(ctx, &name, &id, e))?;
+    Ok(progress(ctx, StatusCode::ACCEPTED, &name, &id, offset))
+}
+
+pub(crate) async fn finish(ctx: &Ctx, name: &str, id: &str, body: Body) -> ApiResult {
+    let name = parse_name(name)?;
+    let id = parse_upload_id(id)?;
+    let digest: Digest = ctx
+        .query
+        .get("digest")
+        .ok_or_else(|| {
+            RegistryError::DigestInvalid("the digest query parameter is required".into())
+        })?
+        .parse()
+        .map_err(RegistryError::from)?;
+    let range = chunk_range(ctx)?;
+    ctx.app
+        .registry
+        .finish_upload(&name, &id, &digest, range, body_stream(body))
+        .await
+        .map_err(|e| with_location(ctx, &name, &id, e))?;
+    Ok(created(ctx, &name, &digest))
+}
+
+pub(crate) async fn cancel(ctx: &Ctx, name: &str, id: &str) -> ApiResult {
+    let name = parse_name(name)?;
+    let id = parse_upload_id(id)?;
+    ctx.app.registry.uploads().cancel(&name, &id).await?;
+    Ok(empty(StatusCode::NO_CONTENT, &[]))
+}

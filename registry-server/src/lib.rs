@@ -1,0 +1,6 @@
+//! Berth's HTTP server: configuration, the storage backend it selects, and the OCI API.
+
+pub mod api;
+pub mod backend;
+pub mod config;
+pub mod serve;
