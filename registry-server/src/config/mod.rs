@@ -257,8 +257,12 @@ pub fn load(
     Ok((settings, warnings))
 }
 
+/// `storage.filesystem.?.x` (serde's view, `?` for an Option) as the user wrote it.
 fn dotted(path: &str) -> String {
-    path.trim_start_matches('.').to_owned()
+    path.split('.')
+        .filter(|s| !s.is_empty() && *s != "?")
+        .collect::<Vec<_>>()
+        .join(".")
 }
 
 fn parse_addr(addr: &str) -> Result<SocketAddr, ConfigError> {

@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# Runs every Berth test. Installs what the tests need when it is missing:
+#   skopeo and docker-registry (CNCF distribution 2.8) from Debian's packages.
+# Fails loudly if an install fails; never skips a test for a missing tool.
+set -euo pipefail
+cd "$(git -C "$(dirname "$0")" rev-parse --show-toplevel)"
+
+as_root() { if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi; }
+
+apt_missing=()
+command -v skopeo >/dev/null || apt_missing+=(skopeo)
+command -v docker-registry >/dev/null || apt_missing+=(docker-registry)
+if ((${#apt_missing[@]})); then
+  echo "test.sh: installing ${apt_missing[*]} with apt" >&2
+  as_root apt-get update -qq
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${apt_missing[@]}" >/dev/null
+fi
+for tool in skopeo docker-registry; do
+  command -v "$tool" >/dev/null || { echo "test.sh: $tool is still missing after install" >&2; exit 1; }
+done
+
+# Build the binary once; the end-to-end tests start it as a real process.
+cargo build --quiet -p registry-server --bin berth
+export BERTH_BIN="${CARGO_TARGET_DIR:-$PWD/target}/debug/berth"
+
+if cargo nextest --version >/dev/null 2>&1; then
+  cargo nextest run --workspace --no-fail-fast "$@"
+else
+  cargo test --workspace --no-fail-fast "$@"
+fi

@@ -1,0 +1,232 @@
+//! The upload state machine over each backend: chunk sizes that do not match parts, sessions
+//! continued by another replica, racing writers, resumption after a lost request.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use futures::{StreamExt, stream};
+use registry_core::storage::{ByteStream, StorageError};
+use registry_core::upload::ChunkRange;
+use registry_core::{
+    Algorithm, Digest, Registry, RegistryError, RegistrySettings, RepositoryName, StorageDriver,
+};
+use storage_drivers::{LocalDriver, memory_driver};
+
+fn body(data: &[u8]) -> ByteStream {
+    // Odd-sized chunks, so part boundaries fall inside chunks.
+    let chunks: Vec<Result<Bytes, StorageError>> = data
+        .chunks(77_777)
+        .map(|c| Ok(Bytes::copy_from_slice(c)))
+        .collect();
+    stream::iter(chunks).boxed()
+}
+
+fn data(len: usize) -> Vec<u8> {
+    (0..len).map(|i| (i * 31 % 251) as u8).collect()
+}
+
+async fn read_blob(r: &Registry, d: &Digest) -> Vec<u8> {
+    let got = r.read_blob(d, None).await.unwrap();
+    let chunks: Vec<Bytes> = futures::TryStreamExt::try_collect(got.body).await.unwrap();
+    chunks.concat()
+}
+
+fn range(start: usize, len: usize) -> Option<ChunkRange> {
+    Some(ChunkRange {
+        start: start as u64,
+        end: (start + len - 1) as u64,
+    })
+}
+
+async fn chunked_upload_across_replicas(store: Arc<dyn StorageDriver>) {
+    // Two registries over one store stand for two replicas: neither holds session state.
+    let a = Registry::new(store.clone(), RegistrySettings::default());
+    let b = Registry::new(store.clone(), RegistrySettings::default());
+    let name: RepositoryName = "team/app".parse().unwrap();
+    let blob = data(3 * 1024 * 1024 + 12345);
+    let id = a.uploads().start(&name).await.unwrap();
+    let mut offset = 0;
+    // Chunk sizes around and across the 1 MiB part size.
+    for (i, len) in [700_000usize, 1_500_000, 1, 300_000, 2_000]
+        .into_iter()
+        .enumerate()
+    {
+        let r = if i % 2 == 0 { &a } else { &b };
+        let chunk = &blob[offset..offset + len];
+        let new = r
+            .uploads()
+            .append(&name, &id, range(offset, len), body(chunk))
+            .await
+            .unwrap();
+        offset += len;
+        assert_eq!(new, offset as u64);
+        assert_eq!(b.uploads().status(&name, &id).await.unwrap(), offset as u64);
+    }
+    let digest = Digest::of(Algorithm::Sha256, &blob);
+    b.finish_upload(
+        &name,
+        &id,
+        &digest,
+        range(offset, blob.len() - offset),
+        body(&blob[offset..]),
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        a.stat_blob(&name, &digest).await.unwrap().size,
+        blob.len() as u64
+    );
+    assert!(
+        read_blob(&a, &digest).await == blob,
+        "assembled blob differs"
+    );
+    assert!(matches!(
+        a.uploads().status(&name, &id).await,
+        Err(RegistryError::BlobUploadUnknown)
+    ));
+}
+
+async fn out_of_order_and_sha512(store: Arc<dyn StorageDriver>) {
+    let r = Registry::new(store, RegistrySettings::default());
+    let name: RepositoryName = "x".parse().unwrap();
+    let blob = data(2_500_000);
+    let id = r.uploads().start(&name).await.unwrap();
+    r.uploads()
+        .append(&name, &id, range(0, 1_000_000), body(&blob[..1_000_000]))
+        .await
+        .unwrap();
+    let err = r
+        .uploads()
+        .append(&name, &id, range(5, 10), body(&blob[5..15]))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, RegistryError::UploadRangeInvalid { offset: 1_000_000 }),
+        "{err:?}"
+    );
+    r.uploads()
+        .append(&name, &id, None, body(&blob[1_000_000..]))
+        .await
+        .unwrap();
+    let sha512 = Digest::of(Algorithm::Sha512, &blob);
+    r.finish_upload(&name, &id, &sha512, None, body(&[]))
+        .await
+        .unwrap();
+    assert!(read_blob(&r, &sha512).await == blob);
+}
+
+async fn racing_appends_cannot_both_win(store: Arc<dyn StorageDriver>) {
+    let r = Arc::new(Registry::new(store, RegistrySettings::default()));
+    let name: RepositoryName = "race".parse().unwrap();
+    let id = r.uploads().start(&name).await.unwrap();
+    let blob = data(400_000);
+    let tasks: Vec<_> = (0..4)
+        .map(|_| {
+            let (r, name, id, blob) = (r.clone(), name.clone(), id.clone(), blob.clone());
+            tokio::spawn(async move {
+                r.uploads()
+                    .append(&name, &id, range(0, blob.len()), body(&blob))
+                    .await
+            })
+        })
+        .collect();
+    let mut ok = 0;
+    for t in tasks {
+        match t.await.unwrap() {
+            Ok(_) => ok += 1,
+            Err(RegistryError::Conflict(_)) | Err(RegistryError::UploadRangeInvalid { .. }) => {}
+            Err(e) => panic!("unexpected {e:?}"),
+        }
+    }
+    assert!(ok >= 1, "one writer must succeed");
+    let offset = r.uploads().status(&name, &id).await.unwrap();
+    assert_eq!(
+        offset,
+        blob.len() as u64,
+        "exactly one chunk's worth was accepted"
+    );
+    let digest = Digest::of(Algorithm::Sha256, &blob);
+    r.finish_upload(&name, &id, &digest, None, body(&[]))
+        .await
+        .unwrap();
+    assert!(read_blob(&r, &digest).await == blob);
+}
+
+async fn failed_request_keeps_what_arrived(store: Arc<dyn StorageDriver>) {
+    let r = Registry::new(store, RegistrySettings::default());
+    let name: RepositoryName = "resume".parse().unwrap();
+    let blob = data(2_200_000);
+    let id = r.uploads().start(&name).await.unwrap();
+    // The client goes away after 1.6 MB of its body.
+    let partial: ByteStream = stream::iter(vec![
+        Ok(Bytes::copy_from_slice(&blob[..1_600_000])),
+        Err(StorageError::Backend("connection reset".into())),
+    ])
+    .boxed();
+    assert!(r.uploads().append(&name, &id, None, partial).await.is_err());
+    let offset = r.uploads().status(&name, &id).await.unwrap() as usize;
+    assert_eq!(
+        offset, 1_600_000,
+        "bytes received before the failure are kept"
+    );
+    r.uploads()
+        .append(
+            &name,
+            &id,
+            range(offset, blob.len() - offset),
+            body(&blob[offset..]),
+        )
+        .await
+        .unwrap();
+    let digest = Digest::of(Algorithm::Sha256, &blob);
+    r.finish_upload(&name, &id, &digest, None, body(&[]))
+        .await
+        .unwrap();
+    assert!(read_blob(&r, &digest).await == blob);
+}
+
+async fn mismatch_leaves_nothing(store: Arc<dyn StorageDriver>) {
+    let r = Registry::new(store.clone(), RegistrySettings::default());
+    let name: RepositoryName = "mismatch".parse().unwrap();
+    let blob = data(1_300_000);
+    let id = r.uploads().start(&name).await.unwrap();
+    r.uploads()
+        .append(&name, &id, None, body(&blob))
+        .await
+        .unwrap();
+    let wrong = Digest::of(Algorithm::Sha256, b"something else");
+    let err = r
+        .finish_upload(&name, &id, &wrong, None, body(&[]))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, RegistryError::DigestInvalid(_)));
+    let left: Vec<String> = futures::TryStreamExt::try_collect(store.list_recursive("docker/"))
+        .await
+        .unwrap();
+    assert!(left.is_empty(), "a refused upload leaves nothing: {left:?}");
+}
+
+async fn all(store: impl Fn() -> Arc<dyn StorageDriver>) {
+    chunked_upload_across_replicas(store()).await;
+    out_of_order_and_sha512(store()).await;
+    racing_appends_cannot_both_win(store()).await;
+    failed_request_keeps_what_arrived(store()).await;
+    mismatch_leaves_nothing(store()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn memory_with_fixed_one_mib_parts() {
+    all(|| Arc::new(memory_driver(1 << 20))).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn local_disk() {
+    let dirs: std::sync::Mutex<Vec<tempfile::TempDir>> = Default::default();
+    all(|| {
+        let d = tempfile::tempdir().unwrap();
+        let driver = LocalDriver::new(d.path()).unwrap();
+        dirs.lock().unwrap().push(d);
+        Arc::new(driver)
+    })
+    .await;
+}
