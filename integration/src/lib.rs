@@ -2,6 +2,7 @@
 //! make OCI image layouts, and require the external clients the tests drive.
 
 pub mod distribution;
+pub mod emulators;
 pub mod http;
 pub mod layout;
 pub mod server;

@@ -21,6 +21,9 @@ struct Cli {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // One TLS crypto provider for every HTTP client (object stores), chosen here rather than by
+    // whichever dependency's feature flags happen to win.
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     // `registry serve /etc/docker/registry/config.yml` is how distribution is started.
     let positional = match cli.args.as_slice() {
         [] => None,

@@ -3,9 +3,13 @@
 //! Local disk has its own append-and-rename implementation; every object store (memory, S3,
 //! Azure, GCS) goes through object_store and one shared adapter, [`ObjectStoreDriver`].
 
+#[cfg(feature = "azure")]
+pub mod azure;
 pub mod local;
 pub mod memory;
 pub mod object_store_driver;
+#[cfg(feature = "s3")]
+pub mod s3;
 
 pub use local::LocalDriver;
 pub use memory::memory_driver;

@@ -31,6 +31,16 @@ pub struct ObjectStoreDriver {
     signer: Option<Arc<dyn Signer>>,
     root: String,
     policy: PartPolicy,
+    large_copy: Option<Arc<dyn LargeCopy>>,
+}
+
+/// A backend-specific server-side copy for objects too large for the store's plain copy.
+#[async_trait]
+pub trait LargeCopy: Send + Sync + std::fmt::Debug {
+    /// Objects larger than this go through [`LargeCopy::copy`].
+    fn threshold(&self) -> u64;
+    /// Copies `from` (of `size` bytes) to `to` inside the store.
+    async fn copy(&self, from: &Path, to: &Path, size: u64) -> Result<(), StorageError>;
 }
 
 impl std::fmt::Debug for ObjectStoreDriver {
@@ -81,7 +91,14 @@ impl ObjectStoreDriver {
             signer,
             root,
             policy,
+            large_copy: None,
         }
+    }
+
+    /// Uses `copier` for objects above its threshold.
+    pub fn with_large_copy(mut self, copier: Arc<dyn LargeCopy>) -> Self {
+        self.large_copy = Some(copier);
+        self
     }
 
     fn path(&self, key: &str) -> Path {

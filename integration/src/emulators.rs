@@ -1,0 +1,166 @@
+//! Real storage servers on loopback: moto (S3) and Azurite (Azure Blob), stopped on drop.
+
+use std::io::{Read, Write};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use crate::server::{free_port, wait_for_port};
+
+/// Azurite's well-known development account.
+pub const AZURITE_ACCOUNT: &str = "devstoreaccount1";
+/// Azurite's well-known development key (public, documented by Microsoft).
+pub const AZURITE_KEY: &str =
+    "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw==";
+
+fn kill(child: &mut Child) {
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+/// Finds a program on PATH or in the project's `.tools/node_modules/.bin`.
+fn program(name: &str) -> PathBuf {
+    if let Some(p) = std::env::var_os("PATH").and_then(|p| {
+        std::env::split_paths(&p)
+            .map(|d| d.join(name))
+            .find(|c| c.is_file())
+    }) {
+        return p;
+    }
+    let local = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../.tools/node_modules/.bin")
+        .join(name);
+    assert!(
+        local.is_file(),
+        "{name} is not installed; run ./scripts/test.sh, which installs it (see README)"
+    );
+    local
+}
+
+/// A raw HTTP/1.1 request on loopback; returns the status code.
+fn raw_request(addr: &str, request: &str) -> u16 {
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    s.write_all(request.as_bytes()).unwrap();
+    let mut buf = [0u8; 64];
+    let n = s.read(&mut buf).unwrap();
+    let head = String::from_utf8_lossy(&buf[..n]);
+    head.split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0)
+}
+
+/// moto's S3 server (`pip install 'moto[server]'`).
+pub struct Moto {
+    child: Child,
+    /// `http://127.0.0.1:PORT`
+    pub endpoint: String,
+    addr: String,
+}
+
+impl Moto {
+    /// Starts moto on a free port.
+    pub fn start() -> Moto {
+        let port = free_port();
+        let addr = format!("127.0.0.1:{port}");
+        let child = Command::new(program("moto_server"))
+            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("cannot start moto_server");
+        wait_for_port(&addr, Duration::from_secs(60));
+        Moto {
+            child,
+            endpoint: format!("http://{addr}"),
+            addr,
+        }
+    }
+
+    /// Creates a bucket (moto needs no signature for this).
+    pub fn create_bucket(&self, bucket: &str) {
+        let status = raw_request(
+            &self.addr,
+            &format!(
+                "PUT /{bucket} HTTP/1.1\r\nHost: {}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+                self.addr
+            ),
+        );
+        assert_eq!(status, 200, "moto refused to create bucket {bucket}");
+    }
+
+    /// A `storage.s3` config section for this server.
+    pub fn storage_yaml(&self, bucket: &str) -> String {
+        format!(
+            "s3:\n    bucket: {bucket}\n    region: us-east-1\n    regionendpoint: {}\n    accesskey: test\n    secretkey: test\n    forcepathstyle: true\n    rootdirectory: /registry\n",
+            self.endpoint
+        )
+    }
+}
+
+impl Drop for Moto {
+    fn drop(&mut self) {
+        kill(&mut self.child);
+    }
+}
+
+/// Azurite's blob service (`npm install azurite`).
+pub struct Azurite {
+    child: Child,
+    /// `http://127.0.0.1:PORT/devstoreaccount1`
+    pub endpoint: String,
+    _dir: tempfile::TempDir,
+}
+
+impl Azurite {
+    /// Starts Azurite on a free port with its data in a temporary directory.
+    pub fn start() -> Azurite {
+        let port = free_port();
+        let addr = format!("127.0.0.1:{port}");
+        let dir = tempfile::tempdir().unwrap();
+        let child = Command::new(program("azurite-blob"))
+            .args([
+                "--blobHost",
+                "127.0.0.1",
+                "--blobPort",
+                &port.to_string(),
+                "--location",
+            ])
+            .arg(dir.path())
+            .args(["--skipApiVersionCheck", "--disableTelemetry", "--silent"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("cannot start azurite-blob");
+        wait_for_port(&addr, Duration::from_secs(60));
+        Azurite {
+            child,
+            endpoint: format!("http://{addr}/{AZURITE_ACCOUNT}"),
+            _dir: dir,
+        }
+    }
+
+    /// Creates a container with the Azure SDK for Python (installed by the test command).
+    pub fn create_container(&self, name: &str) {
+        let conn = format!(
+            "DefaultEndpointsProtocol=http;AccountName={AZURITE_ACCOUNT};AccountKey={AZURITE_KEY};BlobEndpoint={};",
+            self.endpoint
+        );
+        let script = "import sys\nfrom azure.storage.blob import BlobServiceClient\nBlobServiceClient.from_connection_string(sys.argv[1]).create_container(sys.argv[2])\n";
+        crate::tools::run(Command::new("python3").args(["-c", script, &conn, name]));
+    }
+
+    /// A `storage.azure` config section for this server.
+    pub fn storage_yaml(&self, container: &str) -> String {
+        format!(
+            "azure:\n    accountname: {AZURITE_ACCOUNT}\n    accountkey: {AZURITE_KEY}\n    container: {container}\n    endpoint: {}\n    rootdirectory: /registry\n",
+            self.endpoint
+        )
+    }
+}
+
+impl Drop for Azurite {
+    fn drop(&mut self) {
+        kill(&mut self.child);
+    }
+}

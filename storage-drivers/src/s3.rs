@@ -1,0 +1,291 @@
+//! Amazon S3 (and S3-compatible stores) through object_store, plus UploadPartCopy for copies
+//! above the CopyObject limit, which object_store does not offer.
+
+use std::sync::Arc;
+
+use object_store::ClientOptions;
+use object_store::aws::{AmazonS3, AmazonS3Builder, AwsAuthorizer};
+use object_store::multipart::{MultipartStore, PartId};
+use object_store::path::Path;
+use registry_core::storage::{PartPolicy, StorageError};
+
+use crate::object_store_driver::{LargeCopy, ObjectStoreDriver};
+
+/// CopyObject refuses sources larger than this.
+pub const COPY_OBJECT_LIMIT: u64 = 5 << 30;
+
+/// Settings of an S3 backend (distribution's `storage.s3` keys).
+#[derive(Debug, Clone, Default)]
+pub struct S3Options {
+    /// Bucket name.
+    pub bucket: String,
+    /// Region; from the environment (`AWS_REGION`) when absent.
+    pub region: Option<String>,
+    /// Endpoint of an S3-compatible store (`regionendpoint`).
+    pub endpoint: Option<String>,
+    /// Static access key; the standard credential chain is used when absent.
+    pub access_key: Option<String>,
+    /// Static secret key.
+    pub secret_key: Option<String>,
+    /// Session token for temporary static credentials.
+    pub session_token: Option<String>,
+    /// Path-style addressing (`endpoint/bucket/key`), needed by most S3-compatible stores.
+    pub force_path_style: bool,
+    /// Key prefix inside the bucket.
+    pub root: String,
+    /// Upload part size (every part but the last).
+    pub part_size: u64,
+    /// Objects above this size are copied with UploadPartCopy instead of CopyObject.
+    pub copy_threshold: u64,
+    /// Part size for UploadPartCopy.
+    pub copy_part_size: u64,
+    /// Endpoint clients reach the bucket at, used to sign redirect URLs (e.g. a public MinIO URL).
+    pub public_endpoint: Option<String>,
+}
+
+fn builder(o: &S3Options, endpoint: Option<&str>) -> AmazonS3Builder {
+    // from_env gives the standard chain: AWS_* variables, web identity (IRSA), container
+    // credentials (EKS Pod Identity, ECS) and instance metadata.
+    // Client options first: with_client_options replaces the whole set, allow_http included.
+    let mut b = AmazonS3Builder::from_env()
+        .with_client_options(ClientOptions::new().with_timeout_disabled())
+        .with_bucket_name(&o.bucket);
+    if let Some(r) = &o.region {
+        b = b.with_region(r);
+    }
+    if let Some(e) = endpoint {
+        b = b.with_endpoint(e).with_allow_http(e.starts_with("http://"));
+    }
+    if let (Some(k), Some(s)) = (&o.access_key, &o.secret_key) {
+        b = b.with_access_key_id(k).with_secret_access_key(s);
+        if let Some(t) = &o.session_token {
+            b = b.with_token(t);
+        }
+    }
+    b.with_virtual_hosted_style_request(!o.force_path_style)
+}
+
+/// Builds the S3 driver.
+pub fn s3_driver(o: &S3Options) -> Result<ObjectStoreDriver, StorageError> {
+    let store = Arc::new(
+        builder(o, o.endpoint.as_deref())
+            .build()
+            .map_err(StorageError::backend)?,
+    );
+    let signer: Arc<dyn object_store::signer::Signer> = match &o.public_endpoint {
+        // The host is part of a SigV4 signature: sign for the endpoint clients will use.
+        Some(public) => Arc::new(
+            builder(o, Some(public))
+                .build()
+                .map_err(StorageError::backend)?,
+        ),
+        None => store.clone(),
+    };
+    let copier = PartCopy {
+        store: store.clone(),
+        bucket: o.bucket.clone(),
+        endpoint: o.endpoint.clone(),
+        region: o
+            .region
+            .clone()
+            .or_else(|| std::env::var("AWS_REGION").ok())
+            .unwrap_or_else(|| "us-east-1".into()),
+        path_style: o.force_path_style,
+        threshold: o.copy_threshold,
+        part_size: o.copy_part_size.max(5 << 20),
+        http: reqwest::Client::new(),
+    };
+    Ok(ObjectStoreDriver::new(
+        "s3",
+        store.clone(),
+        store,
+        Some(signer),
+        &o.root,
+        PartPolicy {
+            part_size: o.part_size,
+            fixed_size: true,
+        },
+    )
+    .with_large_copy(Arc::new(copier)))
+}
+
+/// Server-side copy of large objects with UploadPartCopy, signed with object_store's SigV4.
+#[derive(Debug)]
+struct PartCopy {
+    store: Arc<AmazonS3>,
+    bucket: String,
+    endpoint: Option<String>,
+    region: String,
+    path_style: bool,
+    threshold: u64,
+    part_size: u64,
+    http: reqwest::Client,
+}
+
+fn xml_etag(body: &str) -> Option<String> {
+    let start = body.find("<ETag>")? + "<ETag>".len();
+    let end = start + body[start..].find("</ETag>")?;
+    Some(
+        body[start..end]
+            .replace("&quot;", "\"")
+            .replace("&#34;", "\""),
+    )
+}
+
+impl PartCopy {
+    fn object_url(&self, key: &Path) -> String {
+        match (&self.endpoint, self.path_style) {
+            (Some(e), true) => format!("{}/{}/{key}", e.trim_end_matches('/'), self.bucket),
+            (Some(e), false) => {
+                let (scheme, host) = e.split_once("://").unwrap_or(("https", e));
+                format!(
+                    "{scheme}://{}.{}/{key}",
+                    self.bucket,
+                    host.trim_end_matches('/')
+                )
+            }
+            (None, true) => format!(
+                "https://s3.{}.amazonaws.com/{}/{key}",
+                self.region, self.bucket
+            ),
+            (None, false) => format!(
+                "https://{}.s3.{}.amazonaws.com/{key}",
+                self.bucket, self.region
+            ),
+        }
+    }
+
+    async fn copy_part(
+        &self,
+        from: &Path,
+        to: &Path,
+        upload_id: &str,
+        part: usize,
+        range: (u64, u64),
+    ) -> Result<String, StorageError> {
+        let url = format!(
+            "{}?partNumber={}&uploadId={}",
+            self.object_url(to),
+            part + 1,
+            urlencode(upload_id)
+        );
+        let mut req = http::Request::builder()
+            .method("PUT")
+            .uri(&url)
+            .header("x-amz-copy-source", format!("{}/{from}", self.bucket))
+            .header(
+                "x-amz-copy-source-range",
+                format!("bytes={}-{}", range.0, range.1),
+            )
+            .body(object_store::client::HttpRequestBody::empty())
+            .map_err(StorageError::backend)?;
+        let cred = self
+            .store
+            .credentials()
+            .get_credential()
+            .await
+            .map_err(StorageError::backend)?;
+        AwsAuthorizer::new(&cred, "s3", &self.region)
+            .try_authorize(&mut req, None)
+            .map_err(StorageError::backend)?;
+        let mut out = self.http.put(&url);
+        for (k, v) in req.headers() {
+            out = out.header(k.as_str(), v.as_bytes());
+        }
+        let resp = out.send().await.map_err(StorageError::backend)?;
+        let status = resp.status();
+        let body = resp.text().await.map_err(StorageError::backend)?;
+        if !status.is_success() {
+            return Err(StorageError::Backend(format!(
+                "UploadPartCopy {status}: {body}"
+            )));
+        }
+        xml_etag(&body).ok_or_else(|| {
+            StorageError::Backend(format!("UploadPartCopy answer without ETag: {body}"))
+        })
+    }
+}
+
+fn urlencode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+#[async_trait::async_trait]
+impl LargeCopy for PartCopy {
+    fn threshold(&self) -> u64 {
+        self.threshold
+    }
+
+    async fn copy(&self, from: &Path, to: &Path, size: u64) -> Result<(), StorageError> {
+        let id = self
+            .store
+            .create_multipart(to)
+            .await
+            .map_err(StorageError::backend)?;
+        let mut parts = Vec::new();
+        let mut start = 0u64;
+        while start < size {
+            let end = (start + self.part_size).min(size) - 1;
+            match self
+                .copy_part(from, to, &id, parts.len(), (start, end))
+                .await
+            {
+                Ok(etag) => parts.push(PartId { content_id: etag }),
+                Err(e) => {
+                    let _ = self.store.abort_multipart(to, &id).await;
+                    return Err(e);
+                }
+            }
+            start = end + 1;
+        }
+        self.store
+            .complete_multipart(to, &id, parts)
+            .await
+            .map_err(StorageError::backend)?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn etag_from_copy_part_result() {
+        let xml = r#"<?xml version="1.0"?><CopyPartResult><LastModified>x</LastModified><ETag>&quot;abc&quot;</ETag></CopyPartResult>"#;
+        assert_eq!(xml_etag(xml).as_deref(), Some("\"abc\""));
+        assert_eq!(xml_etag("<x/>"), None);
+    }
+
+    #[test]
+    fn urls() {
+        let p = PartCopy {
+            store: Arc::new(
+                AmazonS3Builder::new()
+                    .with_bucket_name("b")
+                    .with_region("r")
+                    .build()
+                    .unwrap(),
+            ),
+            bucket: "b".into(),
+            endpoint: Some("http://127.0.0.1:9000/".into()),
+            region: "r".into(),
+            path_style: true,
+            threshold: 0,
+            part_size: 0,
+            http: reqwest::Client::new(),
+        };
+        assert_eq!(
+            p.object_url(&Path::from("a/b")),
+            "http://127.0.0.1:9000/b/a/b"
+        );
+        assert_eq!(urlencode("a b/c"), "a%20b%2Fc");
+    }
+}
