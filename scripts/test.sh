@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Runs every Berth test. Installs what the tests need when it is missing:
-#   skopeo and docker-registry (CNCF distribution 2.8) from Debian's packages.
+#   skopeo and docker-registry (CNCF distribution 2.8) from Debian's packages,
+#   moto (S3 emulator) and azure-storage-blob from PyPI, Azurite (Azure emulator) from npm.
 # Fails loudly if an install fails; never skips a test for a missing tool.
 set -euo pipefail
 cd "$(git -C "$(dirname "$0")" rev-parse --show-toplevel)"
@@ -18,6 +19,22 @@ fi
 for tool in skopeo docker-registry; do
   command -v "$tool" >/dev/null || { echo "test.sh: $tool is still missing after install" >&2; exit 1; }
 done
+
+# S3 and Azure emulators, and the Azure SDK the tests use to create containers.
+python3 -c 'import moto.server' 2>/dev/null && command -v moto_server >/dev/null || {
+  echo "test.sh: installing moto[server] with pip" >&2
+  python3 -m pip install --quiet 'moto[server]'
+}
+python3 -c 'import azure.storage.blob' 2>/dev/null || {
+  echo "test.sh: installing azure-storage-blob with pip" >&2
+  python3 -m pip install --quiet azure-storage-blob
+}
+[ -x .tools/node_modules/.bin/azurite-blob ] || {
+  echo "test.sh: installing azurite with npm into .tools/" >&2
+  npm install --silent --no-audit --no-fund --prefix .tools azurite >/dev/null
+}
+command -v moto_server >/dev/null || { echo "test.sh: moto_server is still missing after install" >&2; exit 1; }
+[ -x .tools/node_modules/.bin/azurite-blob ] || { echo "test.sh: azurite is still missing after install" >&2; exit 1; }
 
 # Build the binary once; the end-to-end tests start it as a real process.
 cargo build --quiet -p registry-server --bin berth

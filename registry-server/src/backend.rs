@@ -16,6 +16,20 @@ pub fn build(choice: &StorageChoice) -> Result<Arc<dyn StorageDriver>, ConfigErr
                 message: format!("cannot create {}: {e}", root.display()),
             })?)
         }
-        StorageChoice::InMemory => Arc::new(memory_driver(16 << 20)),
+        StorageChoice::InMemory => Arc::new(memory_driver(crate::config::DEFAULT_PART_SIZE)),
+        StorageChoice::S3(o) => {
+            Arc::new(
+                storage_drivers::s3::s3_driver(o).map_err(|e| ConfigError::Key {
+                    key: "storage.s3".into(),
+                    message: e.to_string(),
+                })?,
+            )
+        }
+        StorageChoice::Azure(o) => Arc::new(storage_drivers::azure::azure_driver(o).map_err(
+            |e| ConfigError::Key {
+                key: "storage.azure".into(),
+                message: e.to_string(),
+            },
+        )?),
     })
 }

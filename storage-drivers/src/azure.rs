@@ -9,7 +9,7 @@ use registry_core::storage::{PartPolicy, StorageError};
 use crate::object_store_driver::ObjectStoreDriver;
 
 /// Settings of an Azure backend (distribution's `storage.azure` keys plus an endpoint).
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct AzureOptions {
     /// Storage account name.
     pub account: String,
@@ -23,6 +23,13 @@ pub struct AzureOptions {
     pub root: String,
     /// Block size for uploads.
     pub part_size: u64,
+}
+
+impl AzureOptions {
+    /// The public blob endpoint of an account in a cloud (`realm`, e.g. `core.windows.net`).
+    pub fn endpoint_for_realm(account: &str, realm: &str) -> String {
+        format!("https://{account}.blob.{realm}")
+    }
 }
 
 /// Builds the Azure driver.

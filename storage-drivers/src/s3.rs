@@ -15,7 +15,7 @@ use crate::object_store_driver::{LargeCopy, ObjectStoreDriver};
 pub const COPY_OBJECT_LIMIT: u64 = 5 << 30;
 
 /// Settings of an S3 backend (distribution's `storage.s3` keys).
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct S3Options {
     /// Bucket name.
     pub bucket: String,

@@ -120,6 +120,17 @@ pub(crate) async fn get(ctx: &Ctx, name: &str, digest: &str) -> ApiResult {
     Ok(resp)
 }
 
+/// Points a presigned URL at the public scheme, host and port, keeping path and signature.
+fn rewrite_origin(url: &str, public: &url::Url) -> String {
+    let Ok(mut u) = url::Url::parse(url) else {
+        return url.to_owned();
+    };
+    let ok = u.set_scheme(public.scheme()).is_ok()
+        && u.set_host(public.host_str()).is_ok()
+        && u.set_port(public.port()).is_ok();
+    if ok { u.to_string() } else { url.to_owned() }
+}
+
 fn set_length_and_type(resp: &mut Response, len: u64) {
     resp.headers_mut().insert("content-length", len.into());
     resp.headers_mut().insert(
@@ -145,6 +156,18 @@ pub(crate) async fn delete(ctx: &Ctx, name: &str, digest: &str) -> ApiResult {
 #[cfg(test)]
 mod tests {
     use super::ByteRange;
+
+    #[test]
+    fn origin_rewrite_keeps_path_and_query() {
+        let public = url::Url::parse("https://cdn.example.com").unwrap();
+        assert_eq!(
+            super::rewrite_origin(
+                "http://10.0.0.5:9000/bucket/key?X-Amz-Signature=abc",
+                &public
+            ),
+            "https://cdn.example.com/bucket/key?X-Amz-Signature=abc"
+        );
+    }
 
     #[test]
     fn ranges() {

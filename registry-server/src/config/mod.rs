@@ -11,6 +11,8 @@ use std::time::Duration;
 
 use serde::Deserialize;
 use serde_yaml_ng::Value;
+use storage_drivers::azure::AzureOptions;
+use storage_drivers::s3::{COPY_OBJECT_LIMIT, S3Options};
 
 /// A configuration problem, naming the key at fault.
 #[derive(Debug, thiserror::Error)]
@@ -90,9 +92,9 @@ pub struct StorageConfig {
     /// Process memory (tests and demos only).
     pub inmemory: Option<Value>,
     /// Amazon S3 or a compatible store.
-    pub s3: Option<Value>,
+    pub s3: Option<S3Config>,
     /// Azure Blob Storage.
-    pub azure: Option<Value>,
+    pub azure: Option<AzureConfig>,
     /// Google Cloud Storage.
     pub gcs: Option<Value>,
     /// `delete.enabled`.
@@ -117,6 +119,60 @@ pub struct FilesystemConfig {
     pub maxthreads: Option<Value>,
 }
 
+/// `storage.s3` (distribution's keys).
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+pub struct S3Config {
+    /// Static access key (else the AWS credential chain: env, IRSA, Pod Identity, IMDS).
+    pub accesskey: Option<String>,
+    /// Static secret key.
+    pub secretkey: Option<String>,
+    /// Session token for temporary static keys.
+    pub sessiontoken: Option<String>,
+    /// Region.
+    pub region: Option<String>,
+    /// Endpoint of an S3-compatible store.
+    pub regionendpoint: Option<String>,
+    /// Bucket.
+    pub bucket: Option<String>,
+    /// Path-style addressing.
+    pub forcepathstyle: Option<bool>,
+    /// Key prefix inside the bucket.
+    pub rootdirectory: Option<String>,
+    /// Upload part size in bytes (at least 5 MiB).
+    pub chunksize: Option<u64>,
+    /// Objects above this size are copied part by part (UploadPartCopy).
+    pub multipartcopythresholdsize: Option<u64>,
+    /// Part size of those copies.
+    pub multipartcopychunksize: Option<u64>,
+    /// Use HTTPS to a `regionendpoint` given without a scheme (default true).
+    pub secure: Option<bool>,
+    /// Accepted for compatibility (SigV4 is always used).
+    pub v4auth: Option<bool>,
+    /// Accepted for compatibility.
+    pub multipartcopymaxconcurrency: Option<Value>,
+}
+
+/// `storage.azure` (distribution's keys plus `endpoint`).
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+pub struct AzureConfig {
+    /// Storage account.
+    pub accountname: Option<String>,
+    /// Shared key (else workload identity / managed identity from the environment).
+    pub accountkey: Option<String>,
+    /// Container.
+    pub container: Option<String>,
+    /// Cloud domain (default `core.windows.net`).
+    pub realm: Option<String>,
+    /// Key prefix inside the container.
+    pub rootdirectory: Option<String>,
+    /// Full blob endpoint, e.g. Azurite's `http://127.0.0.1:10000/devstoreaccount1` (Berth only).
+    pub endpoint: Option<String>,
+    /// Block size in bytes.
+    pub chunksize: Option<u64>,
+}
+
 /// `storage.delete`.
 #[derive(Debug, Default, Deserialize)]
 #[serde(default)]
@@ -131,6 +187,10 @@ pub struct DeleteConfig {
 pub struct RedirectConfig {
     /// Serve blobs through Berth instead of redirecting to the store.
     pub disable: bool,
+    /// Lifetime of presigned URLs in seconds (Berth only; default 1200).
+    pub expiry: Option<u64>,
+    /// Scheme and host clients reach the store at (a CDN or public endpoint; Berth only).
+    pub publicendpoint: Option<String>,
 }
 
 /// `http`.
@@ -177,7 +237,15 @@ pub enum StorageChoice {
     Filesystem(PathBuf),
     /// Memory.
     InMemory,
+    /// Amazon S3 or compatible.
+    S3(S3Options),
+    /// Azure Blob Storage.
+    Azure(AzureOptions),
 }
+
+/// Default upload part size on object stores.
+pub const DEFAULT_PART_SIZE: u64 = 16 << 20;
+const MIN_PART_SIZE: u64 = 5 << 20;
 
 /// The validated settings the server runs with.
 #[derive(Debug, Clone)]
@@ -194,6 +262,8 @@ pub struct Settings {
     pub redirect: bool,
     /// Lifetime of presigned URLs.
     pub redirect_expiry: Duration,
+    /// Rewrites the scheme and host of presigned URLs.
+    pub redirect_public_endpoint: Option<url::Url>,
     /// Manifest size limit.
     pub max_manifest_bytes: usize,
     /// Log level filter.
@@ -289,10 +359,28 @@ fn validate(config: Config, warnings: &mut Vec<String>) -> Result<Settings, Conf
     if s.inmemory.is_some() {
         chosen.push(("inmemory", Some(StorageChoice::InMemory)));
     }
-    for (name, v) in [("s3", &s.s3), ("azure", &s.azure), ("gcs", &s.gcs)] {
-        if v.is_some() {
-            chosen.push((name, None));
-        }
+    let public_endpoint = match s
+        .redirect
+        .as_ref()
+        .and_then(|r| r.publicendpoint.as_deref())
+    {
+        None => None,
+        Some(p) => Some(
+            url::Url::parse(p)
+                .map_err(|e| key_err("storage.redirect.publicendpoint", format!("{p:?}: {e}")))?,
+        ),
+    };
+    if let Some(c) = &s.s3 {
+        chosen.push((
+            "s3",
+            Some(StorageChoice::S3(s3_options(c, public_endpoint.as_ref())?)),
+        ));
+    }
+    if let Some(c) = &s.azure {
+        chosen.push(("azure", Some(StorageChoice::Azure(azure_options(c)?))));
+    }
+    if s.gcs.is_some() {
+        chosen.push(("gcs", None));
     }
     let storage = match chosen.as_slice() {
         [] => {
@@ -334,6 +422,17 @@ fn validate(config: Config, warnings: &mut Vec<String>) -> Result<Settings, Conf
     if config.http.secret.is_some() {
         warnings.push("http.secret is not needed: upload state lives in the store, so any replica serves any request".into());
     }
+    let expiry = s
+        .redirect
+        .as_ref()
+        .and_then(|r| r.expiry)
+        .unwrap_or(20 * 60);
+    if expiry == 0 || expiry > 7 * 24 * 3600 {
+        return Err(key_err(
+            "storage.redirect.expiry",
+            "must be between 1 second and 7 days (604800)",
+        ));
+    }
     let level = config.log.level.clone().unwrap_or_else(|| "info".into());
     if !["error", "warn", "info", "debug", "trace"].contains(&level.as_str()) {
         return Err(key_err(
@@ -368,10 +467,120 @@ fn validate(config: Config, warnings: &mut Vec<String>) -> Result<Settings, Conf
         storage,
         delete_enabled: s.delete.as_ref().is_some_and(|d| d.enabled),
         redirect: !s.redirect.as_ref().is_some_and(|r| r.disable),
-        redirect_expiry: Duration::from_secs(20 * 60),
+        redirect_expiry: Duration::from_secs(expiry),
+        redirect_public_endpoint: public_endpoint,
         max_manifest_bytes,
         log_level: level,
         log_json,
+    })
+}
+
+fn required(v: &Option<String>, key: &str) -> Result<String, ConfigError> {
+    match v.as_deref().map(str::trim) {
+        Some(x) if !x.is_empty() => Ok(x.to_owned()),
+        _ => Err(key_err(key, "is required")),
+    }
+}
+
+fn part_size(v: Option<u64>, key: &str) -> Result<u64, ConfigError> {
+    let size = v.unwrap_or(DEFAULT_PART_SIZE);
+    if size < MIN_PART_SIZE {
+        return Err(key_err(
+            key,
+            format!("{size} is below the 5 MiB minimum part size of object stores"),
+        ));
+    }
+    if size > 5 << 30 {
+        return Err(key_err(
+            key,
+            "must be at most 5 GiB (the largest part object stores accept)",
+        ));
+    }
+    Ok(size)
+}
+
+fn s3_options(c: &S3Config, public: Option<&url::Url>) -> Result<S3Options, ConfigError> {
+    let endpoint = match c.regionendpoint.as_deref().filter(|e| !e.is_empty()) {
+        None => None,
+        Some(e) if e.contains("://") => {
+            url::Url::parse(e)
+                .map_err(|err| key_err("storage.s3.regionendpoint", format!("{e:?}: {err}")))?;
+            Some(e.trim_end_matches('/').to_owned())
+        }
+        Some(e) => Some(format!(
+            "{}://{e}",
+            if c.secure.unwrap_or(true) {
+                "https"
+            } else {
+                "http"
+            }
+        )),
+    };
+    if c.accesskey.is_some() != c.secretkey.is_some() {
+        return Err(key_err(
+            "storage.s3.secretkey",
+            "accesskey and secretkey go together",
+        ));
+    }
+    if endpoint.is_none() && c.region.is_none() && std::env::var_os("AWS_REGION").is_none() {
+        return Err(key_err(
+            "storage.s3.region",
+            "is required (or set AWS_REGION)",
+        ));
+    }
+    let copy_threshold = c
+        .multipartcopythresholdsize
+        .unwrap_or(COPY_OBJECT_LIMIT)
+        .min(COPY_OBJECT_LIMIT);
+    Ok(S3Options {
+        bucket: required(&c.bucket, "storage.s3.bucket")?,
+        region: c.region.clone(),
+        endpoint,
+        access_key: c.accesskey.clone().filter(|k| !k.is_empty()),
+        secret_key: c.secretkey.clone().filter(|k| !k.is_empty()),
+        session_token: c.sessiontoken.clone().filter(|k| !k.is_empty()),
+        force_path_style: c.forcepathstyle.unwrap_or(false),
+        root: c
+            .rootdirectory
+            .clone()
+            .unwrap_or_default()
+            .trim_matches('/')
+            .to_owned(),
+        part_size: part_size(c.chunksize, "storage.s3.chunksize")?,
+        copy_threshold,
+        copy_part_size: part_size(
+            Some(c.multipartcopychunksize.unwrap_or(1 << 30)),
+            "storage.s3.multipartcopychunksize",
+        )?,
+        public_endpoint: public.map(|u| u.as_str().trim_end_matches('/').to_owned()),
+    })
+}
+
+fn azure_options(c: &AzureConfig) -> Result<AzureOptions, ConfigError> {
+    let account = required(&c.accountname, "storage.azure.accountname")?;
+    let endpoint = match (&c.endpoint, &c.realm) {
+        (Some(e), _) => {
+            url::Url::parse(e)
+                .map_err(|err| key_err("storage.azure.endpoint", format!("{e:?}: {err}")))?;
+            Some(e.trim_end_matches('/').to_owned())
+        }
+        (None, Some(realm)) if realm != "core.windows.net" => {
+            Some(AzureOptions::endpoint_for_realm(&account, realm))
+        }
+        (None, _) => None,
+    };
+    Ok(AzureOptions {
+        account,
+        account_key: c.accountkey.clone().filter(|k| !k.is_empty()),
+        container: required(&c.container, "storage.azure.container")?,
+        endpoint,
+        root: c
+            .rootdirectory
+            .clone()
+            .unwrap_or_default()
+            .trim_matches('/')
+            .to_owned(),
+        part_size: part_size(c.chunksize, "storage.azure.chunksize")?,
     })
 }
 
@@ -458,6 +667,69 @@ health:
         assert!(e.to_string().contains("`storage`"), "{e}");
         let e = load_str("storage: [1, 2]\n", &[]).unwrap_err();
         assert!(e.to_string().contains("storage"), "{e}");
+    }
+
+    #[test]
+    fn s3_section_in_distribution_shape() {
+        let yaml = "
+storage:
+  s3:
+    region: eu-west-1
+    bucket: images
+    regionendpoint: http://127.0.0.1:9000
+    accesskey: AK
+    secretkey: SK
+    forcepathstyle: true
+    rootdirectory: /registry
+    chunksize: 10485760
+  redirect:
+    expiry: 60
+    publicendpoint: https://cdn.example.com
+";
+        let (s, w) = load_str(yaml, &[("REGISTRY_STORAGE_S3_BUCKET", "other")]).unwrap();
+        assert!(w.is_empty(), "{w:?}");
+        let StorageChoice::S3(o) = s.storage else {
+            panic!("not s3")
+        };
+        assert_eq!(o.bucket, "other");
+        assert_eq!(o.endpoint.as_deref(), Some("http://127.0.0.1:9000"));
+        assert_eq!(o.root, "registry");
+        assert_eq!(o.part_size, 10 << 20);
+        assert!(o.force_path_style);
+        assert_eq!(
+            o.public_endpoint.as_deref(),
+            Some("https://cdn.example.com")
+        );
+        assert_eq!(s.redirect_expiry, Duration::from_secs(60));
+        let e = load_str(
+            "storage: {s3: {bucket: b, region: r, chunksize: 1000}}\n",
+            &[],
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("storage.s3.chunksize"), "{e}");
+        let e = load_str("storage: {s3: {region: r}}\n", &[]).unwrap_err();
+        assert!(e.to_string().contains("storage.s3.bucket"), "{e}");
+        let e = load_str("storage: {s3: {bucket: b, region: r, accesskey: a}}\n", &[]).unwrap_err();
+        assert!(e.to_string().contains("storage.s3.secretkey"), "{e}");
+    }
+
+    #[test]
+    fn azure_section() {
+        let (s, _) = load_str(
+            "storage: {azure: {accountname: acct, accountkey: k, container: c, realm: core.chinacloudapi.cn}}\n",
+            &[],
+        )
+        .unwrap();
+        let StorageChoice::Azure(o) = s.storage else {
+            panic!("not azure")
+        };
+        assert_eq!(
+            o.endpoint.as_deref(),
+            Some("https://acct.blob.core.chinacloudapi.cn")
+        );
+        assert_eq!(o.part_size, DEFAULT_PART_SIZE);
+        let e = load_str("storage: {azure: {accountname: a}}\n", &[]).unwrap_err();
+        assert!(e.to_string().contains("storage.azure.container"), "{e}");
     }
 
     #[test]

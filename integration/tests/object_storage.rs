@@ -1,0 +1,372 @@
+//! berth on object storage (moto for S3, Azurite for Azure): skopeo round trips, presigned
+//! redirects, chunked uploads of any chunk size, and uploads that move between replicas.
+
+use std::time::Duration;
+
+use integration::Berth;
+use integration::emulators::{Azurite, Moto};
+use integration::http::{Api, error_code, header};
+use integration::layout::{random_bytes, sha256, write_image};
+use integration::tools::{skopeo_copy, tree};
+use reqwest::Method;
+
+fn berth_on(storage_yaml: &str, extra: &str) -> Berth {
+    Berth::with_config(
+        &format!("version: 0.1\nstorage:\n  {storage_yaml}  delete:\n    enabled: true\n{extra}"),
+        &[],
+    )
+}
+
+fn round_trip(berth: &Berth, seed: u64) {
+    let work = tempfile::tempdir().unwrap();
+    let src = work.path().join("src");
+    write_image(&src, "v1", seed, &[3 << 20, 20 << 20]);
+    let remote = format!("docker://{}/team/app:v1", berth.host);
+    skopeo_copy(
+        &format!("oci:{}:v1", src.display()),
+        &remote,
+        &["--preserve-digests"],
+    );
+    let dst = work.path().join("dst");
+    skopeo_copy(&remote, &format!("oci:{}:v1", dst.display()), &[]);
+    assert_eq!(
+        tree(&src.join("blobs")),
+        tree(&dst.join("blobs")),
+        "pulled blobs differ"
+    );
+}
+
+/// GET answers 307 to a presigned URL that serves the exact bytes; HEAD is answered by berth.
+async fn check_redirect(api: &Api, repo: &str, expect_host_of: &str) {
+    let data = random_bytes(77, 1 << 20);
+    let d = api.push_blob(repo, &data).await;
+    let r = api
+        .send(Method::GET, &format!("/v2/{repo}/blobs/{d}"), &[], None)
+        .await;
+    assert_eq!(r.status(), 307);
+    assert_eq!(header(&r, "docker-content-digest").unwrap(), d);
+    let location = header(&r, "location").unwrap();
+    assert!(
+        location.starts_with(expect_host_of),
+        "{location} does not point at the store {expect_host_of}"
+    );
+    let direct = reqwest::get(&location).await.unwrap();
+    assert_eq!(direct.status(), 200, "presigned URL refused");
+    assert!(
+        direct.bytes().await.unwrap().to_vec() == data,
+        "presigned URL serves other bytes"
+    );
+    let r = api
+        .send(Method::HEAD, &format!("/v2/{repo}/blobs/{d}"), &[], None)
+        .await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(
+        header(&r, "content-length").unwrap(),
+        data.len().to_string()
+    );
+}
+
+#[test]
+fn skopeo_round_trip_on_s3() {
+    let moto = Moto::start();
+    moto.create_bucket("images");
+    let berth = berth_on(&moto.storage_yaml("images"), "");
+    round_trip(&berth, 11);
+}
+
+#[test]
+fn skopeo_round_trip_on_azure() {
+    let azurite = Azurite::start();
+    azurite.create_container("images");
+    let berth = berth_on(&azurite.storage_yaml("images"), "");
+    round_trip(&berth, 12);
+}
+
+#[tokio::test]
+async fn blob_get_redirects_to_presigned_urls() {
+    let moto = Moto::start();
+    moto.create_bucket("redir");
+    let s3 = berth_on(&moto.storage_yaml("redir"), "");
+    check_redirect(&Api::new(&s3.url), "r/s3", &moto.endpoint).await;
+
+    let azurite = Azurite::start();
+    azurite.create_container("redir");
+    let az = berth_on(&azurite.storage_yaml("redir"), "");
+    // Azurite checks SAS signatures for real.
+    check_redirect(&Api::new(&az.url), "r/azure", &azurite.endpoint).await;
+    let api = Api::new(&az.url);
+    let d = api.push_blob("r/azure", b"tamper").await;
+    let r = api
+        .send(Method::GET, &format!("/v2/r/azure/blobs/{d}"), &[], None)
+        .await;
+    let tampered = header(&r, "location").unwrap().replace("sig=", "sig=AAAA");
+    assert_eq!(
+        reqwest::get(&tampered).await.unwrap().status(),
+        403,
+        "Azurite accepted a tampered SAS"
+    );
+}
+
+#[tokio::test]
+async fn redirect_can_be_disabled_or_pointed_at_a_public_endpoint() {
+    let moto = Moto::start();
+    moto.create_bucket("noredir");
+    let storage = moto.storage_yaml("noredir");
+    let off = berth_on(&format!("{storage}  redirect:\n    disable: true\n"), "");
+    let api = Api::new(&off.url);
+    let d = api.push_blob("x", b"through berth").await;
+    let r = api
+        .send(Method::GET, &format!("/v2/x/blobs/{d}"), &[], None)
+        .await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.bytes().await.unwrap().as_ref(), b"through berth");
+    drop(off);
+    let public = berth_on(
+        &format!(
+            "{storage}  redirect:\n    publicendpoint: https://registry-cdn.example.com\n    expiry: 60\n"
+        ),
+        "",
+    );
+    let api = Api::new(&public.url);
+    let r = api
+        .send(Method::GET, &format!("/v2/x/blobs/{d}"), &[], None)
+        .await;
+    assert_eq!(r.status(), 307);
+    let loc = header(&r, "location").unwrap();
+    assert!(
+        loc.starts_with(
+            "https://registry-cdn.example.com/noredir/registry/docker/registry/v2/blobs/"
+        ),
+        "{loc}"
+    );
+    assert!(loc.contains("X-Amz-Expires=60"), "{loc}");
+}
+
+/// Sends `data` in PATCHes of `chunk` bytes, alternating between `apis`, and finishes on the last.
+async fn chunked_push(apis: &[&Api], repo: &str, data: &[u8], chunk: usize) -> String {
+    let r = apis[0]
+        .send(
+            Method::POST,
+            &format!("/v2/{repo}/blobs/uploads/"),
+            &[],
+            None,
+        )
+        .await;
+    assert_eq!(r.status(), 202);
+    let mut loc = header(&r, "location").unwrap();
+    for (i, piece) in data.chunks(chunk).enumerate() {
+        let start = i * chunk;
+        let range = format!("{start}-{}", start + piece.len() - 1);
+        let api = apis[i % apis.len()];
+        let r = api
+            .send(
+                Method::PATCH,
+                &loc,
+                &[("content-range", &range)],
+                Some(piece.to_vec()),
+            )
+            .await;
+        assert_eq!(r.status(), 202, "PATCH {range}");
+        loc = header(&r, "location").unwrap();
+    }
+    let d = sha256(data);
+    let last = apis[(data.len().div_ceil(chunk)) % apis.len()];
+    let r = last
+        .send(Method::PUT, &format!("{loc}?digest={d}"), &[], None)
+        .await;
+    assert_eq!(r.status(), 201, "{:?}", r.text().await);
+    d
+}
+
+async fn fetch(api: &Api, repo: &str, d: &str) -> Vec<u8> {
+    let r = api
+        .send(Method::GET, &format!("/v2/{repo}/blobs/{d}"), &[], None)
+        .await;
+    let url = match r.status().as_u16() {
+        307 => header(&r, "location").unwrap(),
+        200 => return r.bytes().await.unwrap().to_vec(),
+        s => panic!("GET blob: {s}"),
+    };
+    reqwest::get(url)
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap()
+        .to_vec()
+}
+
+#[tokio::test]
+async fn two_hundred_mib_in_seven_mib_patches_on_s3() {
+    let moto = Moto::start();
+    moto.create_bucket("chunks");
+    let berth = berth_on(&moto.storage_yaml("chunks"), "");
+    let api = Api::new(&berth.url);
+    let data = random_bytes(200, 200 << 20);
+    let r = api
+        .send(Method::POST, "/v2/big/blobs/uploads/", &[], None)
+        .await;
+    assert_eq!(
+        header(&r, "oci-chunk-min-length").as_deref(),
+        Some("16777216"),
+        "part size advertised"
+    );
+    let d = chunked_push(&[&api], "big", &data, 7 << 20).await;
+    assert_eq!(sha256(&fetch(&api, "big", &d).await), d);
+}
+
+#[tokio::test]
+async fn patches_alternate_between_two_replicas() {
+    for backend in ["s3", "azure"] {
+        let (moto, azurite);
+        let storage = if backend == "s3" {
+            moto = Moto::start();
+            moto.create_bucket("shared");
+            moto.storage_yaml("shared")
+        } else {
+            azurite = Azurite::start();
+            azurite.create_container("shared");
+            azurite.storage_yaml("shared")
+        };
+        let (a, b) = (berth_on(&storage, ""), berth_on(&storage, ""));
+        let (api_a, api_b) = (Api::new(&a.url), Api::new(&b.url));
+        let data = random_bytes(300, 45 << 20);
+        let d = chunked_push(&[&api_a, &api_b], "team/app", &data, 6 << 20).await;
+        assert_eq!(sha256(&fetch(&api_a, "team/app", &d).await), d, "{backend}");
+        assert_eq!(sha256(&fetch(&api_b, "team/app", &d).await), d, "{backend}");
+    }
+}
+
+#[tokio::test]
+async fn replica_killed_mid_patch_leaves_a_resumable_upload() {
+    let moto = Moto::start();
+    moto.create_bucket("crash");
+    let storage = moto.storage_yaml("crash");
+    let mut a = berth_on(&storage, "");
+    let b = berth_on(&storage, "");
+    let (api_a, api_b) = (Api::new(&a.url), Api::new(&b.url));
+    let data = random_bytes(400, 60 << 20);
+    let d = sha256(&data);
+    let r = api_a
+        .send(Method::POST, "/v2/crash/blobs/uploads/", &[], None)
+        .await;
+    let loc = header(&r, "location").unwrap();
+
+    // Stream 40 MiB to replica A, then stall: the request stays open while A is killed.
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Vec<u8>, std::io::Error>>(4);
+    let body = reqwest::Body::wrap_stream(tokio_stream_of(rx));
+    let url = api_a.url(&loc);
+    let client = api_a.client.clone();
+    let patch = tokio::spawn(async move { client.patch(url).body(body).send().await });
+    for piece in data[..40 << 20].chunks(1 << 20) {
+        tx.send(Ok(piece.to_vec())).await.unwrap();
+    }
+    // Wait until A has committed at least two 16 MiB parts.
+    let mut committed = 0u64;
+    for _ in 0..200 {
+        let r = api_b.send(Method::GET, &loc, &[], None).await;
+        assert_eq!(r.status(), 204);
+        let range = header(&r, "range").unwrap();
+        committed = range.split('-').nth(1).unwrap().parse::<u64>().unwrap() + 1;
+        if committed >= 32 << 20 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(committed >= 32 << 20, "replica A never committed its parts");
+    a.kill();
+    drop(tx);
+    // The killed replica's request fails; what matters is what the other replica sees.
+    let _ = patch.await;
+
+    // Nothing is visible under the blob's digest yet.
+    let r = api_b
+        .send(Method::HEAD, &format!("/v2/crash/blobs/{d}"), &[], None)
+        .await;
+    assert_eq!(r.status(), 404);
+    // Replica B reports where to resume, refuses a chunk from elsewhere, and finishes the upload.
+    let r = api_b.send(Method::GET, &loc, &[], None).await;
+    let offset = header(&r, "range")
+        .unwrap()
+        .split('-')
+        .nth(1)
+        .unwrap()
+        .parse::<usize>()
+        .unwrap()
+        + 1;
+    assert_eq!(
+        offset % (16 << 20),
+        0,
+        "resumes at a part boundary: {offset}"
+    );
+    let r = api_b
+        .send(
+            Method::PATCH,
+            &loc,
+            &[("content-range", "0-9")],
+            Some(data[..10].to_vec()),
+        )
+        .await;
+    assert_eq!(r.status(), 416);
+    assert_eq!(header(&r, "range").unwrap(), format!("0-{}", offset - 1));
+    let rest = &data[offset..];
+    let range = format!("{offset}-{}", data.len() - 1);
+    let r = api_b
+        .send(
+            Method::PATCH,
+            &loc,
+            &[("content-range", &range)],
+            Some(rest.to_vec()),
+        )
+        .await;
+    assert_eq!(r.status(), 202);
+    let r = api_b
+        .send(Method::PUT, &format!("{loc}?digest={d}"), &[], None)
+        .await;
+    assert_eq!(r.status(), 201);
+    assert_eq!(sha256(&fetch(&api_b, "crash", &d).await), d);
+}
+
+fn tokio_stream_of(
+    rx: tokio::sync::mpsc::Receiver<Result<Vec<u8>, std::io::Error>>,
+) -> impl futures::Stream<Item = Result<Vec<u8>, std::io::Error>> {
+    futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|x| (x, rx)) })
+}
+
+#[tokio::test]
+async fn digest_mismatch_leaves_nothing_in_the_bucket() {
+    let moto = Moto::start();
+    moto.create_bucket("clean");
+    let berth = berth_on(&moto.storage_yaml("clean"), "");
+    let api = Api::new(&berth.url);
+    let data = random_bytes(500, 20 << 20);
+    let r = api
+        .send(Method::POST, "/v2/m/blobs/uploads/", &[], None)
+        .await;
+    let loc = header(&r, "location").unwrap();
+    let r = api.send(Method::PATCH, &loc, &[], Some(data.clone())).await;
+    let loc = header(&r, "location").unwrap();
+    let wrong = sha256(b"not these bytes");
+    let r = api
+        .send(Method::PUT, &format!("{loc}?digest={wrong}"), &[], None)
+        .await;
+    assert_eq!(r.status(), 400);
+    assert_eq!(error_code(r).await, "DIGEST_INVALID");
+    let listing = reqwest::get(format!("{}/clean?list-type=2", moto.endpoint))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(!listing.contains("<Key>"), "objects left behind: {listing}");
+    let uploads = reqwest::get(format!("{}/clean?uploads", moto.endpoint))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        !uploads.contains("<UploadId>"),
+        "multipart uploads left behind: {uploads}"
+    );
+}
