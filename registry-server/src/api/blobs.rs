@@ -78,6 +78,11 @@ pub(crate) async fn get(ctx: &Ctx, name: &str, digest: &str) -> ApiResult {
             .presign_blob(&digest, ctx.app.settings.redirect_expiry)
             .await?
     {
+        // S3 signs for the public endpoint itself; Azure and GCS signatures do not cover the host.
+        let url = match &ctx.app.settings.redirect_public_endpoint {
+            Some(public) => rewrite_origin(&url, public),
+            None => url,
+        };
         let mut headers = common.to_vec();
         headers.push(("location", url));
         return Ok(empty(StatusCode::TEMPORARY_REDIRECT, &headers));
