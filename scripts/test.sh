@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Runs every Berth test. Installs what the tests need when it is missing:
-#   skopeo and docker-registry (CNCF distribution 2.8) from Debian's packages,
-#   moto (S3 emulator) and azure-storage-blob from PyPI, Azurite (Azure emulator) from npm.
+#   skopeo, podman and docker-registry (CNCF distribution 2.8) from Debian's packages,
+#   moto (S3 emulator), azure-storage-blob and oras from PyPI, Azurite (Azure emulator) from npm.
 # Fails loudly if an install fails; never skips a test for a missing tool.
 set -euo pipefail
 cd "$(git -C "$(dirname "$0")" rev-parse --show-toplevel)"
@@ -11,12 +11,13 @@ as_root() { if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi; }
 apt_missing=()
 command -v skopeo >/dev/null || apt_missing+=(skopeo)
 command -v docker-registry >/dev/null || apt_missing+=(docker-registry)
+command -v podman >/dev/null || apt_missing+=(podman)
 if ((${#apt_missing[@]})); then
   echo "test.sh: installing ${apt_missing[*]} with apt" >&2
   as_root apt-get update -qq
   as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${apt_missing[@]}" >/dev/null
 fi
-for tool in skopeo docker-registry; do
+for tool in skopeo docker-registry podman; do
   command -v "$tool" >/dev/null || { echo "test.sh: $tool is still missing after install" >&2; exit 1; }
 done
 
@@ -24,6 +25,10 @@ done
 python3 -c 'import moto.server' 2>/dev/null && command -v moto_server >/dev/null || {
   echo "test.sh: installing moto[server] with pip" >&2
   python3 -m pip install --quiet 'moto[server]'
+}
+python3 -c 'import oras.client' 2>/dev/null || {
+  echo "test.sh: installing oras (Python client) with pip" >&2
+  python3 -m pip install --quiet oras
 }
 python3 -c 'import azure.storage.blob' 2>/dev/null || {
   echo "test.sh: installing azure-storage-blob with pip" >&2

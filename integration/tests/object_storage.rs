@@ -144,12 +144,20 @@ async fn redirect_can_be_disabled_or_pointed_at_a_public_endpoint() {
     let azurite = Azurite::start();
     azurite.create_container("public");
     let storage = azurite.storage_yaml("public");
-    let az = berth_on(&format!("{storage}  redirect:\n    publicendpoint: https://blobs.example.com:8443\n"), "");
+    let az = berth_on(
+        &format!("{storage}  redirect:\n    publicendpoint: https://blobs.example.com:8443\n"),
+        "",
+    );
     let api = Api::new(&az.url);
     let d = api.push_blob("x", b"via cdn").await;
-    let r = api.send(Method::GET, &format!("/v2/x/blobs/{d}"), &[], None).await;
+    let r = api
+        .send(Method::GET, &format!("/v2/x/blobs/{d}"), &[], None)
+        .await;
     let loc = header(&r, "location").unwrap();
-    assert!(loc.starts_with("https://blobs.example.com:8443/devstoreaccount1/public/registry/"), "{loc}");
+    assert!(
+        loc.starts_with("https://blobs.example.com:8443/devstoreaccount1/public/registry/"),
+        "{loc}"
+    );
     assert!(loc.contains("sig="), "SAS kept: {loc}");
 }
 

@@ -22,13 +22,20 @@ struct Args {
 }
 
 fn parse_args() -> Args {
-    let mut a = Args { backend: "filesystem".into(), size: 1 << 30, chunk: 16 << 20, runs: 3 };
+    let mut a = Args {
+        backend: "filesystem".into(),
+        size: 1 << 30,
+        chunk: 16 << 20,
+        runs: 3,
+    };
     let argv: Vec<String> = std::env::args().skip(1).collect();
     let mut it = argv.iter();
     match it.next().map(String::as_str) {
         Some("push") => {}
         _ => {
-            eprintln!("usage: berth-bench push [--backend filesystem|s3|azure] [--size-mib N] [--chunk-mib N] [--runs N]");
+            eprintln!(
+                "usage: berth-bench push [--backend filesystem|s3|azure] [--size-mib N] [--chunk-mib N] [--runs N]"
+            );
             std::process::exit(2);
         }
     }
@@ -49,7 +56,14 @@ fn parse_args() -> Args {
 async fn chunked_push(api: &Api, repo: &str, data: &Bytes, chunk: usize) -> f64 {
     let digest = format!("sha256:{}", hex::encode(sha2::Sha256::digest(data)));
     let start = Instant::now();
-    let r = api.send(Method::POST, &format!("/v2/{repo}/blobs/uploads/"), &[], None).await;
+    let r = api
+        .send(
+            Method::POST,
+            &format!("/v2/{repo}/blobs/uploads/"),
+            &[],
+            None,
+        )
+        .await;
     assert_eq!(r.status(), 202);
     let mut loc = header(&r, "location").unwrap();
     let mut offset = 0;
@@ -70,7 +84,14 @@ async fn chunked_push(api: &Api, repo: &str, data: &Bytes, chunk: usize) -> f64 
         offset = end;
     }
     let sep = if loc.contains('?') { '&' } else { '?' };
-    let r = api.send(Method::PUT, &format!("{loc}{sep}digest={digest}"), &[], None).await;
+    let r = api
+        .send(
+            Method::PUT,
+            &format!("{loc}{sep}digest={digest}"),
+            &[],
+            None,
+        )
+        .await;
     assert_eq!(r.status(), 201, "PUT failed: {:?}", r.text().await);
     start.elapsed().as_secs_f64()
 }
@@ -87,8 +108,14 @@ async fn main() {
     let (_moto, _azurite);
     let (berth_storage, dist_storage): (String, Option<String>) = match args.backend.as_str() {
         "filesystem" => (
-            format!("filesystem:\n    rootdirectory: {}/berth\n", dir.path().display()),
-            Some(format!("filesystem:\n    rootdirectory: {}/dist", dir.path().display())),
+            format!(
+                "filesystem:\n    rootdirectory: {}/berth\n",
+                dir.path().display()
+            ),
+            Some(format!(
+                "filesystem:\n    rootdirectory: {}/dist",
+                dir.path().display()
+            )),
         ),
         "s3" => {
             let moto = Moto::start();
@@ -96,7 +123,8 @@ async fn main() {
             moto.create_bucket("dist");
             let dist = format!(
                 "s3:\n    region: us-east-1\n    regionendpoint: {}\n    bucket: dist\n    accesskey: test\n    secretkey: test\n    secure: false\n    v4auth: true\n    chunksize: {}\n    rootdirectory: /registry",
-                moto.endpoint, 16 << 20
+                moto.endpoint,
+                16 << 20
             );
             let b = moto.storage_yaml("berth");
             _moto = moto;
@@ -113,27 +141,41 @@ async fn main() {
         }
         other => panic!("unknown backend {other}"),
     };
-    let berth = Berth::with_config(&format!("version: 0.1\nlog:\n  level: warn\nstorage:\n  {berth_storage}"), &[]);
+    let berth = Berth::with_config(
+        &format!("version: 0.1\nlog:\n  level: warn\nstorage:\n  {berth_storage}"),
+        &[],
+    );
     let dist = dist_storage.map(|s| Distribution::start(&s));
     let berth_api = Api::new(&berth.url);
-    let dist_api = dist.as_ref().map(|d| Api::new(&format!("http://{}", d.host)));
+    let dist_api = dist
+        .as_ref()
+        .map(|d| Api::new(&format!("http://{}", d.host)));
 
     let mut base = vec![0u8; args.size];
     rand::Rng::fill(&mut rand::rng(), &mut base[..]);
     let (mut tb, mut td) = (Vec::new(), Vec::new());
     for run in 0..args.runs {
         // A different first byte per push: every push stores a new blob.
-        for (who, api, times) in [("berth", Some(&berth_api), &mut tb), ("distribution", dist_api.as_ref(), &mut td)] {
+        for (who, api, times) in [
+            ("berth", Some(&berth_api), &mut tb),
+            ("distribution", dist_api.as_ref(), &mut td),
+        ] {
             let Some(api) = api else { continue };
             base[0] = (run * 2 + usize::from(who == "distribution")) as u8;
             let data = Bytes::from(base.clone());
             let t = chunked_push(api, &format!("bench/{who}{run}"), &data, args.chunk).await;
-            eprintln!("run {run} {who}: {t:.2}s ({:.0} MiB/s)", args.size as f64 / 1048576.0 / t);
+            eprintln!(
+                "run {run} {who}: {t:.2}s ({:.0} MiB/s)",
+                args.size as f64 / 1048576.0 / t
+            );
             times.push(t);
         }
     }
     let mib = args.size as f64 / 1048576.0;
-    let (mb, md) = (median(tb), if td.is_empty() { f64::NAN } else { median(td) });
+    let (mb, md) = (
+        median(tb),
+        if td.is_empty() { f64::NAN } else { median(td) },
+    );
     println!("| backend | operation | berth median | distribution median | distribution/berth |");
     println!("| --- | --- | --- | --- | --- |");
     println!(
@@ -143,7 +185,15 @@ async fn main() {
         args.chunk >> 20,
         args.runs,
         mib / mb,
-        if md.is_nan() { "n/a".into() } else { format!("{md:.2} s ({:.0} MiB/s)", mib / md) },
-        if md.is_nan() { "n/a".into() } else { format!("{:.2}x", md / mb) },
+        if md.is_nan() {
+            "n/a".into()
+        } else {
+            format!("{md:.2} s ({:.0} MiB/s)", mib / md)
+        },
+        if md.is_nan() {
+            "n/a".into()
+        } else {
+            format!("{:.2}x", md / mb)
+        },
     );
 }

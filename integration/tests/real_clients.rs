@@ -1,0 +1,77 @@
+//! More real clients against berth: podman (daemonless, vfs storage) and the oras Python client.
+
+use std::process::Command;
+
+use integration::Berth;
+use integration::layout::write_image;
+use integration::tools::{require, run};
+
+#[test]
+fn podman_push_and_pull() {
+    require("podman");
+    let data = tempfile::tempdir().unwrap();
+    let berth = Berth::filesystem(data.path());
+    // podman names the pulled image after the layout's path, which must be lowercase.
+    let work = tempfile::Builder::new().prefix("podman").tempdir().unwrap();
+    let src_dir = std::env::temp_dir().join(format!("berth-podman-src-{}", std::process::id()));
+    write_image(&src_dir, "v1", 60, &[2 << 20]);
+    let root = work.path().join("root");
+    let runroot = work.path().join("run");
+    let podman = |args: &[&str]| {
+        let mut c = Command::new("podman");
+        c.args(["--storage-driver", "vfs", "--root"])
+            .arg(&root)
+            .arg("--runroot")
+            .arg(&runroot)
+            .args(args);
+        run(&mut c)
+    };
+    let src = format!("oci:{}:v1", src_dir.display());
+    let pulled = podman(&["pull", "-q", &src]);
+    let _ = std::fs::remove_dir_all(&src_dir);
+    let id = String::from_utf8_lossy(&pulled.stdout).trim().to_owned();
+    let remote = format!("{}/podman/app:v1", berth.host);
+    podman(&["tag", &id, &remote]);
+    podman(&["push", "-q", "--tls-verify=false", &remote]);
+    podman(&["rmi", "-a", "-f"]);
+    podman(&["pull", "-q", "--tls-verify=false", &remote]);
+    let inspect = podman(&[
+        "image",
+        "inspect",
+        "--format",
+        "{{.RootFS.Layers}}",
+        &remote,
+    ]);
+    let layers = String::from_utf8_lossy(&inspect.stdout).into_owned();
+    assert!(
+        layers.contains("sha256:"),
+        "pulled image has no layers: {layers}"
+    );
+    let tags =
+        run(Command::new("curl").args(["-s", &format!("{}/v2/podman/app/tags/list", berth.url)]));
+    assert!(String::from_utf8_lossy(&tags.stdout).contains("\"v1\""));
+}
+
+#[test]
+fn oras_push_and_pull_an_artifact() {
+    let data = tempfile::tempdir().unwrap();
+    let berth = Berth::filesystem(data.path());
+    let work = tempfile::tempdir().unwrap();
+    std::fs::write(work.path().join("sbom.json"), br#"{"packages": []}"#).unwrap();
+    let script = r#"
+import sys, oras.client
+host = sys.argv[1]
+c = oras.client.OrasClient(hostname=host, insecure=True)
+r = c.push(files=["sbom.json"], target=host + "/team/sbom:v1", manifest_annotations={"note": "berth"})
+assert r.status_code == 201, r.status_code
+assert c.get_tags(host + "/team/sbom") == ["v1"]
+c.pull(target=host + "/team/sbom:v1", outdir="out")
+"#;
+    run(Command::new("python3")
+        .args(["-c", script, &berth.host])
+        .current_dir(work.path()));
+    assert_eq!(
+        std::fs::read(work.path().join("out/sbom.json")).unwrap(),
+        br#"{"packages": []}"#
+    );
+}
