@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs every Berth test. Installs what the tests need when it is missing:
 #   skopeo, podman and docker-registry (CNCF distribution 2.8) from Debian's packages,
-#   moto (S3 emulator), azure-storage-blob and oras from PyPI, Azurite (Azure emulator) from npm.
+#   moto (S3 emulator), gcp-storage-emulator, azure-storage-blob and oras from PyPI,
+#   Azurite (Azure emulator) from npm.
 # Fails loudly if an install fails; never skips a test for a missing tool.
 set -euo pipefail
 cd "$(git -C "$(dirname "$0")" rev-parse --show-toplevel)"
@@ -12,6 +13,7 @@ apt_missing=()
 command -v skopeo >/dev/null || apt_missing+=(skopeo)
 command -v docker-registry >/dev/null || apt_missing+=(docker-registry)
 command -v podman >/dev/null || apt_missing+=(podman)
+command -v openssl >/dev/null || apt_missing+=(openssl)
 if ((${#apt_missing[@]})); then
   echo "test.sh: installing ${apt_missing[*]} with apt" >&2
   as_root apt-get update -qq
@@ -26,6 +28,10 @@ python3 -c 'import moto.server' 2>/dev/null && command -v moto_server >/dev/null
   echo "test.sh: installing moto[server] with pip" >&2
   python3 -m pip install --quiet 'moto[server]'
 }
+command -v gcp-storage-emulator >/dev/null || {
+  echo "test.sh: installing gcp-storage-emulator with pip" >&2
+  python3 -m pip install --quiet gcp-storage-emulator
+}
 python3 -c 'import oras.client' 2>/dev/null || {
   echo "test.sh: installing oras (Python client) with pip" >&2
   python3 -m pip install --quiet oras
@@ -39,6 +45,7 @@ python3 -c 'import azure.storage.blob' 2>/dev/null || {
   npm install --silent --no-audit --no-fund --prefix .tools azurite >/dev/null
 }
 command -v moto_server >/dev/null || { echo "test.sh: moto_server is still missing after install" >&2; exit 1; }
+command -v gcp-storage-emulator >/dev/null || { echo "test.sh: gcp-storage-emulator is still missing after install" >&2; exit 1; }
 [ -x .tools/node_modules/.bin/azurite-blob ] || { echo "test.sh: azurite is still missing after install" >&2; exit 1; }
 
 # Build the binary once; the end-to-end tests start it as a real process.

@@ -164,3 +164,88 @@ impl Drop for Azurite {
         kill(&mut self.child);
     }
 }
+
+/// gcp-storage-emulator (`pip install gcp-storage-emulator`): GCS's JSON API in memory.
+pub struct GcsEmulator {
+    child: Child,
+    /// `http://127.0.0.1:PORT`
+    pub endpoint: String,
+    addr: String,
+    /// A throwaway service-account key, so signed URLs can be made and checked offline.
+    pub service_account_key: String,
+}
+
+impl GcsEmulator {
+    /// Starts the emulator on a free port.
+    pub fn start() -> GcsEmulator {
+        let port = free_port();
+        let addr = format!("127.0.0.1:{port}");
+        let child = Command::new(program("gcp-storage-emulator"))
+            .args([
+                "start",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                &port.to_string(),
+                "--in-memory",
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("cannot start gcp-storage-emulator");
+        wait_for_port(&addr, Duration::from_secs(60));
+        let pem = crate::tools::run(Command::new("openssl").args([
+            "genpkey",
+            "-algorithm",
+            "RSA",
+            "-pkeyopt",
+            "rsa_keygen_bits:2048",
+        ]));
+        let key = serde_json::json!({
+            "type": "service_account",
+            "project_id": "berth-test",
+            "private_key_id": "test-key",
+            "private_key": String::from_utf8_lossy(&pem.stdout),
+            "client_email": "berth@berth-test.iam.gserviceaccount.com",
+            // Never contacted: the emulator takes requests without a token.
+            "token_uri": "http://127.0.0.1:9/token",
+        });
+        GcsEmulator {
+            child,
+            endpoint: format!("http://{addr}"),
+            addr,
+            service_account_key: key.to_string(),
+        }
+    }
+
+    /// Creates a bucket (the emulator needs no credentials).
+    pub fn create_bucket(&self, bucket: &str) {
+        let body = format!("{{\"name\":\"{bucket}\"}}");
+        let status = raw_request(
+            &self.addr,
+            &format!(
+                "POST /storage/v1/b?project=berth-test HTTP/1.1\r\nHost: {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                self.addr,
+                body.len()
+            ),
+        );
+        assert_eq!(status, 200, "emulator refused to create bucket {bucket}");
+    }
+
+    /// A `storage.gcs` config section for this server (the key is written to `dir`).
+    pub fn storage_yaml(&self, bucket: &str, dir: &std::path::Path) -> String {
+        let keyfile = dir.join("gcs-key.json");
+        std::fs::write(&keyfile, &self.service_account_key).unwrap();
+        format!(
+            "gcs:\n    bucket: {bucket}\n    keyfile: {}\n    endpoint: {}\n    anonymous: true\n    rootdirectory: /registry\n",
+            keyfile.display(),
+            self.endpoint
+        )
+    }
+}
+
+impl Drop for GcsEmulator {
+    fn drop(&mut self) {
+        kill(&mut self.child);
+    }
+}

@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use integration::emulators::{AZURITE_ACCOUNT, AZURITE_KEY, Azurite, Moto};
+use integration::emulators::{AZURITE_ACCOUNT, AZURITE_KEY, Azurite, GcsEmulator, Moto};
 use registry_core::storage::suite::SuiteOptions;
 use storage_drivers::azure::{AzureOptions, azure_driver};
 use storage_drivers::s3::{S3Options, s3_driver};
@@ -38,6 +38,7 @@ async fn s3_on_moto_passes_the_suite() {
     // makes conditional writes atomic. Every sequential conditional rule is still checked.
     let options = SuiteOptions {
         atomic_conditional_update: false,
+        conditional_puts: true,
     };
     registry_core::storage::suite::run_with(Arc::new(driver), options).await;
 }
@@ -78,4 +79,124 @@ async fn azure_on_azurite_passes_the_suite() {
     })
     .unwrap();
     registry_core::storage::suite::run_all(Arc::new(driver)).await;
+}
+
+fn gcs_options(emu: &GcsEmulator, bucket: &str) -> storage_drivers::gcs::GcsOptions {
+    storage_drivers::gcs::GcsOptions {
+        bucket: bucket.into(),
+        root: "registry".into(),
+        endpoint: Some(emu.endpoint.clone()),
+        service_account_key: Some(emu.service_account_key.clone()),
+        anonymous: true,
+        part_size: 5 << 20,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gcs_on_the_emulator_passes_the_suite() {
+    tls();
+    let emu = GcsEmulator::start();
+    emu.create_bucket("suite");
+    let driver = storage_drivers::gcs::gcs_driver(&gcs_options(&emu, "suite")).unwrap();
+    // The emulator ignores ifGenerationMatch; gcs_preconditions_are_sent_and_honoured covers it.
+    let options = SuiteOptions {
+        atomic_conditional_update: false,
+        conditional_puts: false,
+    };
+    registry_core::storage::suite::run_with(Arc::new(driver), options).await;
+}
+
+/// Serves `answers` to successive connections on loopback and records each request's first line.
+fn recording_listener(answers: Vec<&'static str>) -> (String, std::sync::mpsc::Receiver<String>) {
+    use std::io::{BufRead, BufReader, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = format!("http://{}", listener.local_addr().unwrap());
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for answer in answers {
+            let (mut conn, _) = listener.accept().unwrap();
+            let mut reader = BufReader::new(conn.try_clone().unwrap());
+            let mut first = String::new();
+            reader.read_line(&mut first).unwrap();
+            let mut len = 0usize;
+            loop {
+                let mut line = String::new();
+                reader.read_line(&mut line).unwrap();
+                if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                    len = v.trim().parse().unwrap();
+                }
+                if line == "\r\n" {
+                    break;
+                }
+            }
+            let mut body = vec![0u8; len];
+            std::io::Read::read_exact(&mut reader, &mut body).unwrap();
+            tx.send(first).unwrap();
+            conn.write_all(answer.as_bytes()).unwrap();
+        }
+    });
+    (addr, rx)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gcs_preconditions_are_sent_and_honoured() {
+    use bytes::Bytes;
+    use registry_core::StorageDriver;
+    use registry_core::storage::{ObjectVersion, PutCondition, StorageError};
+    tls();
+    const REFUSED: &str =
+        "HTTP/1.1 412 Precondition Failed\r\nContent-Length: 0\r\nConnection: close\r\n\r\n";
+    let body = r#"{"name":"registry/k","size":"1","generation":"43"}"#;
+    let stored: &'static str = Box::leak(
+        format!("HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len())
+            .into_boxed_str(),
+    );
+    let (endpoint, requests) = recording_listener(vec![REFUSED, REFUSED, stored]);
+    let emu_key = GcsEmulator::start();
+    let mut o = gcs_options(&emu_key, "b");
+    o.endpoint = Some(endpoint);
+    let d = storage_drivers::gcs::gcs_driver(&o).unwrap();
+    let create = d
+        .put_bytes("k", Bytes::from_static(b"x"), PutCondition::CreateOnly)
+        .await;
+    assert!(
+        matches!(create, Err(StorageError::AlreadyExists(_))),
+        "{create:?}"
+    );
+    assert!(
+        requests.recv().unwrap().contains("ifGenerationMatch=0"),
+        "create-only sends ifGenerationMatch=0"
+    );
+    let stale = ObjectVersion {
+        e_tag: None,
+        version: Some("42".into()),
+    };
+    let update = d
+        .put_bytes(
+            "k",
+            Bytes::from_static(b"x"),
+            PutCondition::IfVersion(stale.clone()),
+        )
+        .await;
+    assert!(
+        matches!(update, Err(StorageError::Precondition(_))),
+        "{update:?}"
+    );
+    assert!(
+        requests.recv().unwrap().contains("ifGenerationMatch=42"),
+        "update sends the generation"
+    );
+    let ok = d
+        .put_bytes(
+            "k",
+            Bytes::from_static(b"x"),
+            PutCondition::IfVersion(stale),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        ok.version.version.as_deref(),
+        Some("43"),
+        "the new generation is the new version"
+    );
 }

@@ -25,6 +25,14 @@ pub fn build(choice: &StorageChoice) -> Result<Arc<dyn StorageDriver>, ConfigErr
                 })?,
             )
         }
+        StorageChoice::Gcs(o) => {
+            Arc::new(
+                storage_drivers::gcs::gcs_driver(o).map_err(|e| ConfigError::Key {
+                    key: "storage.gcs".into(),
+                    message: e.to_string(),
+                })?,
+            )
+        }
         StorageChoice::Azure(o) => Arc::new(storage_drivers::azure::azure_driver(o).map_err(
             |e| ConfigError::Key {
                 key: "storage.azure".into(),

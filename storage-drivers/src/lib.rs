@@ -5,6 +5,8 @@
 
 #[cfg(feature = "azure")]
 pub mod azure;
+#[cfg(feature = "gcs")]
+pub mod gcs;
 pub mod local;
 pub mod memory;
 pub mod object_store_driver;

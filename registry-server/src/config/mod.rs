@@ -12,6 +12,7 @@ use std::time::Duration;
 use serde::Deserialize;
 use serde_yaml_ng::Value;
 use storage_drivers::azure::AzureOptions;
+use storage_drivers::gcs::GcsOptions;
 use storage_drivers::s3::{COPY_OBJECT_LIMIT, S3Options};
 
 /// A configuration problem, naming the key at fault.
@@ -96,7 +97,7 @@ pub struct StorageConfig {
     /// Azure Blob Storage.
     pub azure: Option<AzureConfig>,
     /// Google Cloud Storage.
-    pub gcs: Option<Value>,
+    pub gcs: Option<GcsConfig>,
     /// `delete.enabled`.
     pub delete: Option<DeleteConfig>,
     /// `redirect.disable`.
@@ -173,6 +174,26 @@ pub struct AzureConfig {
     pub chunksize: Option<u64>,
 }
 
+/// `storage.gcs` (distribution's keys plus `endpoint` and `anonymous`).
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+pub struct GcsConfig {
+    /// Bucket.
+    pub bucket: Option<String>,
+    /// Path of a service-account key JSON (else Application Default Credentials).
+    pub keyfile: Option<PathBuf>,
+    /// A service-account key given inline, as distribution allows.
+    pub credentials: Option<Value>,
+    /// Key prefix inside the bucket.
+    pub rootdirectory: Option<String>,
+    /// Upload part size in bytes.
+    pub chunksize: Option<u64>,
+    /// API endpoint, e.g. an emulator's `http://127.0.0.1:4443` (Berth only).
+    pub endpoint: Option<String>,
+    /// Send no credentials (emulators only; Berth only).
+    pub anonymous: Option<bool>,
+}
+
 /// `storage.delete`.
 #[derive(Debug, Default, Deserialize)]
 #[serde(default)]
@@ -241,6 +262,8 @@ pub enum StorageChoice {
     S3(S3Options),
     /// Azure Blob Storage.
     Azure(AzureOptions),
+    /// Google Cloud Storage.
+    Gcs(GcsOptions),
 }
 
 /// Default upload part size on object stores.
@@ -379,8 +402,8 @@ fn validate(config: Config, warnings: &mut Vec<String>) -> Result<Settings, Conf
     if let Some(c) = &s.azure {
         chosen.push(("azure", Some(StorageChoice::Azure(azure_options(c)?))));
     }
-    if s.gcs.is_some() {
-        chosen.push(("gcs", None));
+    if let Some(c) = &s.gcs {
+        chosen.push(("gcs", Some(StorageChoice::Gcs(gcs_options(c)?))));
     }
     let storage = match chosen.as_slice() {
         [] => {
@@ -584,6 +607,61 @@ fn azure_options(c: &AzureConfig) -> Result<AzureOptions, ConfigError> {
     })
 }
 
+fn gcs_options(c: &GcsConfig) -> Result<GcsOptions, ConfigError> {
+    let key = match (&c.keyfile, &c.credentials) {
+        (Some(_), Some(_)) => {
+            return Err(key_err(
+                "storage.gcs.credentials",
+                "give keyfile or credentials, not both",
+            ));
+        }
+        (Some(path), None) => Some(std::fs::read_to_string(path).map_err(|e| {
+            key_err(
+                "storage.gcs.keyfile",
+                format!("cannot read {}: {e}", path.display()),
+            )
+        })?),
+        (None, Some(inline)) => Some(
+            serde_json::to_string(inline)
+                .map_err(|e| key_err("storage.gcs.credentials", e.to_string()))?,
+        ),
+        (None, None) => None,
+    };
+    if let Some(k) = &key {
+        let v: serde_json::Value = serde_json::from_str(k).map_err(|e| {
+            key_err(
+                "storage.gcs.keyfile",
+                format!("not a service-account key JSON: {e}"),
+            )
+        })?;
+        if v.get("private_key").and_then(|p| p.as_str()).is_none()
+            || v.get("client_email").is_none()
+        {
+            return Err(key_err(
+                "storage.gcs.keyfile",
+                "a service-account key needs private_key and client_email",
+            ));
+        }
+    }
+    if let Some(e) = &c.endpoint {
+        url::Url::parse(e)
+            .map_err(|err| key_err("storage.gcs.endpoint", format!("{e:?}: {err}")))?;
+    }
+    Ok(GcsOptions {
+        bucket: required(&c.bucket, "storage.gcs.bucket")?,
+        root: c
+            .rootdirectory
+            .clone()
+            .unwrap_or_default()
+            .trim_matches('/')
+            .to_owned(),
+        endpoint: c.endpoint.clone(),
+        service_account_key: key,
+        anonymous: c.anonymous.unwrap_or(false),
+        part_size: part_size(c.chunksize, "storage.gcs.chunksize")?,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -730,6 +808,38 @@ storage:
         assert_eq!(o.part_size, DEFAULT_PART_SIZE);
         let e = load_str("storage: {azure: {accountname: a}}\n", &[]).unwrap_err();
         assert!(e.to_string().contains("storage.azure.container"), "{e}");
+    }
+
+    #[test]
+    fn gcs_section() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = dir.path().join("key.json");
+        std::fs::write(
+            &key,
+            r#"{"type":"service_account","private_key":"x","client_email":"a@b"}"#,
+        )
+        .unwrap();
+        let yaml = format!(
+            "storage: {{gcs: {{bucket: b, keyfile: {}, rootdirectory: /r}}}}\n",
+            key.display()
+        );
+        let (s, w) = load_str(&yaml, &[]).unwrap();
+        assert!(w.is_empty(), "{w:?}");
+        let StorageChoice::Gcs(o) = s.storage else {
+            panic!("not gcs")
+        };
+        assert_eq!((o.bucket.as_str(), o.root.as_str()), ("b", "r"));
+        assert!(o.service_account_key.unwrap().contains("client_email"));
+        let inline = "storage:\n  gcs:\n    bucket: b\n    credentials:\n      type: service_account\n      private_key: k\n      client_email: e@x\n";
+        assert!(load_str(inline, &[]).is_ok());
+        let e = load_str(
+            "storage: {gcs: {bucket: b, keyfile: /nonexistent/key.json}}\n",
+            &[],
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("storage.gcs.keyfile"), "{e}");
+        let e = load_str("storage: {gcs: {bucket: b, credentials: {type: x}}}\n", &[]).unwrap_err();
+        assert!(e.to_string().contains("storage.gcs.keyfile"), "{e}");
     }
 
     #[test]
