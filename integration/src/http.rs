@@ -85,6 +85,54 @@ impl Api {
         d
     }
 
+    /// Chunked upload of `data` in PATCHes of `chunk` bytes with `Content-Range`, rotating over
+    /// `apis` (replicas of one registry, starting with `self`), finished by a PUT on the next one.
+    /// Returns the digest; panics on any unexpected status.
+    pub async fn chunked_push(
+        &self,
+        others: &[&Api],
+        repo: &str,
+        data: &bytes::Bytes,
+        chunk: usize,
+    ) -> String {
+        let apis: Vec<&Api> = std::iter::once(self)
+            .chain(others.iter().copied())
+            .collect();
+        let r = self
+            .send(
+                Method::POST,
+                &format!("/v2/{repo}/blobs/uploads/"),
+                &[],
+                None,
+            )
+            .await;
+        assert_eq!(r.status(), 202, "POST upload");
+        let mut loc = header(&r, "location").unwrap();
+        for (i, start) in (0..data.len()).step_by(chunk).enumerate() {
+            let end = (start + chunk).min(data.len());
+            let api = apis[i % apis.len()];
+            let r = api
+                .client
+                .patch(api.url(&loc))
+                .header("content-range", format!("{start}-{}", end - 1))
+                .header("content-type", "application/octet-stream")
+                .body(data.slice(start..end))
+                .send()
+                .await
+                .expect("PATCH failed");
+            assert_eq!(r.status(), 202, "PATCH {start}-{}", end - 1);
+            loc = header(&r, "location").unwrap();
+        }
+        let d = sha256(data);
+        let last = apis[data.len().div_ceil(chunk) % apis.len()];
+        let sep = if loc.contains('?') { '&' } else { '?' };
+        let r = last
+            .send(Method::PUT, &format!("{loc}{sep}digest={d}"), &[], None)
+            .await;
+        assert_eq!(r.status(), 201, "PUT upload: {:?}", r.text().await);
+        d
+    }
+
     /// PUT of a manifest; returns the response.
     pub async fn put_manifest(
         &self,

@@ -161,42 +161,6 @@ async fn redirect_can_be_disabled_or_pointed_at_a_public_endpoint() {
     assert!(loc.contains("sig="), "SAS kept: {loc}");
 }
 
-/// Sends `data` in PATCHes of `chunk` bytes, alternating between `apis`, and finishes on the last.
-async fn chunked_push(apis: &[&Api], repo: &str, data: &[u8], chunk: usize) -> String {
-    let r = apis[0]
-        .send(
-            Method::POST,
-            &format!("/v2/{repo}/blobs/uploads/"),
-            &[],
-            None,
-        )
-        .await;
-    assert_eq!(r.status(), 202);
-    let mut loc = header(&r, "location").unwrap();
-    for (i, piece) in data.chunks(chunk).enumerate() {
-        let start = i * chunk;
-        let range = format!("{start}-{}", start + piece.len() - 1);
-        let api = apis[i % apis.len()];
-        let r = api
-            .send(
-                Method::PATCH,
-                &loc,
-                &[("content-range", &range)],
-                Some(piece.to_vec()),
-            )
-            .await;
-        assert_eq!(r.status(), 202, "PATCH {range}");
-        loc = header(&r, "location").unwrap();
-    }
-    let d = sha256(data);
-    let last = apis[(data.len().div_ceil(chunk)) % apis.len()];
-    let r = last
-        .send(Method::PUT, &format!("{loc}?digest={d}"), &[], None)
-        .await;
-    assert_eq!(r.status(), 201, "{:?}", r.text().await);
-    d
-}
-
 async fn fetch(api: &Api, repo: &str, d: &str) -> Vec<u8> {
     let r = api
         .send(Method::GET, &format!("/v2/{repo}/blobs/{d}"), &[], None)
@@ -221,7 +185,7 @@ async fn two_hundred_mib_in_seven_mib_patches_on_s3() {
     moto.create_bucket("chunks");
     let berth = berth_on(&moto.storage_yaml("chunks"), "");
     let api = Api::new(&berth.url);
-    let data = random_bytes(200, 200 << 20);
+    let data = bytes::Bytes::from(random_bytes(200, 200 << 20));
     let r = api
         .send(Method::POST, "/v2/big/blobs/uploads/", &[], None)
         .await;
@@ -230,7 +194,7 @@ async fn two_hundred_mib_in_seven_mib_patches_on_s3() {
         Some("16777216"),
         "part size advertised"
     );
-    let d = chunked_push(&[&api], "big", &data, 7 << 20).await;
+    let d = api.chunked_push(&[], "big", &data, 7 << 20).await;
     assert_eq!(sha256(&fetch(&api, "big", &d).await), d);
 }
 
@@ -249,8 +213,10 @@ async fn patches_alternate_between_two_replicas() {
         };
         let (a, b) = (berth_on(&storage, ""), berth_on(&storage, ""));
         let (api_a, api_b) = (Api::new(&a.url), Api::new(&b.url));
-        let data = random_bytes(300, 45 << 20);
-        let d = chunked_push(&[&api_a, &api_b], "team/app", &data, 6 << 20).await;
+        let data = bytes::Bytes::from(random_bytes(300, 45 << 20));
+        let d = api_a
+            .chunked_push(&[&api_b], "team/app", &data, 6 << 20)
+            .await;
         assert_eq!(sha256(&fetch(&api_a, "team/app", &d).await), d, "{backend}");
         assert_eq!(sha256(&fetch(&api_b, "team/app", &d).await), d, "{backend}");
     }

@@ -15,6 +15,7 @@ use std::ops::Range;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::percent::encode_unreserved;
 use async_trait::async_trait;
 use bytes::Bytes;
 use futures::stream::BoxStream;
@@ -25,7 +26,7 @@ use object_store::path::Path;
 use object_store::signer::{Method, Signer};
 use registry_core::storage::{
     ByteStream, GetResponse, Listing, MultipartHandle, ObjectInfo, ObjectVersion, PartPolicy,
-    PutCondition, StorageDriver, StorageError, WrittenPart,
+    PutCondition, StorageDriver, StorageError, WrittenPart, resolve_range,
 };
 use reqwest::{RequestBuilder, Response, StatusCode};
 use serde::Deserialize;
@@ -118,18 +119,6 @@ fn u64_from_string<'de, D: serde::Deserializer<'de>>(d: D) -> Result<u64, D::Err
     }
 }
 
-/// Percent-encodes everything but unreserved characters (object names go in URL paths).
-fn enc(s: &str) -> String {
-    s.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
-                (b as char).to_string()
-            }
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
-}
-
 fn info_of(o: &ObjectResource) -> ObjectInfo {
     ObjectInfo {
         size: o.size,
@@ -211,13 +200,17 @@ impl GcsDriver {
         format!(
             "{}/storage/v1/b/{}/o/{}",
             self.base,
-            enc(&self.bucket),
-            enc(name)
+            encode_unreserved(&self.bucket),
+            encode_unreserved(name)
         )
     }
 
     fn upload_url(&self) -> String {
-        format!("{}/upload/storage/v1/b/{}/o", self.base, enc(&self.bucket))
+        format!(
+            "{}/upload/storage/v1/b/{}/o",
+            self.base,
+            encode_unreserved(&self.bucket)
+        )
     }
 
     async fn authed(&self, rb: RequestBuilder) -> Result<RequestBuilder, StorageError> {
@@ -286,7 +279,11 @@ impl GcsDriver {
         if let Some(t) = token {
             q.push(("pageToken", t.to_owned()));
         }
-        let url = format!("{}/storage/v1/b/{}/o", self.base, enc(&self.bucket));
+        let url = format!(
+            "{}/storage/v1/b/{}/o",
+            self.base,
+            encode_unreserved(&self.bucket)
+        );
         let resp = self.send(self.http.get(url).query(&q), prefix).await?;
         Self::json(resp, prefix).await
     }
@@ -298,8 +295,8 @@ impl GcsDriver {
             let url = format!(
                 "{}/rewriteTo/b/{}/o/{}",
                 self.object_url(from),
-                enc(&self.bucket),
-                enc(to)
+                encode_unreserved(&self.bucket),
+                encode_unreserved(to)
             );
             let mut rb = self.http.post(url).json(&serde_json::json!({}));
             if let Some(t) = &token {
@@ -348,6 +345,19 @@ impl GcsDriver {
         self.name(&format!("{key}-parts/{}/{index:06}", handle.upload_id))
     }
 
+    /// The query of an upload request: its type, the object name and an optional precondition.
+    fn upload_query(
+        kind: &str,
+        name: &str,
+        generation_match: Option<&str>,
+    ) -> Vec<(&'static str, String)> {
+        let mut q = vec![("uploadType", kind.to_owned()), ("name", name.to_owned())];
+        if let Some(g) = generation_match {
+            q.push(("ifGenerationMatch", g.to_owned()));
+        }
+        q
+    }
+
     /// Opens a resumable upload session and returns its URL.
     async fn start_resumable(
         &self,
@@ -355,13 +365,7 @@ impl GcsDriver {
         generation_match: Option<&str>,
         key: &str,
     ) -> Result<String, StorageError> {
-        let mut q = vec![
-            ("uploadType", "resumable".to_owned()),
-            ("name", name.to_owned()),
-        ];
-        if let Some(g) = generation_match {
-            q.push(("ifGenerationMatch", g.to_owned()));
-        }
+        let q = Self::upload_query("resumable", name, generation_match);
         let rb = self
             .http
             .post(self.upload_url())
@@ -399,13 +403,7 @@ impl GcsDriver {
                 .await?;
             return Self::json(resp, key).await;
         }
-        let mut q = vec![
-            ("uploadType", "media".to_owned()),
-            ("name", name.to_owned()),
-        ];
-        if let Some(g) = generation_match {
-            q.push(("ifGenerationMatch", g.to_owned()));
-        }
+        let q = Self::upload_query("media", name, generation_match);
         let rb = self
             .http
             .post(self.upload_url())
@@ -429,13 +427,7 @@ impl StorageDriver for GcsDriver {
     async fn get(&self, key: &str, range: Option<Range<u64>>) -> Result<GetResponse, StorageError> {
         let meta = self.resource(key).await?;
         let size = meta.size;
-        let range = match range {
-            None => 0..size,
-            Some(r) if r.start >= size || r.start >= r.end => {
-                return Err(StorageError::RangeNotSatisfiable { size });
-            }
-            Some(r) => r.start..r.end.min(size),
-        };
+        let range = resolve_range(range, size)?;
         let mut rb = self
             .http
             .get(self.object_url(&meta.name))
@@ -706,7 +698,7 @@ mod tests {
     #[test]
     fn object_names_are_fully_encoded() {
         assert_eq!(
-            enc("docker/registry/v2/blobs/sha256:ab"),
+            encode_unreserved("docker/registry/v2/blobs/sha256:ab"),
             "docker%2Fregistry%2Fv2%2Fblobs%2Fsha256%3Aab"
         );
     }

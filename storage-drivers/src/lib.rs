@@ -10,6 +10,8 @@ pub mod gcs;
 pub mod local;
 pub mod memory;
 pub mod object_store_driver;
+#[cfg(any(feature = "s3", feature = "gcs"))]
+mod percent;
 #[cfg(feature = "s3")]
 pub mod s3;
 

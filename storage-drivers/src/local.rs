@@ -13,7 +13,7 @@ use futures::stream::BoxStream;
 use futures::{StreamExt, TryStreamExt};
 use registry_core::storage::{
     ByteStream, GetResponse, Listing, MultipartHandle, ObjectInfo, ObjectVersion, PartPolicy,
-    PutCondition, StorageDriver, StorageError, WrittenPart,
+    PutCondition, StorageDriver, StorageError, WrittenPart, resolve_range,
 };
 use tokio::io::{AsyncReadExt, AsyncSeekExt, AsyncWriteExt};
 
@@ -159,13 +159,7 @@ impl StorageDriver for LocalDriver {
             return Err(StorageError::NotFound(key.to_owned()));
         }
         let size = meta.len();
-        let range = match range {
-            None => 0..size,
-            Some(r) if r.start >= size || r.start >= r.end => {
-                return Err(StorageError::RangeNotSatisfiable { size });
-            }
-            Some(r) => r.start..r.end.min(size),
-        };
+        let range = resolve_range(range, size)?;
         if range.start > 0 {
             file.seek(SeekFrom::Start(range.start))
                 .await

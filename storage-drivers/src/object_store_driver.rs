@@ -18,7 +18,7 @@ use object_store::{
 };
 use registry_core::storage::{
     ByteStream, GetResponse, Listing, MultipartHandle, ObjectInfo, ObjectVersion, PartPolicy,
-    PutCondition, StorageDriver, StorageError, WrittenPart,
+    PutCondition, StorageDriver, StorageError, WrittenPart, resolve_range,
 };
 use tokio::io::AsyncWriteExt;
 
@@ -140,10 +140,7 @@ impl StorageDriver for ObjectStoreDriver {
         if let Some(r) = &range {
             // Validate against the real size first: stores differ in how they report a bad range.
             let size = self.stat(key).await?.size;
-            if r.start >= size || r.start >= r.end {
-                return Err(StorageError::RangeNotSatisfiable { size });
-            }
-            opts.range = Some(GetRange::Bounded(r.start..r.end.min(size)));
+            opts.range = Some(GetRange::Bounded(resolve_range(Some(r.clone()), size)?));
         }
         let res = self
             .store

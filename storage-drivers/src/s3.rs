@@ -10,6 +10,7 @@ use object_store::path::Path;
 use registry_core::storage::{PartPolicy, StorageError};
 
 use crate::object_store_driver::{LargeCopy, ObjectStoreDriver};
+use crate::percent::encode_unreserved;
 
 /// CopyObject refuses sources larger than this.
 pub const COPY_OBJECT_LIMIT: u64 = 5 << 30;
@@ -167,7 +168,7 @@ impl PartCopy {
             "{}?partNumber={}&uploadId={}",
             self.object_url(to),
             part + 1,
-            urlencode(upload_id)
+            encode_unreserved(upload_id)
         );
         let mut req = http::Request::builder()
             .method("PUT")
@@ -204,17 +205,6 @@ impl PartCopy {
             StorageError::Backend(format!("UploadPartCopy answer without ETag: {body}"))
         })
     }
-}
-
-fn urlencode(s: &str) -> String {
-    s.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
-                (b as char).to_string()
-            }
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
 }
 
 #[async_trait::async_trait]
@@ -286,6 +276,5 @@ mod tests {
             p.object_url(&Path::from("a/b")),
             "http://127.0.0.1:9000/b/a/b"
         );
-        assert_eq!(urlencode("a b/c"), "a%20b%2Fc");
     }
 }

@@ -10,9 +10,7 @@ use bytes::Bytes;
 use integration::Berth;
 use integration::distribution::Distribution;
 use integration::emulators::{Azurite, Moto};
-use integration::http::{Api, header};
-use reqwest::Method;
-use sha2::Digest as _;
+use integration::http::Api;
 
 struct Args {
     backend: String,
@@ -54,45 +52,8 @@ fn parse_args() -> Args {
 
 /// Chunked push of `data` in `chunk`-sized PATCHes; returns seconds.
 async fn chunked_push(api: &Api, repo: &str, data: &Bytes, chunk: usize) -> f64 {
-    let digest = format!("sha256:{}", hex::encode(sha2::Sha256::digest(data)));
     let start = Instant::now();
-    let r = api
-        .send(
-            Method::POST,
-            &format!("/v2/{repo}/blobs/uploads/"),
-            &[],
-            None,
-        )
-        .await;
-    assert_eq!(r.status(), 202);
-    let mut loc = header(&r, "location").unwrap();
-    let mut offset = 0;
-    while offset < data.len() {
-        let end = (offset + chunk).min(data.len());
-        let range = format!("{offset}-{}", end - 1);
-        let r = api
-            .client
-            .patch(api.url(&loc))
-            .header("content-range", range)
-            .header("content-type", "application/octet-stream")
-            .body(data.slice(offset..end))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(r.status(), 202, "PATCH failed: {:?}", r.text().await);
-        loc = header(&r, "location").unwrap();
-        offset = end;
-    }
-    let sep = if loc.contains('?') { '&' } else { '?' };
-    let r = api
-        .send(
-            Method::PUT,
-            &format!("{loc}{sep}digest={digest}"),
-            &[],
-            None,
-        )
-        .await;
-    assert_eq!(r.status(), 201, "PUT failed: {:?}", r.text().await);
+    api.chunked_push(&[], repo, data, chunk).await;
     start.elapsed().as_secs_f64()
 }
 

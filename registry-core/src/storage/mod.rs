@@ -78,6 +78,18 @@ pub struct GetResponse {
     pub body: ByteStream,
 }
 
+/// The byte range a driver serves for `requested` of an object of `size` bytes: the whole object
+/// when none was asked for, the end clamped to the size, and an error when the start is past it.
+pub fn resolve_range(requested: Option<Range<u64>>, size: u64) -> Result<Range<u64>, StorageError> {
+    match requested {
+        None => Ok(0..size),
+        Some(r) if r.start >= size || r.start >= r.end => {
+            Err(StorageError::RangeNotSatisfiable { size })
+        }
+        Some(r) => Ok(r.start..r.end.min(size)),
+    }
+}
+
 /// How a small put behaves when an object exists.
 #[derive(Debug, Clone)]
 pub enum PutCondition {
