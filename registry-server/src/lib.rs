@@ -1,6 +1,7 @@
 //! Berth's HTTP server: configuration, the storage backend it selects, and the OCI API.
 
 pub mod api;
+pub mod auth;
 pub mod backend;
 pub mod config;
 pub mod serve;

@@ -33,8 +33,15 @@ pub struct App {
 
 /// Builds the router serving the whole API.
 pub fn router(app: Arc<App>) -> Router {
-    Router::new()
-        .fallback(dispatch)
+    let mut r = Router::new();
+    if app.settings.auth.issuer.is_some() {
+        // docker tries an OAuth2 POST first and falls back to GET on 404.
+        r = r.route(
+            crate::auth::TOKEN_PATH,
+            axum::routing::get(token).post(|| async { ApiError::no_route().into_response() }),
+        );
+    }
+    r.fallback(dispatch)
         .layer(axum::middleware::map_response(api_version_header))
         .with_state(app)
 }
@@ -124,15 +131,39 @@ pub(crate) fn empty(status: StatusCode, headers: &[(&'static str, String)]) -> R
     resp
 }
 
+async fn token(State(app): State<Arc<App>>, req: Request) -> Response {
+    let (parts, _) = req.into_parts();
+    let query = Query::of(&parts);
+    let scopes: Vec<&str> = query.all("scope").collect();
+    match app
+        .settings
+        .auth
+        .token_endpoint(&parts.headers, query.get("service"), &scopes)
+    {
+        Ok(t) => axum::Json(t).into_response(),
+        Err(e) => e.into_response(),
+    }
+}
+
 async fn dispatch(State(app): State<Arc<App>>, req: Request) -> Response {
     let Some(route) = Route::parse(req.uri().path()) else {
         return ApiError::no_route().into_response();
     };
     let (parts, body) = req.into_parts();
+    let query = Query::of(&parts);
+    let mount_from = query.get("mount").and(query.get("from"));
+    let need = crate::auth::required_access(&route, &parts.method, mount_from);
+    if let Err(e) = app
+        .settings
+        .auth
+        .check(&parts.headers, &need, app.settings.host.as_deref())
+    {
+        return e.into_response();
+    }
     let ctx = Ctx {
         app,
         method: parts.method.clone(),
-        query: Query::of(&parts),
+        query,
         headers: parts.headers,
     };
     let m = &ctx.method;

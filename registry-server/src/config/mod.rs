@@ -58,8 +58,8 @@ pub struct Config {
     pub storage: StorageConfig,
     /// HTTP listener.
     pub http: HttpConfig,
-    /// Authentication (not yet implemented: refused when present so nothing runs open by surprise).
-    pub auth: Option<Value>,
+    /// Authentication.
+    pub auth: Option<AuthConfig>,
     /// Webhook notifications (reserved).
     pub notifications: Option<Value>,
     /// Health checks (accepted for compatibility, unused).
@@ -249,6 +249,65 @@ pub struct HttpConfig {
 pub struct BerthConfig {
     /// Largest manifest accepted, in bytes (default 4 MiB).
     pub maxmanifestbytes: Option<usize>,
+    /// The built-in token issuer.
+    pub tokenserver: Option<TokenServerConfig>,
+}
+
+/// `auth`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+pub struct AuthConfig {
+    /// Basic auth from an htpasswd file.
+    pub htpasswd: Option<HtpasswdConfig>,
+    /// Docker token auth.
+    pub token: Option<TokenConfig>,
+    /// distribution's test-only `silly` auth (refused).
+    pub silly: Option<Value>,
+}
+
+/// `auth.htpasswd`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+pub struct HtpasswdConfig {
+    /// Realm of the Basic challenge.
+    pub realm: Option<String>,
+    /// The htpasswd file (bcrypt entries).
+    pub path: Option<PathBuf>,
+}
+
+/// `auth.token`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+pub struct TokenConfig {
+    /// Token service URL; defaults to Berth's own `/auth/token` when `berth.tokenserver` is set.
+    pub realm: Option<String>,
+    /// Service name: the tokens' audience.
+    pub service: Option<String>,
+    /// Expected token issuer.
+    pub issuer: Option<String>,
+    /// PEM certificates or public keys that sign tokens.
+    pub rootcertbundle: Option<PathBuf>,
+    /// A JWKS file with the signing keys.
+    pub jwks: Option<PathBuf>,
+    /// Allowed JWT algorithms (default: RS256/384/512, ES256/384/512, EdDSA).
+    pub signingalgorithms: Option<Vec<String>>,
+    /// Accepted for compatibility.
+    pub autoredirect: Option<bool>,
+}
+
+/// `berth.tokenserver`: Berth issues tokens itself, for teams without an auth server.
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+pub struct TokenServerConfig {
+    /// PKCS#8 PEM private key (EC P-256 for ES256, or RSA for RS256); its public key goes in
+    /// `auth.token.rootcertbundle`.
+    pub privatekey: Option<PathBuf>,
+    /// Token lifetime in seconds (default 300).
+    pub expiry: Option<u64>,
+    /// htpasswd file with the users who may log in.
+    pub users: Option<PathBuf>,
+    /// Access rules: account (user, `*` any user, `anonymous`), repository glob, actions.
+    pub access: Vec<crate::auth::token::AccessRule>,
 }
 
 /// Which backend to build, with its settings.
@@ -289,6 +348,8 @@ pub struct Settings {
     pub redirect_public_endpoint: Option<url::Url>,
     /// Manifest size limit.
     pub max_manifest_bytes: usize,
+    /// Authentication and authorization.
+    pub auth: std::sync::Arc<crate::auth::Authorizer>,
     /// Log level filter.
     pub log_level: String,
     /// Emit JSON logs.
@@ -430,12 +491,10 @@ fn validate(config: Config, warnings: &mut Vec<String>) -> Result<Settings, Conf
             ));
         }
     };
-    if config.auth.as_ref().is_some_and(|a| !a.is_null()) {
-        return Err(key_err(
-            "auth",
-            "authentication is not implemented yet; remove the section to run without auth",
-        ));
-    }
+    let auth = std::sync::Arc::new(authorizer(
+        config.auth.as_ref(),
+        config.berth.tokenserver.as_ref(),
+    )?);
     if config.http.tls.as_ref().is_some_and(|t| !t.is_null()) {
         return Err(key_err(
             "http.tls",
@@ -493,9 +552,127 @@ fn validate(config: Config, warnings: &mut Vec<String>) -> Result<Settings, Conf
         redirect_expiry: Duration::from_secs(expiry),
         redirect_public_endpoint: public_endpoint,
         max_manifest_bytes,
+        auth,
         log_level: level,
         log_json,
     })
+}
+
+fn read_file(path: &Path, key: &str) -> Result<String, ConfigError> {
+    std::fs::read_to_string(path)
+        .map_err(|e| key_err(key, format!("cannot read {}: {e}", path.display())))
+}
+
+fn authorizer(
+    auth: Option<&AuthConfig>,
+    server: Option<&TokenServerConfig>,
+) -> Result<crate::auth::Authorizer, ConfigError> {
+    use crate::auth::{Auth, Authorizer, htpasswd::Htpasswd, token};
+    let Some(auth) = auth else {
+        if server.is_some() {
+            return Err(key_err(
+                "berth.tokenserver",
+                "needs auth.token (service, issuer, rootcertbundle)",
+            ));
+        }
+        return Ok(Authorizer::open());
+    };
+    if auth.silly.is_some() {
+        return Err(key_err(
+            "auth.silly",
+            "silly auth is for distribution's tests only; use htpasswd or token",
+        ));
+    }
+    let mode = match (&auth.htpasswd, &auth.token) {
+        (Some(_), Some(_)) => return Err(key_err("auth", "configure htpasswd or token, not both")),
+        (None, None) => Auth::None,
+        (Some(h), None) => {
+            let path = h
+                .path
+                .as_ref()
+                .ok_or_else(|| key_err("auth.htpasswd.path", "is required"))?;
+            let users = Htpasswd::load(path).map_err(|e| key_err("auth.htpasswd.path", e))?;
+            Auth::Htpasswd {
+                realm: h.realm.clone().unwrap_or_else(|| "berth".into()),
+                users: std::sync::Arc::new(users),
+            }
+        }
+        (None, Some(t)) => {
+            let service = required(&t.service, "auth.token.service")?;
+            let issuer = required(&t.issuer, "auth.token.issuer")?;
+            let bundle = t
+                .rootcertbundle
+                .as_ref()
+                .map(|p| read_file(p, "auth.token.rootcertbundle"))
+                .transpose()?;
+            let jwks = t
+                .jwks
+                .as_ref()
+                .map(|p| read_file(p, "auth.token.jwks"))
+                .transpose()?;
+            let names = t.signingalgorithms.clone().unwrap_or_else(|| {
+                ["RS256", "RS384", "RS512", "ES256", "ES384", "EdDSA"]
+                    .iter()
+                    .map(|s| s.to_string())
+                    .collect()
+            });
+            let algorithms = names
+                .iter()
+                .map(|n| token::parse_algorithm(n))
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| key_err("auth.token.signingalgorithms", e))?;
+            if t.realm.is_none() && server.is_none() {
+                return Err(key_err(
+                    "auth.token.realm",
+                    "is required (or set berth.tokenserver to issue tokens here)",
+                ));
+            }
+            let verifier = token::TokenVerifier::new(
+                t.realm.clone(),
+                service,
+                issuer,
+                bundle.as_deref(),
+                jwks.as_deref(),
+                algorithms,
+            )
+            .map_err(|e| key_err("auth.token.rootcertbundle", e))?;
+            Auth::Token(verifier)
+        }
+    };
+    let issuer = match server {
+        None => None,
+        Some(s) => {
+            let Some(t) = &auth.token else {
+                return Err(key_err(
+                    "berth.tokenserver",
+                    "needs auth.token (service, issuer, rootcertbundle)",
+                ));
+            };
+            let path = s
+                .privatekey
+                .as_ref()
+                .ok_or_else(|| key_err("berth.tokenserver.privatekey", "is required"))?;
+            let pem = read_file(path, "berth.tokenserver.privatekey")?;
+            let users = s
+                .users
+                .as_ref()
+                .map(|p| Htpasswd::load(p).map(std::sync::Arc::new))
+                .transpose()
+                .map_err(|e| key_err("berth.tokenserver.users", e))?;
+            let expiry = Duration::from_secs(s.expiry.unwrap_or(300).clamp(10, 24 * 3600));
+            let issuer = token::TokenIssuer::new(
+                required(&t.service, "auth.token.service")?,
+                required(&t.issuer, "auth.token.issuer")?,
+                pem.as_bytes(),
+                expiry,
+                users,
+                s.access.clone(),
+            )
+            .map_err(|e| key_err("berth.tokenserver.privatekey", e))?;
+            Some(issuer)
+        }
+    };
+    Ok(Authorizer { auth: mode, issuer })
 }
 
 fn required(v: &Option<String>, key: &str) -> Result<String, ConfigError> {
