@@ -42,7 +42,7 @@ pub fn berth_binary() -> PathBuf {
 /// A running `berth` process.
 pub struct Berth {
     child: Child,
-    /// `http://127.0.0.1:PORT`
+    /// `http://127.0.0.1:PORT` (or `https://` with TLS)
     pub url: String,
     /// `127.0.0.1:PORT`
     pub host: String,
@@ -111,7 +111,10 @@ impl Berth {
                 );
             }
         };
-        let host = url.trim_start_matches("http://").to_owned();
+        let host = url
+            .split_once("://")
+            .map_or(url.as_str(), |(_, h)| h)
+            .to_owned();
         Berth {
             child,
             url,

@@ -45,6 +45,18 @@ fn bad_config_names_the_key_and_exits_before_listening() {
             "log.level",
         ),
         ("storage: {filesystem: {}}\n  bad: [indent\n", "YAML"),
+        (
+            "storage: {filesystem: {}}\nhttp: {tls: {certificate: /nonexistent.crt, key: /nonexistent.key}}\n",
+            "http.tls.certificate",
+        ),
+        (
+            "storage: {filesystem: {}}\nauth: {htpasswd: {path: /nonexistent/htpasswd}}\n",
+            "auth.htpasswd.path",
+        ),
+        (
+            "storage: {filesystem: {}}\nauth: {token: {service: s, issuer: i}}\n",
+            "auth.token",
+        ),
     ];
     for (yaml, key) in cases {
         let cfg = dir.path().join("config.yml");

@@ -230,8 +230,8 @@ pub struct HttpConfig {
     pub prefix: Option<String>,
     /// Extra response headers (accepted for compatibility).
     pub headers: Option<Value>,
-    /// TLS (not yet implemented: refused when present).
-    pub tls: Option<Value>,
+    /// TLS.
+    pub tls: Option<TlsConfig>,
     /// Debug server (accepted for compatibility).
     pub debug: Option<Value>,
     /// HTTP/2 settings (accepted for compatibility).
@@ -241,6 +241,33 @@ pub struct HttpConfig {
     /// Relative URLs (accepted for compatibility: Berth always sends relative Location headers
     /// unless `http.host` is set).
     pub relativeurls: Option<bool>,
+}
+
+/// `http.tls`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+pub struct TlsConfig {
+    /// PEM certificate chain.
+    pub certificate: Option<PathBuf>,
+    /// PEM private key.
+    pub key: Option<PathBuf>,
+    /// Client certificate authorities (not supported).
+    pub clientcas: Option<Value>,
+    /// Let's Encrypt (not supported).
+    pub letsencrypt: Option<Value>,
+    /// Accepted for compatibility (rustls speaks TLS 1.2 and 1.3 only).
+    pub minimumtls: Option<String>,
+    /// Accepted for compatibility.
+    pub ciphersuites: Option<Value>,
+}
+
+/// Certificate and key files to serve TLS with.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsFiles {
+    /// PEM certificate chain.
+    pub certificate: PathBuf,
+    /// PEM private key.
+    pub key: PathBuf,
 }
 
 /// `berth`: settings distribution has no equivalent for.
@@ -334,6 +361,8 @@ const MIN_PART_SIZE: u64 = 5 << 20;
 pub struct Settings {
     /// Address to listen on.
     pub addr: SocketAddr,
+    /// Serve HTTPS with these files.
+    pub tls: Option<TlsFiles>,
     /// Base URL for absolute Location headers, if configured.
     pub host: Option<String>,
     /// The storage backend.
@@ -495,12 +524,34 @@ fn validate(config: Config, warnings: &mut Vec<String>) -> Result<Settings, Conf
         config.auth.as_ref(),
         config.berth.tokenserver.as_ref(),
     )?);
-    if config.http.tls.as_ref().is_some_and(|t| !t.is_null()) {
-        return Err(key_err(
-            "http.tls",
-            "TLS is not implemented yet; terminate TLS in front of Berth",
-        ));
-    }
+    let tls = match &config.http.tls {
+        None => None,
+        Some(t) => {
+            if t.clientcas.is_some() {
+                return Err(key_err(
+                    "http.tls.clientcas",
+                    "client certificate authentication is not supported",
+                ));
+            }
+            if t.letsencrypt.is_some() {
+                return Err(key_err(
+                    "http.tls.letsencrypt",
+                    "not supported: give certificate and key files",
+                ));
+            }
+            let certificate = t
+                .certificate
+                .clone()
+                .ok_or_else(|| key_err("http.tls.certificate", "is required"))?;
+            let key = t
+                .key
+                .clone()
+                .ok_or_else(|| key_err("http.tls.key", "is required"))?;
+            read_file(&certificate, "http.tls.certificate")?;
+            read_file(&key, "http.tls.key")?;
+            Some(TlsFiles { certificate, key })
+        }
+    };
     if config.http.secret.is_some() {
         warnings.push("http.secret is not needed: upload state lives in the store, so any replica serves any request".into());
     }
@@ -544,6 +595,7 @@ fn validate(config: Config, warnings: &mut Vec<String>) -> Result<Settings, Conf
         ));
     }
     Ok(Settings {
+        tls,
         addr: parse_addr(config.http.addr.as_deref().unwrap_or(":5000"))?,
         host: config.http.host.map(|h| h.trim_end_matches('/').to_owned()),
         storage,

@@ -1,0 +1,110 @@
+//! HTTPS with a generated certificate: clients that trust it connect, the certificate is reloaded
+//! when its files change, and skopeo pushes and pulls with verification on.
+
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use integration::Berth;
+use integration::layout::write_image;
+use integration::tools::{run, tree};
+
+fn self_signed(dir: &Path, name: &str) -> (std::path::PathBuf, std::path::PathBuf) {
+    let (cert, key) = (
+        dir.join(format!("{name}.crt")),
+        dir.join(format!("{name}.key")),
+    );
+    run(Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+            "-days",
+            "1",
+        ])
+        .args([
+            "-subj",
+            "/CN=127.0.0.1",
+            "-addext",
+            "subjectAltName=IP:127.0.0.1",
+        ])
+        .arg("-keyout")
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert));
+    (cert, key)
+}
+
+fn curl_ok(url: &str, ca: &Path) -> bool {
+    Command::new("curl")
+        .args(["-sf", "--cacert"])
+        .arg(ca)
+        .arg(url)
+        .status()
+        .unwrap()
+        .success()
+}
+
+#[test]
+fn https_round_trip_and_certificate_reload() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key) = self_signed(dir.path(), "first");
+    let yaml = format!(
+        "storage:\n  filesystem:\n    rootdirectory: {}/data\nhttp:\n  tls:\n    certificate: {}\n    key: {}\n",
+        dir.path().display(),
+        cert.display(),
+        key.display()
+    );
+    let berth = Berth::with_config(&yaml, &[]);
+    assert!(berth.url.starts_with("https://"), "{}", berth.url);
+    let base = format!("{}/v2/", berth.url);
+    assert!(
+        curl_ok(&base, &cert),
+        "a client trusting the certificate cannot connect"
+    );
+    let plain = Command::new("curl")
+        .args(["-sf", &format!("http://{}/v2/", berth.host)])
+        .status()
+        .unwrap();
+    assert!(!plain.success(), "plain HTTP was served on the TLS port");
+
+    // skopeo with verification on, trusting the certificate through a cert dir.
+    let certs = dir.path().join("certs");
+    std::fs::create_dir_all(&certs).unwrap();
+    std::fs::copy(&cert, certs.join("ca.crt")).unwrap();
+    let src = dir.path().join("src");
+    write_image(&src, "v1", 90, &[1 << 20]);
+    let remote = format!("docker://{}/tls/app:v1", berth.host);
+    let certs_s = certs.to_str().unwrap();
+    run(Command::new("skopeo")
+        .args(["--insecure-policy", "copy", "--dest-cert-dir", certs_s])
+        .arg(format!("oci:{}:v1", src.display()))
+        .arg(&remote));
+    let dst = dir.path().join("dst");
+    run(Command::new("skopeo")
+        .args(["--insecure-policy", "copy", "--src-cert-dir", certs_s])
+        .arg(&remote)
+        .arg(format!("oci:{}:v1", dst.display())));
+    assert_eq!(
+        tree(&src.join("blobs")).len(),
+        tree(&dst.join("blobs")).len()
+    );
+
+    // Replace the certificate in place: berth serves the new one without a restart.
+    let (new_cert, new_key) = self_signed(dir.path(), "second");
+    std::fs::copy(&new_key, &key).unwrap();
+    std::fs::copy(&new_cert, &cert).unwrap();
+    let mut reloaded = false;
+    for _ in 0..40 {
+        if curl_ok(&base, &new_cert) {
+            reloaded = true;
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    assert!(reloaded, "the new certificate was not picked up");
+}
