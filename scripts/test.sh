@@ -52,6 +52,9 @@ command -v gcp-storage-emulator >/dev/null || { echo "test.sh: gcp-storage-emula
 cargo build --quiet -p registry-server --bin berth
 export BERTH_BIN="${CARGO_TARGET_DIR:-$PWD/target}/debug/berth"
 
+# A short fuzz run of every parser target first (a crash fails the run).
+[ "${BERTH_SKIP_FUZZ:-}" = 1 ] || ./scripts/fuzz.sh 10
+
 if cargo nextest --version >/dev/null 2>&1; then
   cargo nextest run --workspace --no-fail-fast "$@"
 else
