@@ -9,7 +9,7 @@ use registry_core::storage::{PartPolicy, StorageError};
 use crate::object_store_driver::ObjectStoreDriver;
 
 /// Settings of an Azure backend (distribution's `storage.azure` keys plus an endpoint).
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Clone, Default, PartialEq, Eq)]
 pub struct AzureOptions {
     /// Storage account name.
     pub account: String,
@@ -23,6 +23,23 @@ pub struct AzureOptions {
     pub root: String,
     /// Block size for uploads.
     pub part_size: u64,
+}
+
+impl std::fmt::Debug for AzureOptions {
+    // Keys and secrets stay out of logs and panics.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AzureOptions")
+            .field("account", &self.account)
+            .field(
+                "account_key",
+                &self.account_key.as_ref().map(|_| "<redacted>"),
+            )
+            .field("container", &self.container)
+            .field("endpoint", &self.endpoint)
+            .field("root", &self.root)
+            .field("part_size", &self.part_size)
+            .finish()
+    }
 }
 
 impl AzureOptions {

@@ -41,7 +41,7 @@ const COMPOSE_SOURCES: usize = 32;
 const COMPONENT_LIMIT: usize = 1024;
 
 /// Settings of a GCS backend (distribution's `storage.gcs` keys plus an endpoint).
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Clone, Default, PartialEq, Eq)]
 pub struct GcsOptions {
     /// Bucket name.
     pub bucket: String,
@@ -55,6 +55,23 @@ pub struct GcsOptions {
     pub anonymous: bool,
     /// Part size of uploads.
     pub part_size: u64,
+}
+
+impl std::fmt::Debug for GcsOptions {
+    // Keys and secrets stay out of logs and panics.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GcsOptions")
+            .field("bucket", &self.bucket)
+            .field("root", &self.root)
+            .field("endpoint", &self.endpoint)
+            .field(
+                "service_account_key",
+                &self.service_account_key.as_ref().map(|_| "<redacted>"),
+            )
+            .field("anonymous", &self.anonymous)
+            .field("part_size", &self.part_size)
+            .finish()
+    }
 }
 
 /// The GCS driver.

@@ -16,7 +16,7 @@ use crate::percent::encode_unreserved;
 pub const COPY_OBJECT_LIMIT: u64 = 5 << 30;
 
 /// Settings of an S3 backend (distribution's `storage.s3` keys).
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Clone, Default, PartialEq, Eq)]
 pub struct S3Options {
     /// Bucket name.
     pub bucket: String,
@@ -42,6 +42,32 @@ pub struct S3Options {
     pub copy_part_size: u64,
     /// Endpoint clients reach the bucket at, used to sign redirect URLs (e.g. a public MinIO URL).
     pub public_endpoint: Option<String>,
+}
+
+impl std::fmt::Debug for S3Options {
+    // Keys and secrets stay out of logs and panics.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("S3Options")
+            .field("bucket", &self.bucket)
+            .field("region", &self.region)
+            .field("endpoint", &self.endpoint)
+            .field("access_key", &self.access_key)
+            .field(
+                "secret_key",
+                &self.secret_key.as_ref().map(|_| "<redacted>"),
+            )
+            .field(
+                "session_token",
+                &self.session_token.as_ref().map(|_| "<redacted>"),
+            )
+            .field("force_path_style", &self.force_path_style)
+            .field("root", &self.root)
+            .field("part_size", &self.part_size)
+            .field("copy_threshold", &self.copy_threshold)
+            .field("copy_part_size", &self.copy_part_size)
+            .field("public_endpoint", &self.public_endpoint)
+            .finish()
+    }
 }
 
 fn builder(o: &S3Options, endpoint: Option<&str>) -> AmazonS3Builder {
@@ -275,6 +301,23 @@ mod tests {
         assert_eq!(
             p.object_url(&Path::from("a/b")),
             "http://127.0.0.1:9000/b/a/b"
+        );
+    }
+}
+
+#[cfg(test)]
+mod redaction {
+    #[test]
+    fn debug_hides_secrets() {
+        let o = super::S3Options {
+            secret_key: Some("TOPSECRET".into()),
+            access_key: Some("AK".into()),
+            ..Default::default()
+        };
+        let shown = format!("{o:?}");
+        assert!(
+            !shown.contains("TOPSECRET") && shown.contains("<redacted>"),
+            "{shown}"
         );
     }
 }
