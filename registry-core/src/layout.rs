@@ -77,6 +77,11 @@ pub fn tag_index_link(name: &RepositoryName, tag: &Tag, d: &Digest) -> String {
     )
 }
 
+/// Prefix under which each upload session of a repository is a sub-prefix.
+pub fn uploads_prefix(name: &RepositoryName) -> String {
+    format!("{}/_uploads/", repo(name))
+}
+
 /// Prefix of one upload session.
 pub fn upload_prefix(name: &RepositoryName, id: &str) -> String {
     format!("{}/_uploads/{id}/", repo(name))

@@ -4,4 +4,5 @@ pub mod api;
 pub mod auth;
 pub mod backend;
 pub mod config;
+pub mod observe;
 pub mod serve;

@@ -18,7 +18,11 @@ pub fn app(settings: Settings) -> Result<Arc<App>, ConfigError> {
             max_manifest_bytes: settings.max_manifest_bytes,
         },
     );
-    Ok(Arc::new(App { registry, settings }))
+    Ok(Arc::new(App {
+        registry,
+        settings,
+        metrics: Default::default(),
+    }))
 }
 
 /// Serves on the configured address. Prints `listening on http(s)://ADDR` once bound.
@@ -26,6 +30,9 @@ pub async fn run(settings: Settings) -> Result<(), StartupError> {
     let addr = settings.addr;
     let tls = settings.tls.clone();
     let app = app(settings)?;
+    if let Some(p) = app.settings.purge.clone() {
+        tokio::spawn(purge_uploads(app.clone(), p));
+    }
     if let Some(files) = tls {
         return run_tls(addr, files, app).await;
     }
@@ -99,6 +106,26 @@ async fn reload_on_change(config: axum_server::tls_rustls::RustlsConfig, files: 
             }
             last = now;
         }
+    }
+}
+
+/// Removes abandoned uploads on a schedule. Running on several replicas at once is harmless:
+/// removing a removed session is a no-op.
+async fn purge_uploads(app: Arc<App>, p: crate::config::PurgeSettings) {
+    // Not all at start-up: replicas that start together spread out.
+    let spread = p.interval.as_millis().clamp(1, 60_000) as u64;
+    let jitter =
+        std::time::Duration::from_millis(u64::from(uuid::Uuid::new_v4().as_u128() as u32) % spread);
+    tokio::time::sleep(jitter).await;
+    loop {
+        match app.registry.purge_uploads(p.age, p.dry_run).await {
+            Ok(n) => {
+                app.metrics.add_purged(if p.dry_run { 0 } else { n as u64 });
+                tracing::info!(purged = n, dry_run = p.dry_run, "upload purge finished");
+            }
+            Err(e) => tracing::warn!(error = %e, "upload purge failed"),
+        }
+        tokio::time::sleep(p.interval).await;
     }
 }
 

@@ -206,12 +206,58 @@ async fn mismatch_leaves_nothing(store: Arc<dyn StorageDriver>) {
     assert!(left.is_empty(), "a refused upload leaves nothing: {left:?}");
 }
 
+async fn purging_removes_only_old_sessions(store: Arc<dyn StorageDriver>) {
+    let r = Registry::new(store.clone(), RegistrySettings::default());
+    let name: RepositoryName = "purge/me".parse().unwrap();
+    let id = r.uploads().start(&name).await.unwrap();
+    r.uploads()
+        .append(&name, &id, None, body(&data(1_500_000)))
+        .await
+        .unwrap();
+    assert!(
+        r.uploads()
+            .purge_older_than(&name, 0, false)
+            .await
+            .unwrap()
+            .is_empty(),
+        "a new session is kept"
+    );
+    assert_eq!(
+        r.uploads()
+            .purge_older_than(&name, u64::MAX, true)
+            .await
+            .unwrap(),
+        vec![id.clone()]
+    );
+    assert_eq!(
+        r.uploads().status(&name, &id).await.unwrap(),
+        1_500_000,
+        "a dry run removes nothing"
+    );
+    assert_eq!(
+        r.uploads()
+            .purge_older_than(&name, u64::MAX, false)
+            .await
+            .unwrap(),
+        vec![id.clone()]
+    );
+    assert!(matches!(
+        r.uploads().status(&name, &id).await,
+        Err(RegistryError::BlobUploadUnknown)
+    ));
+    let left: Vec<String> = futures::TryStreamExt::try_collect(store.list_recursive("docker/"))
+        .await
+        .unwrap();
+    assert!(left.is_empty(), "purging leaves nothing: {left:?}");
+}
+
 async fn all(store: impl Fn() -> Arc<dyn StorageDriver>) {
     chunked_upload_across_replicas(store()).await;
     out_of_order_and_sha512(store()).await;
     racing_appends_cannot_both_win(store()).await;
     failed_request_keeps_what_arrived(store()).await;
     mismatch_leaves_nothing(store()).await;
+    purging_removes_only_old_sessions(store()).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

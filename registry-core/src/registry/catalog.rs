@@ -39,23 +39,33 @@ impl Registry {
         Ok(paginate(names, n, last))
     }
 
-    /// Finds every repository in the layout and records it in the catalog index.
-    pub async fn rebuild_catalog(&self) -> Result<usize> {
+    /// Every repository directory holding a `marker` folder (`_manifests`, `_uploads`, ...),
+    /// found by delimiter listing of the repository tree (never of blobs or links).
+    pub async fn repositories_with(&self, marker: &str) -> Result<Vec<RepositoryName>> {
         let root = layout::repositories_prefix();
         let mut pending = vec![String::new()];
-        let mut found = 0;
+        let mut found = Vec::new();
         while let Some(rel) = pending.pop() {
             let listing = self.store.list(&format!("{root}{rel}")).await?;
             for child in listing.prefixes {
-                if child == "_manifests" {
+                if child == marker {
                     if let Ok(name) = rel.trim_end_matches('/').parse::<RepositoryName>() {
-                        self.add_to_catalog(&name).await?;
-                        found += 1;
+                        found.push(name);
                     }
                 } else if !child.starts_with('_') {
                     pending.push(format!("{rel}{child}/"));
                 }
             }
+        }
+        Ok(found)
+    }
+
+    /// Finds every repository in the layout and records it in the catalog index.
+    pub async fn rebuild_catalog(&self) -> Result<usize> {
+        let repos = self.repositories_with("_manifests").await?;
+        let found = repos.len();
+        for name in &repos {
+            self.add_to_catalog(name).await?;
         }
         self.store
             .put_bytes(

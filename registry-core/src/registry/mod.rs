@@ -67,6 +67,27 @@ impl Registry {
         &self.settings
     }
 
+    /// Removes upload sessions older than `age` in every repository; returns how many.
+    pub async fn purge_uploads(&self, age: std::time::Duration, dry_run: bool) -> Result<usize> {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        let cutoff = now.saturating_sub(age.as_secs());
+        let mut n = 0;
+        for name in self.repositories_with("_uploads").await? {
+            let ids = self
+                .uploads
+                .purge_older_than(&name, cutoff, dry_run)
+                .await?;
+            for id in &ids {
+                tracing::info!(repository = %name, upload = %id, dry_run, "purging abandoned upload");
+            }
+            n += ids.len();
+        }
+        Ok(n)
+    }
+
     fn require_delete(&self) -> Result<()> {
         if self.settings.delete_enabled {
             Ok(())

@@ -533,6 +533,37 @@ impl UploadSessions {
         Ok(())
     }
 
+    /// Removes the repository's sessions started before `cutoff` (unix seconds), aborting their
+    /// multipart writes; returns the ids removed (or, with `dry_run`, that would be).
+    pub async fn purge_older_than(
+        &self,
+        name: &RepositoryName,
+        cutoff: u64,
+        dry_run: bool,
+    ) -> Result<Vec<String>> {
+        let listing = self.store.list(&layout::uploads_prefix(name)).await?;
+        let mut removed = Vec::new();
+        for id in listing.prefixes {
+            let Ok(id) = parse_upload_id(&id) else {
+                continue;
+            };
+            let state = match self.load(name, &id).await {
+                Ok(l) => Some(l.state),
+                // A session with no readable state (a crash before its first write, or another
+                // registry's format) is judged by nothing else: leave it to its owner.
+                Err(_) => None,
+            };
+            let Some(state) = state else { continue };
+            if state.started_at < cutoff {
+                if !dry_run {
+                    self.discard(name, &id, Some(&state)).await;
+                }
+                removed.push(id);
+            }
+        }
+        Ok(removed)
+    }
+
     async fn discard(&self, name: &RepositoryName, id: &str, state: Option<&UploadState>) {
         if let Some(s) = state
             && let (Some(h), false) = (&s.multipart, s.assembled)

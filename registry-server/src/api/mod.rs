@@ -29,6 +29,8 @@ pub struct App {
     pub registry: Registry,
     /// Validated configuration.
     pub settings: Settings,
+    /// Request metrics of this process.
+    pub metrics: Arc<crate::observe::Metrics>,
 }
 
 /// Builds the router serving the whole API.
@@ -41,8 +43,15 @@ pub fn router(app: Arc<App>) -> Router {
             axum::routing::get(token).post(|| async { ApiError::no_route().into_response() }),
         );
     }
-    r.fallback(dispatch)
+    r.route("/healthz", axum::routing::get(|| async { "ok" }))
+        .route("/readyz", axum::routing::get(readyz))
+        .route("/metrics", axum::routing::get(metrics))
+        .fallback(dispatch)
         .layer(axum::middleware::map_response(api_version_header))
+        .layer(axum::middleware::from_fn_with_state(
+            app.clone(),
+            crate::observe::access_log::observe,
+        ))
         .with_state(app)
 }
 
@@ -131,6 +140,30 @@ pub(crate) fn empty(status: StatusCode, headers: &[(&'static str, String)]) -> R
     resp
 }
 
+async fn metrics(State(app): State<Arc<App>>) -> Response {
+    (
+        [("content-type", "text/plain; version=0.0.4")],
+        app.metrics.render(),
+    )
+        .into_response()
+}
+
+/// Ready when the store answers: a stat of a key that need not exist.
+async fn readyz(State(app): State<Arc<App>>) -> Response {
+    match app
+        .registry
+        .store()
+        .stat("docker/registry/v2/berth/readyz")
+        .await
+    {
+        Ok(_) | Err(StorageError::NotFound(_)) => (StatusCode::OK, "ready").into_response(),
+        Err(e) => {
+            tracing::warn!(error = %e, "storage not reachable");
+            (StatusCode::SERVICE_UNAVAILABLE, "storage unreachable").into_response()
+        }
+    }
+}
+
 async fn token(State(app): State<Arc<App>>, req: Request) -> Response {
     let (parts, _) = req.into_parts();
     let query = Query::of(&parts);
@@ -159,6 +192,18 @@ async fn dispatch(State(app): State<Arc<App>>, req: Request) -> Response {
         .check(&parts.headers, &need, app.settings.host.as_deref())
     {
         return e.into_response();
+    }
+    let writes = matches!(
+        parts.method,
+        Method::POST | Method::PUT | Method::PATCH | Method::DELETE
+    );
+    if app.settings.read_only && writes {
+        return ApiError::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "UNSUPPORTED",
+            "the registry is in read-only mode",
+        )
+        .into_response();
     }
     let ctx = Ctx {
         app,

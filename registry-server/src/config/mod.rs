@@ -103,7 +103,7 @@ pub struct StorageConfig {
     /// `redirect.disable`.
     pub redirect: Option<RedirectConfig>,
     /// Maintenance (upload purging, read-only).
-    pub maintenance: Option<Value>,
+    pub maintenance: Option<MaintenanceConfig>,
     /// Cache (accepted for compatibility: Berth's caches need no configuration).
     pub cache: Option<Value>,
     /// Tag concurrency (accepted for compatibility).
@@ -243,6 +243,72 @@ pub struct HttpConfig {
     pub relativeurls: Option<bool>,
 }
 
+/// `storage.maintenance`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+pub struct MaintenanceConfig {
+    /// `readonly.enabled`: refuse every write.
+    pub readonly: Option<ReadOnlyConfig>,
+    /// Removal of abandoned upload sessions.
+    pub uploadpurging: Option<UploadPurgingConfig>,
+}
+
+/// `storage.maintenance.readonly`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+pub struct ReadOnlyConfig {
+    /// Refuse writes.
+    pub enabled: bool,
+}
+
+/// `storage.maintenance.uploadpurging` (distribution's keys; durations like `168h`, `24h`, `30m`).
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+pub struct UploadPurgingConfig {
+    /// Run purging (default true).
+    pub enabled: Option<bool>,
+    /// Uploads older than this are removed (default 168h).
+    pub age: Option<String>,
+    /// How often to look (default 24h).
+    pub interval: Option<String>,
+    /// Only log what would be removed.
+    pub dryrun: Option<bool>,
+}
+
+/// When and what to purge.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PurgeSettings {
+    /// Uploads older than this go.
+    pub age: Duration,
+    /// Pause between runs.
+    pub interval: Duration,
+    /// Log only.
+    pub dry_run: bool,
+}
+
+/// Parses distribution's Go-style durations: `168h`, `30m`, `45s`, `1h30m`.
+pub fn parse_duration(s: &str) -> Option<Duration> {
+    let mut total = 0u64;
+    let mut num = String::new();
+    let mut any = false;
+    for c in s.trim().chars() {
+        if c.is_ascii_digit() {
+            num.push(c);
+            continue;
+        }
+        let n: u64 = num.parse().ok()?;
+        num.clear();
+        total += n * match c {
+            'h' => 3600,
+            'm' => 60,
+            's' => 1,
+            _ => return None,
+        };
+        any = true;
+    }
+    (any && num.is_empty()).then_some(Duration::from_secs(total))
+}
+
 /// `http.tls`.
 #[derive(Debug, Default, Deserialize)]
 #[serde(default)]
@@ -379,6 +445,10 @@ pub struct Settings {
     pub max_manifest_bytes: usize,
     /// Authentication and authorization.
     pub auth: std::sync::Arc<crate::auth::Authorizer>,
+    /// Refuse every write (maintenance).
+    pub read_only: bool,
+    /// Abandoned-upload purging, when on.
+    pub purge: Option<PurgeSettings>,
     /// Log level filter.
     pub log_level: String,
     /// Emit JSON logs.
@@ -605,9 +675,41 @@ fn validate(config: Config, warnings: &mut Vec<String>) -> Result<Settings, Conf
         redirect_public_endpoint: public_endpoint,
         max_manifest_bytes,
         auth,
+        read_only: s
+            .maintenance
+            .as_ref()
+            .and_then(|m| m.readonly.as_ref())
+            .is_some_and(|r| r.enabled),
+        purge: purge_settings(
+            s.maintenance
+                .as_ref()
+                .and_then(|m| m.uploadpurging.as_ref()),
+        )?,
         log_level: level,
         log_json,
     })
+}
+
+fn purge_settings(c: Option<&UploadPurgingConfig>) -> Result<Option<PurgeSettings>, ConfigError> {
+    let default = UploadPurgingConfig::default();
+    let c = c.unwrap_or(&default);
+    if c.enabled == Some(false) {
+        return Ok(None);
+    }
+    let dur = |v: &Option<String>, d: &str, key: &str| -> Result<Duration, ConfigError> {
+        let text = v.as_deref().unwrap_or(d);
+        parse_duration(text)
+            .ok_or_else(|| key_err(key, format!("{text:?} is not a duration like 168h or 30m")))
+    };
+    Ok(Some(PurgeSettings {
+        age: dur(&c.age, "168h", "storage.maintenance.uploadpurging.age")?,
+        interval: dur(
+            &c.interval,
+            "24h",
+            "storage.maintenance.uploadpurging.interval",
+        )?,
+        dry_run: c.dryrun.unwrap_or(false),
+    }))
 }
 
 fn read_file(path: &Path, key: &str) -> Result<String, ConfigError> {
@@ -1069,6 +1171,45 @@ storage:
         assert!(e.to_string().contains("storage.gcs.keyfile"), "{e}");
         let e = load_str("storage: {gcs: {bucket: b, credentials: {type: x}}}\n", &[]).unwrap_err();
         assert!(e.to_string().contains("storage.gcs.keyfile"), "{e}");
+    }
+
+    #[test]
+    fn maintenance() {
+        assert_eq!(parse_duration("1h30m"), Some(Duration::from_secs(5400)));
+        assert_eq!(
+            parse_duration("168h"),
+            Some(Duration::from_secs(168 * 3600))
+        );
+        assert_eq!(parse_duration("10"), None);
+        assert_eq!(parse_duration("5d"), None);
+        let yaml = "storage:\n  inmemory: {}\n  maintenance:\n    readonly: {enabled: true}\n    uploadpurging: {age: 2h, interval: 10m, dryrun: true}\n";
+        let (s, w) = load_str(yaml, &[]).unwrap();
+        assert!(w.is_empty(), "{w:?}");
+        assert!(s.read_only);
+        assert_eq!(
+            s.purge,
+            Some(PurgeSettings {
+                age: Duration::from_secs(7200),
+                interval: Duration::from_secs(600),
+                dry_run: true
+            })
+        );
+        let e = load_str(
+            "storage: {inmemory: {}, maintenance: {uploadpurging: {age: soon}}}\n",
+            &[],
+        )
+        .unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("storage.maintenance.uploadpurging.age"),
+            "{e}"
+        );
+        let (s, _) = load_str(
+            "storage: {inmemory: {}, maintenance: {uploadpurging: {enabled: false}}}\n",
+            &[],
+        )
+        .unwrap();
+        assert_eq!(s.purge, None);
     }
 
     #[test]

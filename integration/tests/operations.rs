@@ -1,0 +1,170 @@
+//! Operating berth: health and readiness, read-only mode, metrics, access logs, upload purging.
+
+use std::time::Duration;
+
+use integration::Berth;
+use integration::http::{Api, error_code, header};
+use reqwest::Method;
+
+fn config(root: &std::path::Path, extra_storage: &str) -> String {
+    format!(
+        "storage:\n  filesystem:\n    rootdirectory: {}\n{extra_storage}",
+        root.display()
+    )
+}
+
+#[tokio::test]
+async fn health_and_readiness() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("data");
+    let berth = Berth::with_config(&config(&root, ""), &[]);
+    let api = Api::new(&berth.url);
+    assert_eq!(
+        api.send(Method::GET, "/healthz", &[], None).await.status(),
+        200
+    );
+    assert_eq!(
+        api.send(Method::GET, "/readyz", &[], None).await.status(),
+        200
+    );
+    // Storage gone bad: the root is now a file, so every stat fails.
+    std::fs::remove_dir_all(&root).unwrap();
+    std::fs::write(&root, b"not a directory").unwrap();
+    assert_eq!(
+        api.send(Method::GET, "/readyz", &[], None).await.status(),
+        503
+    );
+    assert_eq!(
+        api.send(Method::GET, "/healthz", &[], None).await.status(),
+        200,
+        "the process is still up"
+    );
+}
+
+#[tokio::test]
+async fn read_only_mode_refuses_writes_and_serves_reads() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let rw = Berth::with_config(&config(dir.path(), ""), &[]);
+        Api::new(&rw.url)
+            .push_blob("ro/app", b"written before")
+            .await;
+    }
+    let ro = Berth::with_config(
+        &config(
+            dir.path(),
+            "  maintenance:\n    readonly:\n      enabled: true\n",
+        ),
+        &[],
+    );
+    let api = Api::new(&ro.url);
+    let d = integration::layout::sha256(b"written before");
+    let r = api
+        .send(Method::GET, &format!("/v2/ro/app/blobs/{d}"), &[], None)
+        .await;
+    assert_eq!(r.bytes().await.unwrap().as_ref(), b"written before");
+    for (m, p) in [
+        (Method::POST, "/v2/ro/app/blobs/uploads/".to_owned()),
+        (Method::PUT, "/v2/ro/app/manifests/latest".to_owned()),
+        (Method::DELETE, format!("/v2/ro/app/blobs/{d}")),
+    ] {
+        let r = api.send(m.clone(), &p, &[], Some(b"{}".to_vec())).await;
+        assert_eq!(r.status(), 405, "{m} {p}");
+        assert_eq!(error_code(r).await, "UNSUPPORTED");
+    }
+}
+
+#[tokio::test]
+async fn metrics_and_access_log() {
+    let dir = tempfile::tempdir().unwrap();
+    let berth = Berth::with_config(&config(dir.path(), ""), &[("RUST_LOG", "info")]);
+    let api = Api::new(&berth.url);
+    let d = api.push_blob("obs/app", b"observed").await;
+    let r = api
+        .send(
+            Method::GET,
+            &format!("/v2/obs/app/blobs/{d}"),
+            &[("x-request-id", "trace-me-42")],
+            None,
+        )
+        .await;
+    assert_eq!(header(&r, "x-request-id").as_deref(), Some("trace-me-42"));
+    assert!(
+        header(
+            &api.send(Method::GET, "/v2/", &[], None).await,
+            "x-request-id"
+        )
+        .is_some()
+    );
+    let text = api
+        .send(Method::GET, "/metrics", &[], None)
+        .await
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        text.contains(
+            "berth_http_requests_total{route=\"upload_start\",method=\"POST\",status=\"201\"} 1"
+        ),
+        "{text}"
+    );
+    assert!(
+        text.contains("berth_http_requests_total{route=\"blob\",method=\"GET\",status=\"200\"} 1"),
+        "{text}"
+    );
+    assert!(text.contains("berth_http_request_bytes_total 8"), "{text}");
+    assert!(
+        text.contains("berth_http_request_duration_seconds_count{route=\"blob\"} 1"),
+        "{text}"
+    );
+    let log = berth.log();
+    let line = log
+        .lines()
+        .find(|l| l.contains("trace-me-42"))
+        .unwrap_or_else(|| panic!("no access log line: {log}"));
+    for field in [
+        "repository=obs/app",
+        "status=200",
+        "route=\"blob\"",
+        "latency_ms=",
+    ] {
+        assert!(line.contains(field), "{field} missing from {line}");
+    }
+}
+
+#[tokio::test]
+async fn abandoned_uploads_are_purged() {
+    let dir = tempfile::tempdir().unwrap();
+    let purging = "  maintenance:\n    uploadpurging:\n      enabled: true\n      age: 1s\n      interval: 1s\n";
+    let berth = Berth::with_config(&config(dir.path(), purging), &[]);
+    let api = Api::new(&berth.url);
+    let r = api
+        .send(Method::POST, "/v2/p/app/blobs/uploads/", &[], None)
+        .await;
+    let loc = header(&r, "location").unwrap();
+    api.send(Method::PATCH, &loc, &[], Some(vec![7u8; 1000]))
+        .await;
+    let mut gone = false;
+    for _ in 0..40 {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        if api.send(Method::GET, &loc, &[], None).await.status() == 404 {
+            gone = true;
+            break;
+        }
+    }
+    assert!(gone, "the abandoned upload was never purged");
+    let uploads = dir
+        .path()
+        .join("docker/registry/v2/repositories/p/app/_uploads");
+    assert!(
+        !uploads.exists() || std::fs::read_dir(&uploads).unwrap().next().is_none(),
+        "files left behind"
+    );
+    let text = api
+        .send(Method::GET, "/metrics", &[], None)
+        .await
+        .text()
+        .await
+        .unwrap();
+    assert!(text.contains("berth_purged_uploads_total 1"), "{text}");
+}

@@ -1,0 +1,79 @@
+//! The middleware that times, counts and logs every request, with a request id.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::http::{HeaderValue, Method};
+use axum::middleware::Next;
+use axum::response::Response;
+use futures::StreamExt;
+
+use crate::api::App;
+use crate::api::route::Route;
+
+/// Wraps one request: counts body bytes as they stream, then logs and records the outcome.
+pub async fn observe(State(app): State<Arc<App>>, req: Request, next: Next) -> Response {
+    let start = Instant::now();
+    let route = Route::parse(req.uri().path());
+    let label = route.as_ref().map_or("other", Route::label);
+    let repository = route
+        .as_ref()
+        .and_then(Route::repository)
+        .unwrap_or("")
+        .to_owned();
+    let method = req.method().clone();
+    let request_id = req
+        .headers()
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| v.len() <= 128)
+        .map(str::to_owned)
+        .unwrap_or_else(|| uuid::Uuid::new_v4().simple().to_string());
+    let uploading = matches!(
+        route,
+        Some(Route::Upload { .. } | Route::UploadStart { .. })
+    ) && method != Method::GET;
+
+    let metrics = app.metrics.clone();
+    let (parts, body) = req.into_parts();
+    let counter = metrics.clone();
+    let body = Body::from_stream(body.into_data_stream().inspect(move |c| {
+        if let Ok(b) = c {
+            counter.add_bytes_in(b.len() as u64);
+        }
+    }));
+    if uploading {
+        metrics.upload_in_flight(1);
+    }
+    let mut resp = next.run(Request::from_parts(parts, body)).await;
+    if uploading {
+        metrics.upload_in_flight(-1);
+    }
+    let elapsed = start.elapsed();
+    let status = resp.status().as_u16();
+    let bytes_out = resp
+        .headers()
+        .get("content-length")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok())
+        .filter(|_| method != Method::HEAD)
+        .unwrap_or(0);
+    metrics.observe(label, method.as_str(), status, elapsed, bytes_out);
+    tracing::info!(
+        target: "berth::access",
+        request_id = %request_id,
+        method = %method,
+        route = label,
+        repository = %repository,
+        digest = resp.headers().get("docker-content-digest").and_then(|v| v.to_str().ok()).unwrap_or(""),
+        status,
+        latency_ms = elapsed.as_secs_f64() * 1000.0,
+        "request"
+    );
+    if let Ok(v) = HeaderValue::from_str(&request_id) {
+        resp.headers_mut().insert("x-request-id", v);
+    }
+    resp
+}

@@ -1,0 +1,191 @@
+//! Request metrics in the Prometheus text format, kept in this process (each replica is scraped).
+
+use std::collections::BTreeMap;
+use std::fmt::Write;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::time::Duration;
+
+/// Upper bounds of the latency histogram, seconds.
+const BUCKETS: [f64; 14] = [
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0, 30.0, 120.0,
+];
+
+#[derive(Default)]
+struct Histogram {
+    counts: [u64; BUCKETS.len()],
+    count: u64,
+    sum: f64,
+}
+
+/// Counters and histograms of the HTTP API.
+#[derive(Default)]
+pub struct Metrics {
+    requests: Mutex<BTreeMap<(&'static str, String, u16), u64>>,
+    latency: Mutex<BTreeMap<&'static str, Histogram>>,
+    bytes_in: AtomicU64,
+    bytes_out: AtomicU64,
+    redirects: AtomicU64,
+    uploads_in_flight: AtomicI64,
+    purged_uploads: AtomicU64,
+}
+
+impl Metrics {
+    /// Records one finished request.
+    pub fn observe(
+        &self,
+        route: &'static str,
+        method: &str,
+        status: u16,
+        elapsed: Duration,
+        bytes_out: u64,
+    ) {
+        if let Ok(mut r) = self.requests.lock() {
+            *r.entry((route, method.to_owned(), status)).or_default() += 1;
+        }
+        let secs = elapsed.as_secs_f64();
+        if let Ok(mut l) = self.latency.lock() {
+            let h = l.entry(route).or_default();
+            for (i, b) in BUCKETS.iter().enumerate() {
+                if secs <= *b {
+                    h.counts[i] += 1;
+                }
+            }
+            h.count += 1;
+            h.sum += secs;
+        }
+        self.bytes_out.fetch_add(bytes_out, Ordering::Relaxed);
+        if status == 307 {
+            self.redirects.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Counts request body bytes as they arrive.
+    pub fn add_bytes_in(&self, n: u64) {
+        self.bytes_in.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// An upload request started (+1) or ended (-1).
+    pub fn upload_in_flight(&self, delta: i64) {
+        self.uploads_in_flight.fetch_add(delta, Ordering::Relaxed);
+    }
+
+    /// Upload sessions removed by purging.
+    pub fn add_purged(&self, n: u64) {
+        self.purged_uploads.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// The Prometheus exposition of everything recorded.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        let _ = writeln!(
+            out,
+            "# HELP berth_http_requests_total HTTP requests by route, method and status."
+        );
+        let _ = writeln!(out, "# TYPE berth_http_requests_total counter");
+        if let Ok(r) = self.requests.lock() {
+            for ((route, method, status), n) in r.iter() {
+                let _ = writeln!(
+                    out,
+                    "berth_http_requests_total{{route=\"{route}\",method=\"{method}\",status=\"{status}\"}} {n}"
+                );
+            }
+        }
+        let _ = writeln!(
+            out,
+            "# HELP berth_http_request_duration_seconds Time to the response head, by route."
+        );
+        let _ = writeln!(out, "# TYPE berth_http_request_duration_seconds histogram");
+        if let Ok(l) = self.latency.lock() {
+            for (route, h) in l.iter() {
+                for (i, b) in BUCKETS.iter().enumerate() {
+                    let _ = writeln!(
+                        out,
+                        "berth_http_request_duration_seconds_bucket{{route=\"{route}\",le=\"{b}\"}} {}",
+                        h.counts[i]
+                    );
+                }
+                let _ = writeln!(
+                    out,
+                    "berth_http_request_duration_seconds_bucket{{route=\"{route}\",le=\"+Inf\"}} {}",
+                    h.count
+                );
+                let _ = writeln!(
+                    out,
+                    "berth_http_request_duration_seconds_sum{{route=\"{route}\"}} {}",
+                    h.sum
+                );
+                let _ = writeln!(
+                    out,
+                    "berth_http_request_duration_seconds_count{{route=\"{route}\"}} {}",
+                    h.count
+                );
+            }
+        }
+        let scalars: [(&str, &str, &str, i64); 5] = [
+            (
+                "berth_http_request_bytes_total",
+                "counter",
+                "Request body bytes received.",
+                self.bytes_in.load(Ordering::Relaxed) as i64,
+            ),
+            (
+                "berth_http_response_bytes_total",
+                "counter",
+                "Response body bytes sent (by Content-Length).",
+                self.bytes_out.load(Ordering::Relaxed) as i64,
+            ),
+            (
+                "berth_blob_redirects_total",
+                "counter",
+                "Blob GETs answered with a presigned redirect.",
+                self.redirects.load(Ordering::Relaxed) as i64,
+            ),
+            (
+                "berth_uploads_in_flight",
+                "gauge",
+                "Upload requests being served.",
+                self.uploads_in_flight.load(Ordering::Relaxed),
+            ),
+            (
+                "berth_purged_uploads_total",
+                "counter",
+                "Abandoned upload sessions removed.",
+                self.purged_uploads.load(Ordering::Relaxed) as i64,
+            ),
+        ];
+        for (name, kind, help, v) in scalars {
+            let _ = writeln!(
+                out,
+                "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}"
+            );
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_counts_and_buckets() {
+        let m = Metrics::default();
+        m.observe("blob", "GET", 307, Duration::from_millis(3), 0);
+        m.observe("blob", "GET", 200, Duration::from_millis(30), 100);
+        let text = m.render();
+        assert!(
+            text.contains(
+                "berth_http_requests_total{route=\"blob\",method=\"GET\",status=\"307\"} 1"
+            )
+        );
+        assert!(
+            text.contains(
+                "berth_http_request_duration_seconds_bucket{route=\"blob\",le=\"0.005\"} 1"
+            )
+        );
+        assert!(text.contains("berth_http_request_duration_seconds_count{route=\"blob\"} 2"));
+        assert!(text.contains("berth_blob_redirects_total 1"));
+        assert!(text.contains("berth_http_response_bytes_total 100"));
+    }
+}

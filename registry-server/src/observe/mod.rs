@@ -1,0 +1,6 @@
+//! Observability: per-request access logs and Prometheus metrics.
+
+pub mod access_log;
+pub mod metrics;
+
+pub use metrics::Metrics;
