@@ -142,6 +142,31 @@ pub fn catalog_complete_marker() -> String {
     format!("{ROOT}/berth/catalog-complete")
 }
 
+/// Marker refreshed whenever a blob is linked or referenced, so a running GC spares it.
+pub fn touched_marker(d: &Digest) -> String {
+    format!("{ROOT}/berth/touched/{}/{}", d.algorithm(), d.hex())
+}
+
+/// Prefix of the touched markers.
+pub fn touched_prefix() -> String {
+    format!("{ROOT}/berth/touched/")
+}
+
+/// The lease that lets one process at a time collect garbage.
+pub fn gc_lease() -> String {
+    format!("{ROOT}/berth/gc-lease")
+}
+
+/// Parses a blob data key back into its digest.
+pub fn digest_of_blob_key(key: &str) -> Option<Digest> {
+    let rest = key
+        .strip_prefix(&format!("{ROOT}/blobs/"))?
+        .strip_suffix("/data")?;
+    let mut parts = rest.split('/');
+    let (alg, _, hex) = (parts.next()?, parts.next()?, parts.next()?);
+    format!("{alg}:{hex}").parse().ok()
+}
+
 /// Parses the `sha256:<hex>` text of a link file.
 pub fn parse_link(body: &[u8]) -> Option<Digest> {
     std::str::from_utf8(body).ok()?.trim().parse().ok()

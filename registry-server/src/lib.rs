@@ -4,5 +4,6 @@ pub mod api;
 pub mod auth;
 pub mod backend;
 pub mod config;
+pub mod gc;
 pub mod observe;
 pub mod serve;

@@ -1,48 +1,45 @@
-//! The `berth` binary.
+//! The `berth` binary: `berth [serve] [CONFIG]` runs the registry, `berth gc [CONFIG]` collects
+//! garbage once (distribution's `registry serve` / `registry garbage-collect` invocations work too).
 
+use registry_core::registry::gc as registry_core_gc;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Parser;
-use registry_server::config::{self, Source};
+use registry_server::config::{self, Settings, Source};
 use tracing_subscriber::EnvFilter;
 
 /// Berth: an OCI distribution registry.
 #[derive(Parser)]
-#[command(name = "berth", version)]
+#[command(
+    name = "berth",
+    version,
+    after_help = "Commands: serve [CONFIG] (default), gc [CONFIG] [--dry-run] [--grace 2h]"
+)]
 struct Cli {
     /// distribution-style config.yml; without it Berth serves 127.0.0.1:5000 from ./data.
     #[arg(long, short, env = "BERTH_CONFIG")]
     config: Option<PathBuf>,
-    /// Accepted for compatibility with `registry serve config.yml`.
+    /// gc: report what would be removed without removing it.
+    #[arg(long)]
+    dry_run: bool,
+    /// gc: also remove manifests that no tag reaches.
+    #[arg(long)]
+    delete_untagged: bool,
+    /// gc: keep anything younger than this (e.g. 2h, 30m).
+    #[arg(long, default_value = "2h")]
+    grace: String,
+    /// `serve [CONFIG]` or `gc [CONFIG]` (also `garbage-collect`).
     #[arg(hide = true)]
     args: Vec<String>,
 }
 
-fn main() -> ExitCode {
-    let cli = Cli::parse();
-    // One TLS crypto provider for every HTTP client (object stores), chosen here rather than by
-    // whichever dependency's feature flags happen to win.
-    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
-    // `registry serve /etc/docker/registry/config.yml` is how distribution is started.
-    let positional = match cli.args.as_slice() {
-        [] => None,
-        [cmd, path] if cmd == "serve" => Some(PathBuf::from(path)),
-        [cmd] if cmd == "serve" => None,
-        other => {
-            eprintln!("berth: unexpected arguments {other:?}");
-            return ExitCode::from(2);
-        }
-    };
-    let path = cli.config.or(positional);
-    let source = path.as_deref().map_or(Source::Embedded, Source::File);
-    let (settings, warnings) = match config::load(source, std::env::vars()) {
-        Ok(v) => v,
-        Err(e) => {
-            eprintln!("berth: {e}");
-            return ExitCode::from(2);
-        }
-    };
+enum Command {
+    Serve,
+    Gc,
+}
+
+fn init_logging(settings: &Settings) {
     let filter =
         EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(&settings.log_level));
     if settings.log_json {
@@ -60,6 +57,36 @@ fn main() -> ExitCode {
             .with_writer(std::io::stderr)
             .init();
     }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    // One TLS crypto provider for every HTTP client (object stores), chosen here rather than by
+    // whichever dependency's feature flags happen to win.
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    let (command, positional) = match cli.args.as_slice() {
+        [] => (Command::Serve, None),
+        [cmd] if cmd == "serve" => (Command::Serve, None),
+        [cmd, path] if cmd == "serve" => (Command::Serve, Some(PathBuf::from(path))),
+        [cmd] if cmd == "gc" || cmd == "garbage-collect" => (Command::Gc, None),
+        [cmd, path] if cmd == "gc" || cmd == "garbage-collect" => {
+            (Command::Gc, Some(PathBuf::from(path)))
+        }
+        other => {
+            eprintln!("berth: unexpected arguments {other:?} (see berth --help)");
+            return ExitCode::from(2);
+        }
+    };
+    let path = cli.config.or(positional);
+    let source = path.as_deref().map_or(Source::Embedded, Source::File);
+    let (settings, warnings) = match config::load(source, std::env::vars()) {
+        Ok(v) => v,
+        Err(e) => {
+            eprintln!("berth: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    init_logging(&settings);
     for w in warnings {
         tracing::warn!("{w}");
     }
@@ -73,10 +100,59 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(registry_server::serve::run(settings)) {
-        Ok(()) => ExitCode::SUCCESS,
+    match command {
+        Command::Serve => match runtime.block_on(registry_server::serve::run(settings)) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("berth: {e}");
+                ExitCode::FAILURE
+            }
+        },
+        Command::Gc => {
+            let Some(grace) = config::parse_duration(&cli.grace) else {
+                eprintln!(
+                    "berth: --grace {:?} is not a duration like 2h or 30m",
+                    cli.grace
+                );
+                return ExitCode::from(2);
+            };
+            run_gc(
+                &runtime,
+                settings,
+                registry_server::gc::options(grace, cli.dry_run, cli.delete_untagged),
+            )
+        }
+    }
+}
+
+fn run_gc(
+    runtime: &tokio::runtime::Runtime,
+    settings: Settings,
+    options: registry_core_gc::GcOptions,
+) -> ExitCode {
+    let app = match registry_server::serve::app(settings) {
+        Ok(a) => a,
         Err(e) => {
             eprintln!("berth: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    match runtime.block_on(app.registry.collect_garbage(&options)) {
+        Ok(Some(report)) => {
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&report).unwrap_or_default()
+            );
+            ExitCode::SUCCESS
+        }
+        Ok(None) => {
+            eprintln!(
+                "berth: another collector holds the lease (docker/registry/v2/berth/gc-lease); try later"
+            );
+            ExitCode::from(3)
+        }
+        Err(e) => {
+            eprintln!("berth: garbage collection failed: {e}");
             ExitCode::FAILURE
         }
     }

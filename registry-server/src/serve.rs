@@ -30,6 +30,9 @@ pub async fn run(settings: Settings) -> Result<(), StartupError> {
     let addr = settings.addr;
     let tls = settings.tls.clone();
     let app = app(settings)?;
+    if let Some(g) = app.settings.gc.clone() {
+        tokio::spawn(crate::gc::schedule(app.clone(), g));
+    }
     if let Some(p) = app.settings.purge.clone() {
         tokio::spawn(purge_uploads(app.clone(), p));
     }

@@ -62,6 +62,7 @@ impl Registry {
 
     /// Makes a stored blob part of a repository.
     pub async fn link_blob(&self, name: &RepositoryName, digest: &Digest) -> Result<()> {
+        self.touch([digest]).await?;
         self.write_link(&layout::layer_link(name, digest), digest)
             .await
     }

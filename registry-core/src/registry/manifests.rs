@@ -71,6 +71,16 @@ impl Registry {
             }
         });
         try_join_all(checks).await?;
+        // Before anything points at them: a GC running now must spare these blobs.
+        let relied_on: Vec<Digest> = manifest
+            .requirements()
+            .into_iter()
+            .map(|r| match r {
+                Requirement::Blob(d) | Requirement::Manifest(d) => d,
+            })
+            .chain([digest.clone()])
+            .collect();
+        self.touch(&relied_on).await?;
 
         let blob_key = layout::blob_data(&digest);
         if !self.exists(&blob_key).await? {
@@ -165,32 +175,39 @@ impl Registry {
                     .delete_prefix(&layout::tag_prefix(name, t))
                     .await?;
             }
-            Reference::Digest(d) => {
-                let content = self.get_manifest(name, reference).await?;
-                if let Ok(m) = Manifest::parse(&content.body, None)
-                    && let Some(s) = m.subject
-                {
-                    self.remove_referrer(name, &s.digest, d).await?;
-                }
-                for tag in self.all_tags(name).await? {
-                    if let Ok(Reference::Tag(t)) = tag.parse::<Reference>()
-                        && self
-                            .resolve(name, &Reference::Tag(t.clone()))
-                            .await
-                            .ok()
-                            .as_ref()
-                            == Some(d)
-                    {
-                        self.store
-                            .delete_prefix(&layout::tag_prefix(name, &t))
-                            .await?;
-                    }
-                }
+            Reference::Digest(d) => self.delete_revision(name, d).await?,
+        }
+        Ok(())
+    }
+
+    /// Removes a manifest revision from a repository, with the tags pointing at it and its entry
+    /// in its subject's referrers. `ManifestUnknown` if the repository lacks it.
+    pub(super) async fn delete_revision(&self, name: &RepositoryName, d: &Digest) -> Result<()> {
+        let content = self
+            .get_manifest(name, &Reference::Digest(d.clone()))
+            .await?;
+        if let Ok(m) = Manifest::parse(&content.body, None)
+            && let Some(s) = m.subject
+        {
+            self.remove_referrer(name, &s.digest, d).await?;
+        }
+        for tag in self.all_tags(name).await? {
+            if let Ok(t) = tag.parse::<Tag>()
+                && self
+                    .resolve(name, &Reference::Tag(t.clone()))
+                    .await
+                    .ok()
+                    .as_ref()
+                    == Some(d)
+            {
                 self.store
-                    .delete(&layout::manifest_revision_link(name, d))
+                    .delete_prefix(&layout::tag_prefix(name, &t))
                     .await?;
             }
         }
+        self.store
+            .delete(&layout::manifest_revision_link(name, d))
+            .await?;
         Ok(())
     }
 }

@@ -2,6 +2,7 @@
 
 mod blobs;
 mod catalog;
+pub mod gc;
 mod manifests;
 mod referrers;
 mod tags;
@@ -104,6 +105,18 @@ impl Registry {
             Err(StorageError::NotFound(_)) => Ok(false),
             Err(e) => Err(e.into()),
         }
+    }
+
+    /// Refreshes the GC markers of digests a write now relies on.
+    async fn touch(&self, digests: impl IntoIterator<Item = &crate::Digest>) -> Result<()> {
+        let writes = digests.into_iter().map(|d| async move {
+            let key = crate::layout::touched_marker(d);
+            self.store
+                .put_bytes(&key, Bytes::new(), PutCondition::Overwrite)
+                .await
+        });
+        futures::future::try_join_all(writes).await?;
+        Ok(())
     }
 
     async fn write_link(&self, key: &str, target: &crate::Digest) -> Result<()> {

@@ -344,6 +344,37 @@ pub struct BerthConfig {
     pub maxmanifestbytes: Option<usize>,
     /// The built-in token issuer.
     pub tokenserver: Option<TokenServerConfig>,
+    /// Scheduled online garbage collection.
+    pub gc: Option<GcConfig>,
+}
+
+/// `berth.gc`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+pub struct GcConfig {
+    /// Run on a schedule (default false; `berth gc` runs it by hand).
+    pub enabled: bool,
+    /// Pause between runs (default 24h).
+    pub interval: Option<String>,
+    /// Keep anything younger than this (default 2h).
+    pub grace: Option<String>,
+    /// Only report.
+    pub dryrun: bool,
+    /// Also remove manifests no tag reaches.
+    pub deleteuntagged: bool,
+}
+
+/// Scheduled collection settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GcSettings {
+    /// Pause between runs.
+    pub interval: Duration,
+    /// Grace window.
+    pub grace: Duration,
+    /// Report only.
+    pub dry_run: bool,
+    /// Remove untagged manifests too.
+    pub delete_untagged: bool,
 }
 
 /// `auth`.
@@ -449,6 +480,8 @@ pub struct Settings {
     pub read_only: bool,
     /// Abandoned-upload purging, when on.
     pub purge: Option<PurgeSettings>,
+    /// Scheduled garbage collection, when on.
+    pub gc: Option<GcSettings>,
     /// Log level filter.
     pub log_level: String,
     /// Emit JSON logs.
@@ -680,6 +713,7 @@ fn validate(config: Config, warnings: &mut Vec<String>) -> Result<Settings, Conf
             .as_ref()
             .and_then(|m| m.readonly.as_ref())
             .is_some_and(|r| r.enabled),
+        gc: gc_settings(config.berth.gc.as_ref())?,
         purge: purge_settings(
             s.maintenance
                 .as_ref()
@@ -688,6 +722,23 @@ fn validate(config: Config, warnings: &mut Vec<String>) -> Result<Settings, Conf
         log_level: level,
         log_json,
     })
+}
+
+fn gc_settings(c: Option<&GcConfig>) -> Result<Option<GcSettings>, ConfigError> {
+    let Some(c) = c.filter(|c| c.enabled) else {
+        return Ok(None);
+    };
+    let dur = |v: &Option<String>, d: &str, key: &str| -> Result<Duration, ConfigError> {
+        let text = v.as_deref().unwrap_or(d);
+        parse_duration(text)
+            .ok_or_else(|| key_err(key, format!("{text:?} is not a duration like 24h or 30m")))
+    };
+    Ok(Some(GcSettings {
+        interval: dur(&c.interval, "24h", "berth.gc.interval")?,
+        grace: dur(&c.grace, "2h", "berth.gc.grace")?,
+        dry_run: c.dryrun,
+        delete_untagged: c.deleteuntagged,
+    }))
 }
 
 fn purge_settings(c: Option<&UploadPurgingConfig>) -> Result<Option<PurgeSettings>, ConfigError> {

@@ -28,6 +28,8 @@ pub struct Metrics {
     redirects: AtomicU64,
     uploads_in_flight: AtomicI64,
     purged_uploads: AtomicU64,
+    gc_swept: AtomicU64,
+    gc_bytes: AtomicU64,
 }
 
 impl Metrics {
@@ -73,6 +75,12 @@ impl Metrics {
     /// Upload sessions removed by purging.
     pub fn add_purged(&self, n: u64) {
         self.purged_uploads.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// Results of a garbage collection run.
+    pub fn add_gc(&self, blobs: u64, bytes: u64) {
+        self.gc_swept.fetch_add(blobs, Ordering::Relaxed);
+        self.gc_bytes.fetch_add(bytes, Ordering::Relaxed);
     }
 
     /// The Prometheus exposition of everything recorded.
@@ -122,7 +130,19 @@ impl Metrics {
                 );
             }
         }
-        let scalars: [(&str, &str, &str, i64); 5] = [
+        let scalars: [(&str, &str, &str, i64); 7] = [
+            (
+                "berth_gc_swept_blobs_total",
+                "counter",
+                "Blobs removed by garbage collection.",
+                self.gc_swept.load(Ordering::Relaxed) as i64,
+            ),
+            (
+                "berth_gc_swept_bytes_total",
+                "counter",
+                "Bytes freed by garbage collection.",
+                self.gc_bytes.load(Ordering::Relaxed) as i64,
+            ),
             (
                 "berth_http_request_bytes_total",
                 "counter",

@@ -1,0 +1,298 @@
+//! Online garbage collection: safe while pushes go on.
+//!
+//! Mark: every blob a manifest revision of any repository refers to (config, layers, index
+//! children) and the revisions themselves. Sweep: unmarked blobs, but only those whose bytes are
+//! older than the grace window and whose "touched" marker (refreshed by every link and manifest
+//! put that relies on the blob) is older than the collection's start minus the grace window. So a
+//! blob uploaded, mounted or referenced while the collector runs is never removed. A lease object
+//! in the store lets one process collect at a time; times are the store's own clock.
+
+use std::collections::HashSet;
+use std::time::{Duration, SystemTime};
+
+use bytes::Bytes;
+use futures::TryStreamExt;
+use serde::{Deserialize, Serialize};
+
+use super::Registry;
+use crate::digest::Digest;
+use crate::error::Result;
+use crate::layout;
+use crate::manifest::Manifest;
+use crate::names::RepositoryName;
+use crate::storage::{PutCondition, StorageError};
+
+/// How a collection runs.
+#[derive(Debug, Clone)]
+pub struct GcOptions {
+    /// Nothing younger than this is removed.
+    pub grace: Duration,
+    /// Report only.
+    pub dry_run: bool,
+    /// Who holds the lease (for operators reading it).
+    pub holder: String,
+    /// A lease older than this is taken over (its holder died).
+    pub lease_ttl: Duration,
+    /// Also remove manifest revisions no tag reaches (through an index or as a referrer).
+    pub delete_untagged: bool,
+}
+
+/// What a collection found and did.
+#[derive(Debug, Default, Clone, Serialize)]
+pub struct GcReport {
+    /// Repositories walked.
+    pub repositories: usize,
+    /// Manifest revisions walked.
+    pub manifests: usize,
+    /// Blobs in use.
+    pub marked: usize,
+    /// Unused blobs spared because they are younger than the grace window or were just touched.
+    pub spared: usize,
+    /// Blobs removed (or, in a dry run, that would be).
+    pub swept: Vec<String>,
+    /// Untagged manifest revisions removed, as `repository@digest`.
+    pub untagged: Vec<String>,
+    /// Bytes those blobs held.
+    pub bytes: u64,
+}
+
+#[derive(Serialize, Deserialize)]
+struct Lease {
+    holder: String,
+}
+
+fn older_than(t: Option<SystemTime>, cutoff: SystemTime) -> bool {
+    t.is_some_and(|t| t < cutoff)
+}
+
+impl Registry {
+    /// Takes the GC lease; `None` when another live collector holds it. Returns the store's time.
+    async fn take_lease(&self, o: &GcOptions) -> Result<Option<SystemTime>> {
+        let key = layout::gc_lease();
+        let body = Bytes::from(
+            serde_json::to_vec(&Lease {
+                holder: o.holder.clone(),
+            })
+            .unwrap_or_default(),
+        );
+        match self
+            .store
+            .put_bytes(&key, body.clone(), PutCondition::CreateOnly)
+            .await
+        {
+            Ok(_) => {}
+            Err(StorageError::AlreadyExists(_)) => {
+                let current = self.store.stat(&key).await?;
+                let stale = current
+                    .last_modified
+                    .and_then(|t| t.elapsed().ok())
+                    .is_some_and(|age| age > o.lease_ttl);
+                if !stale {
+                    return Ok(None);
+                }
+                match self
+                    .store
+                    .put_bytes(&key, body, PutCondition::IfVersion(current.version))
+                    .await
+                {
+                    Ok(_) => {}
+                    Err(StorageError::Precondition(_)) => return Ok(None),
+                    Err(e) => return Err(e.into()),
+                }
+            }
+            Err(e) => return Err(e.into()),
+        }
+        Ok(Some(
+            self.store
+                .stat(&key)
+                .await?
+                .last_modified
+                .unwrap_or_else(SystemTime::now),
+        ))
+    }
+
+    async fn revisions(&self, name: &RepositoryName) -> Result<Vec<Digest>> {
+        let mut out = Vec::new();
+        let prefix = layout::manifest_revisions_prefix(name);
+        for alg in self.store.list(&prefix).await?.prefixes {
+            for hex in self.store.list(&format!("{prefix}{alg}/")).await?.prefixes {
+                if let Ok(d) = format!("{alg}:{hex}").parse::<Digest>() {
+                    out.push(d);
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// The references of a stored manifest: config, layers, index children.
+    async fn references(&self, d: &Digest) -> Result<Vec<Digest>> {
+        let body = match self.store.read_small(&layout::blob_data(d)).await {
+            Ok((b, _)) => b,
+            Err(StorageError::NotFound(_)) => return Ok(Vec::new()),
+            Err(e) => return Err(e.into()),
+        };
+        Ok(match Manifest::parse(&body, None) {
+            Ok(m) => m
+                .config
+                .map(|c| c.digest)
+                .into_iter()
+                .chain(m.layers.into_iter().map(|l| l.digest))
+                .chain(m.manifests.into_iter().map(|c| c.digest))
+                .collect(),
+            Err(_) => Vec::new(),
+        })
+    }
+
+    /// Removes the revisions of `name` that no tag reaches and that are older than `cutoff`;
+    /// returns the revisions that stay.
+    async fn drop_untagged(
+        &self,
+        name: &RepositoryName,
+        revisions: Vec<Digest>,
+        cutoff: SystemTime,
+        o: &GcOptions,
+        report: &mut GcReport,
+    ) -> Result<Vec<Digest>> {
+        let mut keep: HashSet<Digest> = HashSet::new();
+        let mut queue: Vec<Digest> = Vec::new();
+        for tag in self.all_tags(name).await? {
+            if let Ok(t) = tag.parse()
+                && let Ok(d) = self.resolve(name, &crate::names::Reference::Tag(t)).await
+            {
+                queue.push(d);
+            }
+        }
+        while let Some(d) = queue.pop() {
+            if !keep.insert(d.clone()) {
+                continue;
+            }
+            queue.extend(
+                self.references(&d)
+                    .await?
+                    .into_iter()
+                    .filter(|c| revisions.contains(c)),
+            );
+            queue.extend(
+                self.list_referrers(name, &d, None)
+                    .await?
+                    .into_iter()
+                    .map(|r| r.digest),
+            );
+        }
+        let mut stay = Vec::new();
+        for d in revisions {
+            let link = layout::manifest_revision_link(name, &d);
+            let recent = match self.store.stat(&link).await {
+                Ok(info) => !older_than(info.last_modified, cutoff),
+                Err(StorageError::NotFound(_)) => continue,
+                Err(e) => return Err(e.into()),
+            };
+            if keep.contains(&d) || recent || self.touched_since(&d, cutoff).await? {
+                stay.push(d);
+                continue;
+            }
+            if !o.dry_run {
+                self.delete_revision(name, &d).await?;
+            }
+            report.untagged.push(format!("{name}@{d}"));
+        }
+        Ok(stay)
+    }
+
+    async fn mark(
+        &self,
+        o: &GcOptions,
+        cutoff: SystemTime,
+        report: &mut GcReport,
+    ) -> Result<HashSet<Digest>> {
+        let mut marked = HashSet::new();
+        for name in self.repositories_with("_manifests").await? {
+            report.repositories += 1;
+            let mut revisions = self.revisions(&name).await?;
+            if o.delete_untagged {
+                revisions = self
+                    .drop_untagged(&name, revisions, cutoff, o, report)
+                    .await?;
+            }
+            for d in revisions {
+                report.manifests += 1;
+                if marked.insert(d.clone()) {
+                    marked.extend(self.references(&d).await?);
+                }
+            }
+        }
+        report.marked = marked.len();
+        Ok(marked)
+    }
+
+    async fn touched_since(&self, d: &Digest, cutoff: SystemTime) -> Result<bool> {
+        match self.store.stat(&layout::touched_marker(d)).await {
+            Ok(info) => Ok(!older_than(info.last_modified, cutoff)),
+            Err(StorageError::NotFound(_)) => Ok(false),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Runs one collection; `None` when another process holds the lease.
+    pub async fn collect_garbage(&self, o: &GcOptions) -> Result<Option<GcReport>> {
+        let Some(start) = self.take_lease(o).await? else {
+            return Ok(None);
+        };
+        let result = self.collect(o, start).await;
+        let _ = self.store.delete(&layout::gc_lease()).await;
+        result.map(Some)
+    }
+
+    async fn collect(&self, o: &GcOptions, start: SystemTime) -> Result<GcReport> {
+        let cutoff = start.checked_sub(o.grace).unwrap_or(SystemTime::UNIX_EPOCH);
+        let mut report = GcReport::default();
+        let marked = self.mark(o, cutoff, &mut report).await?;
+        let blobs: Vec<String> = self
+            .store
+            .list_recursive(&layout::blobs_prefix())
+            .try_collect()
+            .await?;
+        for key in blobs {
+            let Some(d) = layout::digest_of_blob_key(&key) else {
+                continue;
+            };
+            if marked.contains(&d) {
+                continue;
+            }
+            let info = match self.store.stat(&key).await {
+                Ok(i) => i,
+                Err(StorageError::NotFound(_)) => continue,
+                Err(e) => return Err(e.into()),
+            };
+            if !older_than(info.last_modified, cutoff) || self.touched_since(&d, cutoff).await? {
+                report.spared += 1;
+                continue;
+            }
+            if !o.dry_run {
+                // Checked once more right before deleting: a push may have begun meanwhile.
+                if self.touched_since(&d, cutoff).await? {
+                    report.spared += 1;
+                    continue;
+                }
+                self.store.delete(&key).await?;
+            }
+            report.bytes += info.size;
+            report.swept.push(d.to_string());
+        }
+        if !o.dry_run {
+            let markers: Vec<String> = self
+                .store
+                .list_recursive(&layout::touched_prefix())
+                .try_collect()
+                .await?;
+            for key in markers {
+                if let Ok(info) = self.store.stat(&key).await
+                    && older_than(info.last_modified, cutoff)
+                {
+                    let _ = self.store.delete(&key).await;
+                }
+            }
+        }
+        Ok(report)
+    }
+}

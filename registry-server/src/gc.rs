@@ -1,0 +1,52 @@
+//! Garbage collection as the server schedules it (`berth.gc`) and as `berth gc` runs it.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use registry_core::registry::gc::GcOptions;
+
+use crate::api::App;
+use crate::config::GcSettings;
+
+/// A collector that outlives this without renewing has died; its lease is taken over.
+const LEASE_TTL: Duration = Duration::from_secs(6 * 3600);
+
+/// Options for one run by this process.
+pub fn options(grace: Duration, dry_run: bool, delete_untagged: bool) -> GcOptions {
+    let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "berth".into());
+    GcOptions {
+        grace,
+        dry_run,
+        delete_untagged,
+        holder: format!("{host}/{}", std::process::id()),
+        lease_ttl: LEASE_TTL,
+    }
+}
+
+/// Collects on a schedule; with several replicas the lease lets one of them run at a time.
+pub async fn schedule(app: Arc<App>, s: GcSettings) {
+    loop {
+        tokio::time::sleep(s.interval).await;
+        match app
+            .registry
+            .collect_garbage(&options(s.grace, s.dry_run, s.delete_untagged))
+            .await
+        {
+            Ok(Some(r)) => {
+                app.metrics.add_gc(r.swept.len() as u64, r.bytes);
+                tracing::info!(
+                    swept = r.swept.len(),
+                    bytes = r.bytes,
+                    spared = r.spared,
+                    marked = r.marked,
+                    dry_run = s.dry_run,
+                    "garbage collection finished"
+                );
+            }
+            Ok(None) => {
+                tracing::info!("garbage collection skipped: another replica holds the lease")
+            }
+            Err(e) => tracing::warn!(error = %e, "garbage collection failed"),
+        }
+    }
+}

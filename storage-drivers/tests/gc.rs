@@ -1,0 +1,198 @@
+//! Garbage collection over memory and local disk: what is swept, what is spared, the lease.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::{StreamExt, stream};
+use registry_core::registry::gc::GcOptions;
+use registry_core::storage::{ByteStream, PutCondition, StorageError};
+use registry_core::{
+    Algorithm, Digest, Reference, Registry, RegistrySettings, RepositoryName, StorageDriver,
+};
+use storage_drivers::{LocalDriver, memory_driver};
+
+fn body(data: &[u8]) -> ByteStream {
+    stream::iter(vec![Ok::<_, StorageError>(Bytes::copy_from_slice(data))]).boxed()
+}
+
+fn opts(grace: Duration) -> GcOptions {
+    GcOptions {
+        grace,
+        dry_run: false,
+        holder: "test".into(),
+        lease_ttl: Duration::from_secs(600),
+        delete_untagged: false,
+    }
+}
+
+async fn push_blob(r: &Registry, name: &RepositoryName, data: &[u8]) -> Digest {
+    let d = Digest::of(Algorithm::Sha256, data);
+    r.put_blob(name, &d, body(data)).await.unwrap();
+    d
+}
+
+async fn scenario(store: Arc<dyn StorageDriver>) {
+    let r = Registry::new(store.clone(), RegistrySettings::default());
+    let name: RepositoryName = "gc/app".parse().unwrap();
+    let layer = push_blob(&r, &name, b"layer bytes").await;
+    let config = push_blob(&r, &name, b"{}").await;
+    let orphan = push_blob(&r, &name, b"never referenced").await;
+    let manifest = serde_json::json!({
+        "schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": config, "size": 2},
+        "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": layer, "size": 11}],
+    })
+    .to_string();
+    let out = r
+        .put_manifest(
+            &name,
+            &Reference::Tag("v1".parse().unwrap()),
+            Bytes::from(manifest),
+            None,
+            &[],
+        )
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(20)).await;
+
+    // Within the grace window nothing goes.
+    let report = r
+        .collect_garbage(&opts(Duration::from_secs(3600)))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(report.swept.is_empty(), "{report:?}");
+    assert!(report.spared >= 1);
+
+    // Without grace, only the orphan goes.
+    let dry = r
+        .collect_garbage(&GcOptions {
+            dry_run: true,
+            ..opts(Duration::ZERO)
+        })
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(dry.swept, vec![orphan.to_string()]);
+    assert!(
+        r.read_blob(&orphan, None).await.is_ok(),
+        "a dry run removes nothing"
+    );
+    let report = r
+        .collect_garbage(&opts(Duration::ZERO))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(report.swept, vec![orphan.to_string()]);
+    assert_eq!(report.bytes, 16);
+    assert!(r.read_blob(&orphan, None).await.is_err());
+    assert!(r.read_blob(&layer, None).await.is_ok());
+    assert_eq!(
+        r.get_manifest(&name, &Reference::Tag("v1".parse().unwrap()))
+            .await
+            .unwrap()
+            .digest,
+        out.digest
+    );
+
+    // Untagged manifests go only when asked: untag v1, keep it by default, then remove it.
+    r.delete_manifest(&name, &Reference::Tag("v1".parse().unwrap()))
+        .await
+        .unwrap();
+    let report = r
+        .collect_garbage(&opts(Duration::ZERO))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        report.swept.is_empty() && report.untagged.is_empty(),
+        "{report:?}"
+    );
+    let untagged = GcOptions {
+        delete_untagged: true,
+        ..opts(Duration::ZERO)
+    };
+    let report = r.collect_garbage(&untagged).await.unwrap().unwrap();
+    assert_eq!(report.untagged, vec![format!("gc/app@{}", out.digest)]);
+    assert_eq!(
+        report.swept.len(),
+        3,
+        "manifest, config and layer: {report:?}"
+    );
+    assert!(
+        r.get_manifest(&name, &Reference::Digest(out.digest.clone()))
+            .await
+            .is_err()
+    );
+    // Push it again and delete it by digest: the same space is reclaimed without the option.
+    let manifest = serde_json::json!({
+        "schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": push_blob(&r, &name, b"{}").await, "size": 2},
+        "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": push_blob(&r, &name, b"layer bytes").await, "size": 11}],
+    })
+    .to_string();
+    let out = r
+        .put_manifest(
+            &name,
+            &Reference::Tag("v1".parse().unwrap()),
+            Bytes::from(manifest),
+            None,
+            &[],
+        )
+        .await
+        .unwrap();
+
+    // Delete the manifest: its blobs become garbage and space is reclaimed.
+    r.delete_manifest(&name, &Reference::Digest(out.digest.clone()))
+        .await
+        .unwrap();
+    let report = r
+        .collect_garbage(&opts(Duration::ZERO))
+        .await
+        .unwrap()
+        .unwrap();
+    let mut swept = report.swept.clone();
+    swept.sort();
+    let mut expect = vec![
+        layer.to_string(),
+        config.to_string(),
+        out.digest.to_string(),
+    ];
+    expect.sort();
+    assert_eq!(swept, expect);
+
+    // Another collector holds the lease: this one does nothing.
+    store
+        .put_bytes(
+            "docker/registry/v2/berth/gc-lease",
+            Bytes::from_static(b"{\"holder\":\"other\"}"),
+            PutCondition::Overwrite,
+        )
+        .await
+        .unwrap();
+    assert!(
+        r.collect_garbage(&opts(Duration::ZERO))
+            .await
+            .unwrap()
+            .is_none()
+    );
+    // ...until the lease is stale.
+    let stale = GcOptions {
+        lease_ttl: Duration::ZERO,
+        ..opts(Duration::ZERO)
+    };
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    assert!(r.collect_garbage(&stale).await.unwrap().is_some());
+}
+
+#[tokio::test]
+async fn memory() {
+    scenario(Arc::new(memory_driver(1 << 20))).await;
+}
+
+#[tokio::test]
+async fn local_disk() {
+    let dir = tempfile::tempdir().unwrap();
+    scenario(Arc::new(LocalDriver::new(dir.path()).unwrap())).await;
+}
