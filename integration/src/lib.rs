@@ -5,6 +5,7 @@ pub mod distribution;
 pub mod emulators;
 pub mod http;
 pub mod layout;
+pub mod listener;
 pub mod server;
 pub mod tools;
 

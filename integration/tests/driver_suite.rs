@@ -106,52 +106,19 @@ async fn gcs_on_the_emulator_passes_the_suite() {
     registry_core::storage::suite::run_with(Arc::new(driver), options).await;
 }
 
-/// Serves `answers` to successive connections on loopback and records each request's first line.
-fn recording_listener(answers: Vec<&'static str>) -> (String, std::sync::mpsc::Receiver<String>) {
-    use std::io::{BufRead, BufReader, Write};
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = format!("http://{}", listener.local_addr().unwrap());
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for answer in answers {
-            let (mut conn, _) = listener.accept().unwrap();
-            let mut reader = BufReader::new(conn.try_clone().unwrap());
-            let mut first = String::new();
-            reader.read_line(&mut first).unwrap();
-            let mut len = 0usize;
-            loop {
-                let mut line = String::new();
-                reader.read_line(&mut line).unwrap();
-                if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
-                    len = v.trim().parse().unwrap();
-                }
-                if line == "\r\n" {
-                    break;
-                }
-            }
-            let mut body = vec![0u8; len];
-            std::io::Read::read_exact(&mut reader, &mut body).unwrap();
-            tx.send(first).unwrap();
-            conn.write_all(answer.as_bytes()).unwrap();
-        }
-    });
-    (addr, rx)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn gcs_preconditions_are_sent_and_honoured() {
     use bytes::Bytes;
+    use integration::listener::{recording_listener, response};
     use registry_core::StorageDriver;
     use registry_core::storage::{ObjectVersion, PutCondition, StorageError};
     tls();
-    const REFUSED: &str =
-        "HTTP/1.1 412 Precondition Failed\r\nContent-Length: 0\r\nConnection: close\r\n\r\n";
-    let body = r#"{"name":"registry/k","size":"1","generation":"43"}"#;
-    let stored: &'static str = Box::leak(
-        format!("HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len())
-            .into_boxed_str(),
+    let refused = response("412 Precondition Failed", "");
+    let stored = response(
+        "200 OK",
+        r#"{"name":"registry/k","size":"1","generation":"43"}"#,
     );
-    let (endpoint, requests) = recording_listener(vec![REFUSED, REFUSED, stored]);
+    let (endpoint, requests) = recording_listener(vec![refused.clone(), refused, stored]);
     let emu_key = GcsEmulator::start();
     let mut o = gcs_options(&emu_key, "b");
     o.endpoint = Some(endpoint);
@@ -164,7 +131,11 @@ async fn gcs_preconditions_are_sent_and_honoured() {
         "{create:?}"
     );
     assert!(
-        requests.recv().unwrap().contains("ifGenerationMatch=0"),
+        requests
+            .recv()
+            .unwrap()
+            .first_line
+            .contains("ifGenerationMatch=0"),
         "create-only sends ifGenerationMatch=0"
     );
     let stale = ObjectVersion {
@@ -183,7 +154,11 @@ async fn gcs_preconditions_are_sent_and_honoured() {
         "{update:?}"
     );
     assert!(
-        requests.recv().unwrap().contains("ifGenerationMatch=42"),
+        requests
+            .recv()
+            .unwrap()
+            .first_line
+            .contains("ifGenerationMatch=42"),
         "update sends the generation"
     );
     let ok = d

@@ -5,5 +5,6 @@ pub mod auth;
 pub mod backend;
 pub mod config;
 pub mod gc;
+pub mod notify;
 pub mod observe;
 pub mod serve;

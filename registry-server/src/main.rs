@@ -130,7 +130,7 @@ fn run_gc(
     settings: Settings,
     options: registry_core_gc::GcOptions,
 ) -> ExitCode {
-    let app = match registry_server::serve::app(settings) {
+    let app = match runtime.block_on(async { registry_server::serve::app(settings) }) {
         Ok(a) => a,
         Err(e) => {
             eprintln!("berth: {e}");

@@ -18,10 +18,13 @@ pub fn app(settings: Settings) -> Result<Arc<App>, ConfigError> {
             max_manifest_bytes: settings.max_manifest_bytes,
         },
     );
+    // Delivery tasks start here: call inside the runtime.
+    let notifier = crate::notify::Notifier::start(settings.notifications.clone());
     Ok(Arc::new(App {
         registry,
         settings,
         metrics: Default::default(),
+        notifier,
     }))
 }
 

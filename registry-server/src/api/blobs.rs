@@ -62,6 +62,16 @@ pub(crate) async fn get(ctx: &Ctx, name: &str, digest: &str) -> ApiResult {
     let digest: Digest = digest.parse().map_err(RegistryError::from)?;
     let registry = &ctx.app.registry;
     let info = registry.stat_blob(&name, &digest).await?;
+    if ctx.method == Method::GET {
+        ctx.notify(
+            "pull",
+            &name,
+            "application/octet-stream",
+            &digest,
+            info.size,
+            None,
+        );
+    }
     let common = [
         ("docker-content-digest", digest.to_string()),
         ("etag", format!("\"{digest}\"")),
@@ -152,6 +162,14 @@ pub(crate) async fn delete(ctx: &Ctx, name: &str, digest: &str) -> ApiResult {
         .delete_blob(&name, &digest)
         .await
         .map_err(ApiError::from)?;
+    ctx.notify(
+        "delete",
+        &name,
+        "application/octet-stream",
+        &digest,
+        0,
+        None,
+    );
     Ok(empty(
         StatusCode::ACCEPTED,
         &[("content-length", "0".into())],

@@ -17,6 +17,20 @@ pub(crate) async fn get(ctx: &Ctx, name: &str, reference: &str) -> ApiResult {
     let name = parse_name(name)?;
     let reference = parse_reference(reference)?;
     let m = ctx.app.registry.get_manifest(&name, &reference).await?;
+    if ctx.method == Method::GET {
+        let tag = match &reference {
+            Reference::Tag(t) => Some(t.as_str()),
+            Reference::Digest(_) => None,
+        };
+        ctx.notify(
+            "pull",
+            &name,
+            &m.media_type,
+            &m.digest,
+            m.body.len() as u64,
+            tag,
+        );
+    }
     let headers = [
         ("content-type", m.media_type.clone()),
         ("docker-content-digest", m.digest.to_string()),
@@ -57,11 +71,18 @@ pub(crate) async fn put(ctx: &Ctx, name: &str, reference: &str, body: Body) -> A
     let body = axum::body::to_bytes(body, limit)
         .await
         .map_err(|_| ApiError::from(RegistryError::ManifestTooLarge { limit }))?;
+    let media_type = registry_core::manifest::sniff_media_type(&body);
+    let size = body.len() as u64;
     let outcome = ctx
         .app
         .registry
         .put_manifest(&name, &reference, body, ctx.header("content-type"), &tags)
         .await?;
+    let tag = match &reference {
+        Reference::Tag(t) => Some(t.as_str()),
+        Reference::Digest(_) => None,
+    };
+    ctx.notify("push", &name, &media_type, &outcome.digest, size, tag);
     let mut headers = vec![
         (
             "location",
@@ -85,7 +106,11 @@ pub(crate) async fn put(ctx: &Ctx, name: &str, reference: &str, body: Body) -> A
 pub(crate) async fn delete(ctx: &Ctx, name: &str, reference: &str) -> ApiResult {
     let name = parse_name(name)?;
     let reference = parse_reference(reference)?;
+    let digest = ctx.app.registry.resolve(&name, &reference).await.ok();
     ctx.app.registry.delete_manifest(&name, &reference).await?;
+    if let Some(d) = digest {
+        ctx.notify("delete", &name, "", &d, 0, None);
+    }
     Ok(empty(
         StatusCode::ACCEPTED,
         &[("content-length", "0".into())],

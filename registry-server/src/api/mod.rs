@@ -31,6 +31,8 @@ pub struct App {
     pub settings: Settings,
     /// Request metrics of this process.
     pub metrics: Arc<crate::observe::Metrics>,
+    /// Webhook notifications.
+    pub notifier: crate::notify::Notifier,
 }
 
 /// Builds the router serving the whole API.
@@ -108,6 +110,44 @@ impl Ctx {
             Some(h) => format!("{h}{path}"),
             None => path.to_owned(),
         }
+    }
+
+    /// Queues a notification event (no-op when no endpoint is configured).
+    pub(crate) fn notify(
+        &self,
+        action: &str,
+        repository: &RepositoryName,
+        media_type: &str,
+        digest: &registry_core::Digest,
+        size: u64,
+        tag: Option<&str>,
+    ) {
+        if !self.app.notifier.enabled() {
+            return;
+        }
+        let kind = if media_type == "application/octet-stream" {
+            "blobs"
+        } else {
+            "manifests"
+        };
+        let target = crate::notify::Target {
+            media_type: media_type.to_owned(),
+            size,
+            length: size,
+            digest: digest.to_string(),
+            repository: repository.to_string(),
+            url: self.location(&format!("/v2/{repository}/{kind}/{digest}")),
+            tag: tag.map(str::to_owned),
+        };
+        let h = |n: &str| self.header(n).unwrap_or("").to_owned();
+        let request = crate::notify::RequestInfo {
+            id: h("x-request-id"),
+            addr: h("x-forwarded-for"),
+            host: h("host"),
+            method: self.method.to_string(),
+            useragent: h("user-agent"),
+        };
+        self.app.notifier.emit(action, target, request, None);
     }
 
     /// A header's value as text, if present and readable.

@@ -9,6 +9,9 @@ use registry_core::{Digest, RegistryError, RepositoryName};
 use super::error::{ApiError, ApiResult, upload_range};
 use super::{Ctx, body_stream, empty, parse_name};
 
+/// Media type of blobs in notification events.
+const BLOB_MEDIA_TYPE: &str = "application/octet-stream";
+
 fn upload_path(name: &RepositoryName, id: &str) -> String {
     format!("/v2/{name}/blobs/uploads/{id}")
 }
@@ -88,13 +91,20 @@ pub(crate) async fn start(ctx: &Ctx, name: &str, body: Body) -> ApiResult {
         if let Some(from) = ctx.query.get("from") {
             let from = parse_name(from)?;
             if registry.mount_blob(&name, &from, &digest).await? {
+                let size = registry
+                    .stat_blob(&name, &digest)
+                    .await
+                    .map(|i| i.size)
+                    .unwrap_or(0);
+                ctx.notify("mount", &name, BLOB_MEDIA_TYPE, &digest, size, None);
                 return Ok(created(ctx, &name, &digest));
             }
         }
         // Cannot mount: fall through to an ordinary upload, as the spec allows.
     } else if let Some(d) = ctx.query.get("digest") {
         let digest: Digest = d.parse().map_err(RegistryError::from)?;
-        registry.put_blob(&name, &digest, body_stream(body)).await?;
+        let size = registry.put_blob(&name, &digest, body_stream(body)).await?;
+        ctx.notify("push", &name, BLOB_MEDIA_TYPE, &digest, size, None);
         return Ok(created(ctx, &name, &digest));
     }
     let id = registry.uploads().start(&name).await?;
@@ -134,11 +144,13 @@ pub(crate) async fn finish(ctx: &Ctx, name: &str, id: &str, body: Body) -> ApiRe
         .parse()
         .map_err(RegistryError::from)?;
     let range = chunk_range(ctx)?;
-    ctx.app
+    let size = ctx
+        .app
         .registry
         .finish_upload(&name, &id, &digest, range, body_stream(body))
         .await
         .map_err(|e| with_location(ctx, &name, &id, e))?;
+    ctx.notify("push", &name, BLOB_MEDIA_TYPE, &digest, size, None);
     Ok(created(ctx, &name, &digest))
 }
 

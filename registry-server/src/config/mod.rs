@@ -60,8 +60,8 @@ pub struct Config {
     pub http: HttpConfig,
     /// Authentication.
     pub auth: Option<AuthConfig>,
-    /// Webhook notifications (reserved).
-    pub notifications: Option<Value>,
+    /// Webhook notifications.
+    pub notifications: Option<NotificationsConfig>,
     /// Health checks (accepted for compatibility, unused).
     pub health: Option<Value>,
     /// Redis (accepted for compatibility, unused: Berth keeps no shared cache).
@@ -243,6 +243,50 @@ pub struct HttpConfig {
     pub relativeurls: Option<bool>,
 }
 
+/// `notifications`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+pub struct NotificationsConfig {
+    /// Where events go.
+    pub endpoints: Vec<EndpointConfig>,
+    /// Accepted for compatibility.
+    pub events: Option<Value>,
+}
+
+/// `notifications.endpoints[]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+pub struct EndpointConfig {
+    /// Name for logs.
+    pub name: Option<String>,
+    /// Skip this endpoint.
+    pub disabled: bool,
+    /// URL events are POSTed to.
+    pub url: Option<String>,
+    /// Extra headers: name to list of values.
+    pub headers: std::collections::BTreeMap<String, Vec<String>>,
+    /// Request timeout (default 1s).
+    pub timeout: Option<String>,
+    /// Attempts per event (default 10).
+    pub threshold: Option<u32>,
+    /// Pause between attempts (default 1s).
+    pub backoff: Option<String>,
+    /// Media types not sent.
+    pub ignoredmediatypes: Vec<String>,
+    /// `mediatypes` and `actions` not sent.
+    pub ignore: Option<IgnoreConfig>,
+}
+
+/// `notifications.endpoints[].ignore`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+pub struct IgnoreConfig {
+    /// Media types not sent.
+    pub mediatypes: Vec<String>,
+    /// Actions not sent.
+    pub actions: Vec<String>,
+}
+
 /// `storage.maintenance`.
 #[derive(Debug, Default, Deserialize)]
 #[serde(default)]
@@ -291,22 +335,27 @@ pub fn parse_duration(s: &str) -> Option<Duration> {
     let mut total = 0u64;
     let mut num = String::new();
     let mut any = false;
-    for c in s.trim().chars() {
+    let mut chars = s.trim().chars().peekable();
+    while let Some(c) = chars.next() {
         if c.is_ascii_digit() {
             num.push(c);
             continue;
         }
         let n: u64 = num.parse().ok()?;
         num.clear();
-        total += n * match c {
-            'h' => 3600,
-            'm' => 60,
-            's' => 1,
+        total += match c {
+            'h' => n * 3_600_000,
+            'm' if chars.peek() == Some(&'s') => {
+                chars.next();
+                n
+            }
+            'm' => n * 60_000,
+            's' => n * 1000,
             _ => return None,
         };
         any = true;
     }
-    (any && num.is_empty()).then_some(Duration::from_secs(total))
+    (any && num.is_empty()).then_some(Duration::from_millis(total))
 }
 
 /// `http.tls`.
@@ -482,6 +531,8 @@ pub struct Settings {
     pub purge: Option<PurgeSettings>,
     /// Scheduled garbage collection, when on.
     pub gc: Option<GcSettings>,
+    /// Webhook endpoints.
+    pub notifications: Vec<crate::notify::EndpointSettings>,
     /// Log level filter.
     pub log_level: String,
     /// Emit JSON logs.
@@ -714,6 +765,7 @@ fn validate(config: Config, warnings: &mut Vec<String>) -> Result<Settings, Conf
             .and_then(|m| m.readonly.as_ref())
             .is_some_and(|r| r.enabled),
         gc: gc_settings(config.berth.gc.as_ref())?,
+        notifications: endpoints(config.notifications.as_ref())?,
         purge: purge_settings(
             s.maintenance
                 .as_ref()
@@ -722,6 +774,48 @@ fn validate(config: Config, warnings: &mut Vec<String>) -> Result<Settings, Conf
         log_level: level,
         log_json,
     })
+}
+
+fn endpoints(
+    c: Option<&NotificationsConfig>,
+) -> Result<Vec<crate::notify::EndpointSettings>, ConfigError> {
+    let Some(c) = c else { return Ok(Vec::new()) };
+    let mut out = Vec::new();
+    for (i, e) in c.endpoints.iter().enumerate().filter(|(_, e)| !e.disabled) {
+        let key = |k: &str| format!("notifications.endpoints[{i}].{k}");
+        let url = required(&e.url, &key("url"))?;
+        url::Url::parse(&url).map_err(|err| key_err(&key("url"), format!("{url:?}: {err}")))?;
+        let dur = |v: &Option<String>, d: &str, k: &str| -> Result<Duration, ConfigError> {
+            let text = v.as_deref().unwrap_or(d);
+            parse_duration(text).ok_or_else(|| {
+                key_err(
+                    &key(k),
+                    format!("{text:?} is not a duration like 1s or 500ms"),
+                )
+            })
+        };
+        let mut ignored_media_types = e.ignoredmediatypes.clone();
+        let mut ignored_actions = Vec::new();
+        if let Some(ig) = &e.ignore {
+            ignored_media_types.extend(ig.mediatypes.iter().cloned());
+            ignored_actions.extend(ig.actions.iter().cloned());
+        }
+        out.push(crate::notify::EndpointSettings {
+            name: e.name.clone().unwrap_or_else(|| format!("endpoint{i}")),
+            headers: e
+                .headers
+                .iter()
+                .flat_map(|(k, vs)| vs.iter().map(move |v| (k.clone(), v.clone())))
+                .collect(),
+            timeout: dur(&e.timeout, "1s", "timeout")?,
+            threshold: e.threshold.unwrap_or(10).max(1),
+            backoff: dur(&e.backoff, "1s", "backoff")?,
+            ignored_actions,
+            ignored_media_types,
+            url,
+        });
+    }
+    Ok(out)
 }
 
 fn gc_settings(c: Option<&GcConfig>) -> Result<Option<GcSettings>, ConfigError> {
@@ -1232,6 +1326,8 @@ storage:
             Some(Duration::from_secs(168 * 3600))
         );
         assert_eq!(parse_duration("10"), None);
+        assert_eq!(parse_duration("500ms"), Some(Duration::from_millis(500)));
+        assert_eq!(parse_duration("1m30s"), Some(Duration::from_secs(90)));
         assert_eq!(parse_duration("5d"), None);
         let yaml = "storage:\n  inmemory: {}\n  maintenance:\n    readonly: {enabled: true}\n    uploadpurging: {age: 2h, interval: 10m, dryrun: true}\n";
         let (s, w) = load_str(yaml, &[]).unwrap();

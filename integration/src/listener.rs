@@ -1,0 +1,67 @@
+//! A minimal HTTP listener on loopback that records requests and answers from a script.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::sync::mpsc::{Receiver, channel};
+
+/// One request as received.
+#[derive(Debug, Clone)]
+pub struct Recorded {
+    /// The request line, e.g. `POST /events HTTP/1.1`.
+    pub first_line: String,
+    /// Header lines, lowercased names.
+    pub headers: Vec<(String, String)>,
+    /// The body.
+    pub body: Vec<u8>,
+}
+
+/// Serves `answers` (whole raw HTTP responses) to successive connections, recording each request.
+/// Returns the base URL and the receiver of recorded requests.
+pub fn recording_listener(answers: Vec<String>) -> (String, Receiver<Recorded>) {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let (tx, rx) = channel();
+    std::thread::spawn(move || {
+        for answer in answers {
+            let Ok((mut conn, _)) = listener.accept() else {
+                return;
+            };
+            let mut reader = BufReader::new(conn.try_clone().unwrap());
+            let mut first_line = String::new();
+            if reader.read_line(&mut first_line).is_err() {
+                continue;
+            }
+            let mut headers = Vec::new();
+            let mut len = 0usize;
+            loop {
+                let mut line = String::new();
+                if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
+                    break;
+                }
+                if let Some((k, v)) = line.trim_end().split_once(':') {
+                    let (k, v) = (k.trim().to_ascii_lowercase(), v.trim().to_owned());
+                    if k == "content-length" {
+                        len = v.parse().unwrap_or(0);
+                    }
+                    headers.push((k, v));
+                }
+            }
+            let mut body = vec![0u8; len];
+            let _ = reader.read_exact(&mut body);
+            let _ = tx.send(Recorded {
+                first_line: first_line.trim_end().to_owned(),
+                headers,
+                body,
+            });
+            let _ = conn.write_all(answer.as_bytes());
+        }
+    });
+    (base, rx)
+}
+
+/// A raw HTTP response with a status line, optional JSON body, and `Connection: close`.
+pub fn response(status: &str, json_body: &str) -> String {
+    format!(
+        "HTTP/1.1 {status}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{json_body}",
+        json_body.len()
+    )
+}

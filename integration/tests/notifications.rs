@@ -1,0 +1,105 @@
+//! Webhook notifications: distribution's envelope for push, pull and delete, ignore rules, and a
+//! dead endpoint that never slows a push.
+
+use std::time::{Duration, Instant};
+
+use integration::Berth;
+use integration::http::Api;
+use integration::listener::{recording_listener, response};
+use reqwest::Method;
+
+fn endpoint(url: &str, extra: &str) -> String {
+    format!(
+        "    - name: hook\n      url: {url}\n      headers:\n        Authorization: [Bearer hook-secret]\n      timeout: 500ms\n      threshold: 3\n      backoff: 100ms\n{extra}"
+    )
+}
+
+#[tokio::test]
+async fn push_pull_and_delete_events_reach_the_endpoint() {
+    let (base, requests) = recording_listener((0..20).map(|_| response("200 OK", "")).collect());
+    let dir = tempfile::tempdir().unwrap();
+    // A second endpoint nobody listens on: its retries must not hold anything up.
+    let dead = format!(
+        "http://127.0.0.1:{}/nobody",
+        integration::server::free_port()
+    );
+    let yaml = format!(
+        "storage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nnotifications:\n  endpoints:\n{}{}",
+        dir.path().display(),
+        endpoint(
+            &format!("{base}/events"),
+            "      ignore:\n        actions: [mount]\n"
+        ),
+        "    - name: dead\n      url: ".to_owned()
+            + &dead
+            + "\n      threshold: 1000\n      backoff: 1s\n"
+    );
+    let berth = Berth::with_config(&yaml, &[]);
+    let api = Api::new(&berth.url);
+    let started = Instant::now();
+    let manifest = api.image_manifest("hooks/app", "n").await;
+    let r = api
+        .put_manifest(
+            "hooks/app",
+            "v1",
+            "application/vnd.oci.image.manifest.v1+json",
+            &manifest,
+        )
+        .await;
+    assert_eq!(r.status(), 201);
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "a dead endpoint slowed the push"
+    );
+    let d = integration::layout::sha256(&manifest);
+    assert_eq!(
+        api.send(Method::GET, "/v2/hooks/app/manifests/v1", &[], None)
+            .await
+            .status(),
+        200
+    );
+    assert_eq!(
+        api.send(
+            Method::DELETE,
+            &format!("/v2/hooks/app/manifests/{d}"),
+            &[],
+            None
+        )
+        .await
+        .status(),
+        202
+    );
+
+    let mut events = Vec::new();
+    while events.len() < 5 {
+        let req = requests
+            .recv_timeout(Duration::from_secs(10))
+            .expect("events did not arrive");
+        assert_eq!(req.first_line, "POST /events HTTP/1.1");
+        assert!(
+            req.headers
+                .contains(&("authorization".into(), "Bearer hook-secret".into()))
+        );
+        assert!(req.headers.iter().any(|(k, v)| k == "content-type"
+            && v == "application/vnd.docker.distribution.events.v1+json"));
+        let envelope: serde_json::Value = serde_json::from_slice(&req.body).unwrap();
+        events.extend(envelope["events"].as_array().unwrap().iter().cloned());
+    }
+    let actions: Vec<&str> = events
+        .iter()
+        .map(|e| e["action"].as_str().unwrap())
+        .collect();
+    assert_eq!(actions, vec!["push", "push", "push", "pull", "delete"]);
+    let manifest_push = &events[2];
+    assert_eq!(manifest_push["target"]["repository"], "hooks/app");
+    assert_eq!(manifest_push["target"]["digest"], d);
+    assert_eq!(manifest_push["target"]["tag"], "v1");
+    assert_eq!(
+        manifest_push["target"]["mediaType"],
+        "application/vnd.oci.image.manifest.v1+json"
+    );
+    assert_eq!(manifest_push["target"]["size"], manifest.len());
+    assert_eq!(manifest_push["request"]["method"], "PUT");
+    assert!(events[0]["timestamp"].as_str().unwrap().ends_with('Z'));
+    assert_eq!(events[0]["target"]["mediaType"], "application/octet-stream");
+}
