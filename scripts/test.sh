@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs every Berth test. Installs what the tests need when it is missing:
 #   skopeo, podman and docker-registry (CNCF distribution 2.8) from Debian's packages,
-#   moto (S3 emulator), gcp-storage-emulator, azure-storage-blob and oras from PyPI,
+#   moto (S3 emulator), gcp-storage-emulator, azure-storage-blob, oras, helm-python-sdk and
+#   kubernetes-validate from PyPI,
 #   Azurite (Azure emulator) from npm.
 # Fails loudly if an install fails; never skips a test for a missing tool.
 set -euo pipefail
@@ -35,6 +36,10 @@ command -v gcp-storage-emulator >/dev/null || {
 python3 -c 'import oras.client' 2>/dev/null || {
   echo "test.sh: installing oras (Python client) with pip" >&2
   python3 -m pip install --quiet oras
+}
+python3 -c 'import helm_python, kubernetes_validate, yaml' 2>/dev/null || {
+  echo "test.sh: installing helm-python-sdk (Helm's engine) and kubernetes-validate with pip" >&2
+  python3 -m pip install --quiet helm-python-sdk kubernetes-validate pyyaml
 }
 python3 -c 'import azure.storage.blob' 2>/dev/null || {
   echo "test.sh: installing azure-storage-blob with pip" >&2

@@ -1360,6 +1360,19 @@ storage:
     }
 
     #[test]
+    fn container_image_default_config_loads() {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/config.yml");
+        let (s, w) = load(Source::File(&path), Vec::new()).unwrap();
+        assert!(w.is_empty(), "{w:?}");
+        assert_eq!(s.addr.to_string(), "0.0.0.0:5000");
+        assert_eq!(
+            s.storage,
+            StorageChoice::Filesystem(PathBuf::from("/var/lib/registry"))
+        );
+        assert!(s.log_json && s.delete_enabled);
+    }
+
+    #[test]
     fn unknown_keys_warn() {
         let (_, w) = load_str("storage: {filesystem: {rootdirectroy: /x}}\n", &[]).unwrap();
         assert!(

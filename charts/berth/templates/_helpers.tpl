@@ -1,0 +1,70 @@
+{{- define "berth.name" -}}
+{{- .Chart.Name | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{- define "berth.fullname" -}}
+{{- if contains .Chart.Name .Release.Name -}}
+{{- .Release.Name | trunc 63 | trimSuffix "-" -}}
+{{- else -}}
+{{- printf "%s-%s" .Release.Name .Chart.Name | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "berth.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "berth.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end -}}
+
+{{- define "berth.labels" -}}
+{{ include "berth.selectorLabels" . }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
+{{- end -}}
+
+{{- define "berth.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create -}}
+{{- default (include "berth.fullname" .) .Values.serviceAccount.name -}}
+{{- else -}}
+{{- default "default" .Values.serviceAccount.name -}}
+{{- end -}}
+{{- end -}}
+
+{{/* The Secret holding credentials: the user's, or the one this chart makes. */}}
+{{- define "berth.secretName" -}}
+{{- default (include "berth.fullname" .) .Values.secrets.existingSecret -}}
+{{- end -}}
+
+{{- define "berth.hasSecret" -}}
+{{- $s := .Values.secrets -}}
+{{- if or $s.existingSecret $s.s3.accessKey $s.azure.accountKey $s.gcs.keyfile $s.htpasswd -}}true{{- end -}}
+{{- end -}}
+
+{{/* config.yml in distribution's shape; secrets come in as REGISTRY_* variables or files. */}}
+{{- define "berth.config" -}}
+{{- $storage := dict "delete" (dict "enabled" .Values.deleteEnabled) -}}
+{{- $_ := set $storage "redirect" (dict "disable" .Values.redirect.disable) -}}
+{{- if .Values.redirect.publicEndpoint -}}{{- $_ := set $storage.redirect "publicendpoint" .Values.redirect.publicEndpoint -}}{{- end -}}
+{{- $_ := set $storage "maintenance" (dict "uploadpurging" (dict "enabled" true "age" .Values.uploadPurging.age "interval" .Values.uploadPurging.interval)) -}}
+{{- if eq .Values.storage "filesystem" -}}
+{{- $_ := set $storage "filesystem" (dict "rootdirectory" "/var/lib/registry") -}}
+{{- else if eq .Values.storage "s3" -}}
+{{- $s3 := dict "bucket" .Values.s3.bucket "region" .Values.s3.region "rootdirectory" .Values.s3.rootdirectory "forcepathstyle" .Values.s3.forcePathStyle "chunksize" (int .Values.s3.chunkSize) -}}
+{{- if .Values.s3.regionEndpoint -}}{{- $_ := set $s3 "regionendpoint" .Values.s3.regionEndpoint -}}{{- end -}}
+{{- $_ := set $storage "s3" $s3 -}}
+{{- else if eq .Values.storage "azure" -}}
+{{- $az := dict "accountname" .Values.azure.accountName "container" .Values.azure.container "realm" .Values.azure.realm "rootdirectory" .Values.azure.rootdirectory -}}
+{{- if .Values.azure.endpoint -}}{{- $_ := set $az "endpoint" .Values.azure.endpoint -}}{{- end -}}
+{{- $_ := set $storage "azure" $az -}}
+{{- else if eq .Values.storage "gcs" -}}
+{{- $gcs := dict "bucket" .Values.gcs.bucket "rootdirectory" .Values.gcs.rootdirectory -}}
+{{- if .Values.secrets.gcs.keyfile -}}{{- $_ := set $gcs "keyfile" "/etc/berth/gcs/key.json" -}}{{- end -}}
+{{- $_ := set $storage "gcs" $gcs -}}
+{{- end -}}
+{{- $config := dict "version" 0.1 "log" (dict "level" "info" "formatter" "json") "storage" $storage "http" (dict "addr" ":5000") -}}
+{{- if .Values.secrets.htpasswd -}}
+{{- $_ := set $config "auth" (dict "htpasswd" (dict "realm" "berth" "path" "/etc/berth/auth/htpasswd")) -}}
+{{- end -}}
+{{- $_ := set $config "berth" (dict "gc" (dict "enabled" .Values.gc.enabled "interval" .Values.gc.interval "grace" .Values.gc.grace "deleteuntagged" .Values.gc.deleteUntagged)) -}}
+{{- toYaml (mustMergeOverwrite $config .Values.configData) -}}
+{{- end -}}

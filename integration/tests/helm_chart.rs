@@ -1,0 +1,187 @@
+//! The Helm chart, rendered by the real Helm engine (helm-python-sdk) for every storage mode,
+//! every object validated against the Kubernetes schemas, and the rendered configuration run by
+//! the real berth binary against moto S3 with a skopeo push.
+
+use std::path::Path;
+use std::process::Command;
+
+use integration::Berth;
+use integration::emulators::Moto;
+use integration::layout::write_image;
+use integration::tools::{skopeo_copy, tree};
+use serde_json::{Value, json};
+
+fn render(values: &Value) -> Result<Vec<Value>, String> {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../charts/berth/ci/render.py");
+    let out = Command::new("python3")
+        .arg(script)
+        .arg(values.to_string())
+        .output()
+        .expect("python3");
+    if out.status.success() {
+        Ok(serde_json::from_slice(&out.stdout).expect("render.py prints JSON"))
+    } else {
+        Err(String::from_utf8_lossy(&out.stderr).into_owned())
+    }
+}
+
+fn kinds(objects: &[Value]) -> Vec<String> {
+    objects
+        .iter()
+        .map(|o| o["kind"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+fn find<'a>(objects: &'a [Value], kind: &str) -> &'a Value {
+    objects
+        .iter()
+        .find(|o| o["kind"] == kind)
+        .unwrap_or_else(|| panic!("no {kind}"))
+}
+
+#[test]
+fn every_storage_mode_renders_valid_objects() {
+    let modes = [
+        json!({}),
+        json!({"storage": "s3", "s3": {"bucket": "images"}, "secrets": {"s3": {"accessKey": "AK", "secretKey": "SK"}},
+               "ingress": {"enabled": true, "tls": {"secretName": "tls"}}, "autoscaling": {"enabled": true},
+               "metrics": {"serviceMonitor": {"enabled": true}}, "networkPolicy": {"enabled": true}}),
+        json!({"storage": "s3", "s3": {"bucket": "images"},
+               "serviceAccount": {"annotations": {"eks.amazonaws.com/role-arn": "arn:aws:iam::1:role/berth"}}}),
+        json!({"storage": "azure", "azure": {"accountName": "acct", "container": "images"}, "secrets": {"azure": {"accountKey": "k"}}}),
+        json!({"storage": "gcs", "gcs": {"bucket": "images"}, "secrets": {"gcs": {"keyfile": "{}"}}}),
+        json!({"storage": "filesystem", "replicaCount": 1, "persistence": {"enabled": true}, "secrets": {"htpasswd": "a:$2y$05$abc"}}),
+    ];
+    for values in modes {
+        let objects = render(&values).unwrap_or_else(|e| panic!("{values}: {e}"));
+        let k = kinds(&objects);
+        for required in [
+            "ConfigMap",
+            "Deployment",
+            "Service",
+            "ServiceAccount",
+            "PodDisruptionBudget",
+        ] {
+            assert!(
+                k.contains(&required.to_owned()),
+                "{values}: no {required} in {k:?}"
+            );
+        }
+        assert!(
+            !k.iter().any(|k| k == "CronJob"),
+            "garbage collection must not be a CronJob"
+        );
+        let pod = &find(&objects, "Deployment")["spec"]["template"]["spec"];
+        let c = &pod["containers"][0];
+        assert_eq!(c["securityContext"]["readOnlyRootFilesystem"], true);
+        assert_eq!(pod["securityContext"]["runAsNonRoot"], true);
+        assert_eq!(c["livenessProbe"]["httpGet"]["path"], "/healthz");
+        assert_eq!(c["readinessProbe"]["httpGet"]["path"], "/readyz");
+        let config = find(&objects, "ConfigMap")["data"]["config.yml"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        assert!(
+            !config.contains("secret") && !config.contains("SK"),
+            "credentials in the ConfigMap: {config}"
+        );
+        assert!(
+            config.contains("gc:"),
+            "online GC is configured in Berth itself: {config}"
+        );
+    }
+    let ingress = render(&json!({"ingress": {"enabled": true}})).unwrap();
+    let annotations = &find(&ingress, "Ingress")["metadata"]["annotations"];
+    assert_eq!(
+        annotations["nginx.ingress.kubernetes.io/proxy-body-size"], "0",
+        "big layers pass the ingress"
+    );
+    assert_eq!(
+        annotations["nginx.ingress.kubernetes.io/proxy-request-buffering"],
+        "off"
+    );
+    let irsa = render(&json!({"storage": "s3", "s3": {"bucket": "images"},
+        "serviceAccount": {"annotations": {"eks.amazonaws.com/role-arn": "arn:aws:iam::1:role/berth"}}})).unwrap();
+    assert!(
+        !kinds(&irsa).contains(&"Secret".to_owned()),
+        "IRSA needs no static keys"
+    );
+}
+
+#[test]
+fn wrong_values_fail_at_install_with_a_clear_message() {
+    let cases = [
+        (json!({"storage": "nfs"}), "/storage"),
+        (json!({"storage": "s3"}), "/s3/bucket"),
+        (
+            json!({"storage": "azure", "azure": {"container": "images"}}),
+            "accountName",
+        ),
+        (json!({"replicaCount": 0}), "/replicaCount"),
+        (json!({"s3": {"chunkSize": 1024}}), "/s3/chunkSize"),
+        (json!({"gc": {"grace": "two hours"}}), "/gc/grace"),
+        (
+            json!({"replicaCount": 3, "persistence": {"enabled": true}}),
+            "ReadWriteMany",
+        ),
+    ];
+    for (values, expect) in cases {
+        let err = render(&values).expect_err(&format!("{values} was accepted"));
+        assert!(
+            err.contains(expect),
+            "{values}: message does not name {expect}: {err}"
+        );
+    }
+}
+
+#[test]
+fn rendered_s3_config_runs_berth_against_moto() {
+    let moto = Moto::start();
+    moto.create_bucket("chart-images");
+    let values = json!({"storage": "s3", "s3": {"bucket": "chart-images", "regionEndpoint": moto.endpoint, "forcePathStyle": true},
+                        "secrets": {"s3": {"accessKey": "test", "secretKey": "test"}}});
+    let objects = render(&values).unwrap();
+    let config = find(&objects, "ConfigMap")["data"]["config.yml"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    // The Deployment passes the keys as REGISTRY_* variables from the Secret: do the same.
+    let secret = &find(&objects, "Secret")["data"];
+    let decode = |k: &str| {
+        use base64::Engine;
+        String::from_utf8(
+            base64::engine::general_purpose::STANDARD
+                .decode(secret[k].as_str().unwrap())
+                .unwrap(),
+        )
+        .unwrap()
+    };
+    let env_names: Vec<String> =
+        find(&objects, "Deployment")["spec"]["template"]["spec"]["containers"][0]["env"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["name"].as_str().unwrap().to_owned())
+            .collect();
+    assert!(env_names.contains(&"REGISTRY_STORAGE_S3_ACCESSKEY".to_owned()));
+    let (ak, sk) = (decode("s3AccessKey"), decode("s3SecretKey"));
+    let berth = Berth::with_config(
+        &config,
+        &[
+            ("REGISTRY_STORAGE_S3_ACCESSKEY", &ak),
+            ("REGISTRY_STORAGE_S3_SECRETKEY", &sk),
+        ],
+    );
+    let work = tempfile::tempdir().unwrap();
+    let src = work.path().join("src");
+    write_image(&src, "v1", 300, &[2 << 20]);
+    let remote = format!("docker://{}/chart/app:v1", berth.host);
+    skopeo_copy(
+        &format!("oci:{}:v1", src.display()),
+        &remote,
+        &["--preserve-digests"],
+    );
+    let dst = work.path().join("dst");
+    skopeo_copy(&remote, &format!("oci:{}:v1", dst.display()), &[]);
+    assert_eq!(tree(&src.join("blobs")), tree(&dst.join("blobs")));
+}
