@@ -52,6 +52,13 @@ impl Distribution {
     }
 }
 
+impl Distribution {
+    /// The process id (for resource measurements).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
 impl Drop for Distribution {
     fn drop(&mut self) {
         let _ = self.child.kill();

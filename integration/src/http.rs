@@ -81,6 +81,21 @@ impl Api {
                 Some(data.to_vec()),
             )
             .await;
+        // A registry may open a session instead (distribution 2.8 does): finish it with a PUT,
+        // as clients do.
+        let resp = if resp.status() == 202 {
+            let loc = header(&resp, "location").expect("202 without Location");
+            let sep = if loc.contains('?') { '&' } else { '?' };
+            self.send(
+                Method::PUT,
+                &format!("{loc}{sep}digest={d}"),
+                &[],
+                Some(data.to_vec()),
+            )
+            .await
+        } else {
+            resp
+        };
         assert_eq!(resp.status(), 201, "blob push to {repo}");
         d
     }

@@ -1,41 +1,55 @@
 //! Benchmarks berth beside CNCF distribution 2.8 on the same storage, alternating the two.
 //!
-//! `berth-bench push --backend s3 --size-mib 1024 --chunk-mib 16 --runs 3`
-//! Prints medians and the ratio distribution/berth (above 1 means berth is faster).
-//! Start it with BERTH_BIN pointing at a release build of berth.
+//! `berth-bench all [--size-mib 1024] [--runs 3] [--uploads 32] [--upload-mib 256] [--tags 10000]`
+//! runs every scenario (local disk, then S3 on moto) and prints one table of medians with
+//! distribution/berth ratios. `berth-bench push --backend s3|azure|filesystem` runs only the
+//! chunked push. Start it with BERTH_BIN pointing at a release build of berth.
 
+use std::process::Command;
 use std::time::Instant;
 
 use bytes::Bytes;
+use futures::StreamExt;
 use integration::Berth;
 use integration::distribution::Distribution;
 use integration::emulators::{Azurite, Moto};
-use integration::http::Api;
+use integration::http::{Api, header};
+use integration::layout::sha256;
+use reqwest::Method;
+use sha2::Digest as _;
 
 struct Args {
+    command: String,
     backend: String,
     size: usize,
     chunk: usize,
     runs: usize,
+    uploads: usize,
+    upload_size: usize,
+    tags: usize,
+    load_seconds: u32,
 }
 
 fn parse_args() -> Args {
     let mut a = Args {
+        command: String::new(),
         backend: "filesystem".into(),
         size: 1 << 30,
         chunk: 16 << 20,
         runs: 3,
+        uploads: 32,
+        upload_size: 256 << 20,
+        tags: 10_000,
+        load_seconds: 10,
     };
     let argv: Vec<String> = std::env::args().skip(1).collect();
     let mut it = argv.iter();
-    match it.next().map(String::as_str) {
-        Some("push") => {}
-        _ => {
-            eprintln!(
-                "usage: berth-bench push [--backend filesystem|s3|azure] [--size-mib N] [--chunk-mib N] [--runs N]"
-            );
-            std::process::exit(2);
-        }
+    a.command = it.next().cloned().unwrap_or_default();
+    if !matches!(a.command.as_str(), "push" | "all") {
+        eprintln!(
+            "usage: berth-bench all|push [--backend filesystem|s3|azure] [--size-mib N] [--chunk-mib N] [--runs N] [--uploads N] [--upload-mib N] [--tags N] [--load-seconds N]"
+        );
+        std::process::exit(2);
     }
     while let Some(flag) = it.next() {
         let v = it.next().unwrap_or_else(|| panic!("{flag} needs a value"));
@@ -44,17 +58,14 @@ fn parse_args() -> Args {
             "--size-mib" => a.size = v.parse::<usize>().unwrap() << 20,
             "--chunk-mib" => a.chunk = v.parse::<usize>().unwrap() << 20,
             "--runs" => a.runs = v.parse().unwrap(),
+            "--uploads" => a.uploads = v.parse().unwrap(),
+            "--upload-mib" => a.upload_size = v.parse::<usize>().unwrap() << 20,
+            "--tags" => a.tags = v.parse().unwrap(),
+            "--load-seconds" => a.load_seconds = v.parse().unwrap(),
             other => panic!("unknown flag {other}"),
         }
     }
     a
-}
-
-/// Chunked push of `data` in `chunk`-sized PATCHes; returns seconds.
-async fn chunked_push(api: &Api, repo: &str, data: &Bytes, chunk: usize) -> f64 {
-    let start = Instant::now();
-    api.chunked_push(&[], repo, data, chunk).await;
-    start.elapsed().as_secs_f64()
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -62,99 +73,542 @@ fn median(mut v: Vec<f64>) -> f64 {
     v[v.len() / 2]
 }
 
-#[tokio::main]
-async fn main() {
-    let args = parse_args();
-    let dir = tempfile::tempdir().unwrap();
-    let (_moto, _azurite);
-    let (berth_storage, dist_storage): (String, Option<String>) = match args.backend.as_str() {
-        "filesystem" => (
-            format!(
-                "filesystem:\n    rootdirectory: {}/berth\n",
-                dir.path().display()
-            ),
-            Some(format!(
-                "filesystem:\n    rootdirectory: {}/dist",
-                dir.path().display()
-            )),
-        ),
-        "s3" => {
-            let moto = Moto::start();
-            moto.create_bucket("berth");
-            moto.create_bucket("dist");
-            let dist = format!(
-                "s3:\n    region: us-east-1\n    regionendpoint: {}\n    bucket: dist\n    accesskey: test\n    secretkey: test\n    secure: false\n    v4auth: true\n    chunksize: {}\n    rootdirectory: /registry",
-                moto.endpoint,
-                16 << 20
-            );
-            let b = moto.storage_yaml("berth");
-            _moto = moto;
-            (b, Some(dist))
-        }
-        "azure" => {
-            let azurite = Azurite::start();
-            azurite.create_container("berth");
-            let b = azurite.storage_yaml("berth");
-            _azurite = azurite;
-            // distribution 2.8's azure driver builds https://<account>.blob.<realm> URLs only and
-            // cannot reach an emulator on a loopback port.
-            (b, None)
-        }
-        other => panic!("unknown backend {other}"),
-    };
-    let berth = Berth::with_config(
-        &format!("version: 0.1\nlog:\n  level: warn\nstorage:\n  {berth_storage}"),
-        &[],
-    );
-    let dist = dist_storage.map(|s| Distribution::start(&s));
-    let berth_api = Api::new(&berth.url);
-    let dist_api = dist
-        .as_ref()
-        .map(|d| Api::new(&format!("http://{}", d.host)));
+/// The two registries under test on one storage kind.
+struct Pair {
+    berth: Berth,
+    dist: Option<Distribution>,
+    _moto: Option<Moto>,
+    _azurite: Option<Azurite>,
+    _dir: tempfile::TempDir,
+}
 
-    let mut base = vec![0u8; args.size];
-    rand::Rng::fill(&mut rand::rng(), &mut base[..]);
-    let (mut tb, mut td) = (Vec::new(), Vec::new());
-    for run in 0..args.runs {
-        // A different first byte per push: every push stores a new blob.
-        for (who, api, times) in [
-            ("berth", Some(&berth_api), &mut tb),
-            ("distribution", dist_api.as_ref(), &mut td),
-        ] {
-            let Some(api) = api else { continue };
-            base[0] = (run * 2 + usize::from(who == "distribution")) as u8;
-            let data = Bytes::from(base.clone());
-            let t = chunked_push(api, &format!("bench/{who}{run}"), &data, args.chunk).await;
-            eprintln!(
-                "run {run} {who}: {t:.2}s ({:.0} MiB/s)",
-                args.size as f64 / 1048576.0 / t
-            );
-            times.push(t);
+impl Pair {
+    fn start(backend: &str) -> Pair {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut moto, mut azurite) = (None, None);
+        let (berth_storage, dist_storage) = match backend {
+            "filesystem" => (
+                format!(
+                    "filesystem:\n    rootdirectory: {}/berth\n",
+                    dir.path().display()
+                ),
+                Some(format!(
+                    "filesystem:\n    rootdirectory: {}/dist",
+                    dir.path().display()
+                )),
+            ),
+            "s3" => {
+                let m = Moto::start();
+                m.create_bucket("berth");
+                m.create_bucket("dist");
+                let dist = format!(
+                    "s3:\n    region: us-east-1\n    regionendpoint: {}\n    bucket: dist\n    accesskey: test\n    secretkey: test\n    secure: false\n    v4auth: true\n    chunksize: {}\n    rootdirectory: /registry",
+                    m.endpoint,
+                    16 << 20
+                );
+                let b = m.storage_yaml("berth");
+                moto = Some(m);
+                (b, Some(dist))
+            }
+            "azure" => {
+                let az = Azurite::start();
+                az.create_container("berth");
+                let b = az.storage_yaml("berth");
+                azurite = Some(az);
+                // distribution 2.8's azure driver builds https://<account>.blob.<realm> URLs only
+                // and cannot reach an emulator on a loopback port.
+                (b, None)
+            }
+            other => panic!("unknown backend {other}"),
+        };
+        let berth = Berth::with_config(
+            &format!(
+                "version: 0.1\nlog:\n  level: warn\nstorage:\n  {berth_storage}  delete:\n    enabled: true\n"
+            ),
+            &[("RUST_LOG", "warn")],
+        );
+        let dist = dist_storage.map(|s| Distribution::start(&s));
+        Pair {
+            berth,
+            dist,
+            _moto: moto,
+            _azurite: azurite,
+            _dir: dir,
         }
     }
-    let mib = args.size as f64 / 1048576.0;
-    let (mb, md) = (
-        median(tb),
-        if td.is_empty() { f64::NAN } else { median(td) },
-    );
-    println!("| backend | operation | berth median | distribution median | distribution/berth |");
-    println!("| --- | --- | --- | --- | --- |");
-    println!(
-        "| {} | chunked push {} MiB in {} MiB PATCHes, {} runs | {mb:.2} s ({:.0} MiB/s) | {} | {} |",
-        args.backend,
-        mib,
-        args.chunk >> 20,
-        args.runs,
-        mib / mb,
-        if md.is_nan() {
-            "n/a".into()
+
+    fn apis(&self) -> Vec<(&'static str, Api)> {
+        let mut v = vec![("berth", Api::new(&self.berth.url))];
+        if let Some(d) = &self.dist {
+            v.push(("distribution", Api::new(&format!("http://{}", d.host))));
+        }
+        v
+    }
+}
+
+/// One row of the final table.
+struct Row {
+    scenario: String,
+    berth: String,
+    dist: String,
+    ratio: String,
+}
+
+fn row(
+    scenario: impl Into<String>,
+    b: f64,
+    d: Option<f64>,
+    unit: &str,
+    higher_is_better: bool,
+) -> Row {
+    let fmt = |x: f64| format!("{x:.2} {unit}");
+    Row {
+        scenario: scenario.into(),
+        berth: fmt(b),
+        dist: d.map_or("n/a".into(), fmt),
+        ratio: d.map_or("n/a".into(), |d| {
+            format!("{:.2}x", if higher_is_better { b / d } else { d / b })
+        }),
+    }
+}
+
+/// Alternates the registries `runs` times; `op` returns a measurement for one run.
+async fn alternate<F, Fut>(pair: &Pair, runs: usize, mut op: F) -> (f64, Option<f64>)
+where
+    F: FnMut(&'static str, Api, usize) -> Fut,
+    Fut: std::future::Future<Output = f64>,
+{
+    let (mut b, mut d) = (Vec::new(), Vec::new());
+    for run in 0..runs {
+        for (who, api) in pair.apis() {
+            let v = op(who, api, run).await;
+            eprintln!("  run {run} {who}: {v:.3}");
+            if who == "berth" { b.push(v) } else { d.push(v) }
+        }
+    }
+    (median(b), if d.is_empty() { None } else { Some(median(d)) })
+}
+
+/// A fresh blob per (registry, run): the first bytes differ.
+fn blob_for(base: &Bytes, who: &str, run: usize) -> Bytes {
+    let mut v = base.to_vec();
+    v[..8].copy_from_slice(&((run as u64) * 2 + u64::from(who == "distribution")).to_le_bytes());
+    Bytes::from(v)
+}
+
+/// POST, then one PUT carrying the whole blob: the monolithic upload both registries implement
+/// (distribution 2.8 has no single-POST upload).
+async fn monolithic_push(api: &Api, repo: &str, data: &Bytes) -> f64 {
+    let d = sha256(data);
+    let start = Instant::now();
+    let r = api
+        .send(
+            Method::POST,
+            &format!("/v2/{repo}/blobs/uploads/"),
+            &[],
+            None,
+        )
+        .await;
+    assert_eq!(r.status(), 202);
+    let loc = header(&r, "location").unwrap();
+    let sep = if loc.contains('?') { '&' } else { '?' };
+    let r = api
+        .client
+        .put(api.url(&format!("{loc}{sep}digest={d}")))
+        .header("content-type", "application/octet-stream")
+        .body(data.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201, "monolithic push: {:?}", r.text().await);
+    start.elapsed().as_secs_f64()
+}
+
+/// Downloads a blob (following a redirect to the store), returning seconds and the bytes Berth served.
+async fn pull(api: &Api, repo: &str, digest: &str) -> (f64, u64) {
+    let start = Instant::now();
+    let r = api
+        .send(
+            Method::GET,
+            &format!("/v2/{repo}/blobs/{digest}"),
+            &[],
+            None,
+        )
+        .await;
+    let (mut stream, through) = match r.status().as_u16() {
+        307 => {
+            let url = header(&r, "location").unwrap();
+            (
+                reqwest::get(url).await.unwrap().bytes_stream().boxed(),
+                false,
+            )
+        }
+        200 => (r.bytes_stream().boxed(), true),
+        s => panic!("pull: {s}"),
+    };
+    let mut n = 0u64;
+    while let Some(c) = stream.next().await {
+        n += c.unwrap().len() as u64;
+    }
+    (start.elapsed().as_secs_f64(), if through { n } else { 0 })
+}
+
+/// wrk against one URL: (requests/s, p50 ms, p99 ms).
+fn wrk(url: &str, seconds: u32) -> (f64, f64, f64) {
+    let out = Command::new("wrk")
+        .args(["-t2", "-c64", &format!("-d{seconds}s"), "--latency"])
+        .args(["-H", "Accept: application/vnd.oci.image.manifest.v1+json"])
+        .arg(url)
+        .output()
+        .expect("wrk is not installed (apt-get install wrk)");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let ms = |s: &str| -> f64 {
+        let s = s.trim();
+        if let Some(v) = s.strip_suffix("us") {
+            v.parse::<f64>().unwrap() / 1000.0
+        } else if let Some(v) = s.strip_suffix("ms") {
+            v.parse().unwrap()
+        } else if let Some(v) = s.strip_suffix('s') {
+            v.parse::<f64>().unwrap() * 1000.0
         } else {
-            format!("{md:.2} s ({:.0} MiB/s)", mib / md)
-        },
-        if md.is_nan() {
-            "n/a".into()
-        } else {
-            format!("{:.2}x", md / mb)
-        },
+            f64::NAN
+        }
+    };
+    let mut rps = f64::NAN;
+    let (mut p50, mut p99) = (f64::NAN, f64::NAN);
+    for line in text.lines() {
+        let l = line.trim();
+        if let Some(v) = l.strip_prefix("Requests/sec:") {
+            rps = v.trim().parse().unwrap_or(f64::NAN);
+        } else if let Some(v) = l.strip_prefix("50%") {
+            p50 = ms(v);
+        } else if let Some(v) = l.strip_prefix("99%") {
+            p99 = ms(v);
+        }
+    }
+    assert!(!text.contains("Non-2xx"), "wrk saw errors: {text}");
+    (rps, p50, p99)
+}
+
+/// Peak resident memory (VmHWM) of a process, MiB.
+fn peak_rss_mib(pid: u32) -> f64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+        .map_or(f64::NAN, |kb| kb / 1024.0)
+}
+
+/// `uploads` concurrent streamed PATCH uploads of `size` bytes each (as docker sends them).
+async fn concurrent_uploads(api: &Api, uploads: usize, size: usize, salt: u8) {
+    let chunk = Bytes::from(vec![salt; 1 << 20]);
+    let tasks: Vec<_> = (0..uploads)
+        .map(|i| {
+            let (api, chunk) = (api.clone(), chunk.clone());
+            tokio::spawn(async move {
+                let repo = format!("rss/u{i}");
+                let r = api
+                    .send(
+                        Method::POST,
+                        &format!("/v2/{repo}/blobs/uploads/"),
+                        &[],
+                        None,
+                    )
+                    .await;
+                let loc = header(&r, "location").unwrap();
+                let mut first = chunk.to_vec();
+                first[..8].copy_from_slice(&(i as u64).to_le_bytes());
+                let first = Bytes::from(first);
+                let mut hasher = sha2::Sha256::new();
+                hasher.update(&first);
+                for _ in 1..size >> 20 {
+                    hasher.update(&chunk);
+                }
+                let digest = format!("sha256:{}", hex::encode(hasher.finalize()));
+                let n = size >> 20;
+                let body = futures::stream::iter((0..n).map(move |k| {
+                    Ok::<_, std::io::Error>(if k == 0 { first.clone() } else { chunk.clone() })
+                }));
+                let r = api
+                    .client
+                    .patch(api.url(&loc))
+                    .body(reqwest::Body::wrap_stream(body))
+                    .send()
+                    .await
+                    .unwrap();
+                assert_eq!(r.status(), 202);
+                let loc = header(&r, "location").unwrap();
+                let sep = if loc.contains('?') { '&' } else { '?' };
+                let r = api
+                    .send(
+                        Method::PUT,
+                        &format!("{loc}{sep}digest={digest}"),
+                        &[],
+                        None,
+                    )
+                    .await;
+                assert_eq!(r.status(), 201);
+            })
+        })
+        .collect();
+    for t in tasks {
+        t.await.unwrap();
+    }
+}
+
+async fn run_local(a: &Args, rows: &mut Vec<Row>) {
+    let mib = a.size as f64 / 1048576.0;
+    // The ceiling: single-core SHA-256 over the same amount of memory.
+    let mut base = vec![0u8; a.size];
+    rand::Rng::fill(&mut rand::rng(), &mut base[..]);
+    let base = Bytes::from(base);
+    let start = Instant::now();
+    let _ = sha2::Sha256::digest(&base);
+    let sha_rate = mib / start.elapsed().as_secs_f64();
+    rows.push(Row {
+        scenario: "single-core SHA-256 (ceiling)".into(),
+        berth: format!("{sha_rate:.0} MiB/s"),
+        dist: "".into(),
+        ratio: "".into(),
+    });
+
+    let pair = Pair::start("filesystem");
+    eprintln!("monolithic push");
+    let (b, d) = alternate(&pair, a.runs, |who, api, run| {
+        let data = blob_for(&base, who, run);
+        async move { mib / monolithic_push(&api, &format!("bench/mono{run}"), &data).await }
+    })
+    .await;
+    rows.push(row(
+        format!("local monolithic push {mib:.0} MiB"),
+        b,
+        d,
+        "MiB/s",
+        true,
+    ));
+    rows.push(Row {
+        scenario: "  Berth push / SHA-256 ceiling".into(),
+        berth: format!("{:.0} %", b / sha_rate * 100.0),
+        dist: "".into(),
+        ratio: "".into(),
+    });
+
+    eprintln!("chunked push");
+    let (b, d) = alternate(&pair, a.runs, |who, api, run| {
+        let data = blob_for(&base, who, run + 100);
+        let chunk = a.chunk;
+        async move {
+            let start = Instant::now();
+            api.chunked_push(&[], &format!("bench/chunk{run}"), &data, chunk)
+                .await;
+            mib / start.elapsed().as_secs_f64()
+        }
+    })
+    .await;
+    rows.push(row(
+        format!(
+            "local chunked push {mib:.0} MiB in {} MiB PATCHes",
+            a.chunk >> 20
+        ),
+        b,
+        d,
+        "MiB/s",
+        true,
+    ));
+
+    eprintln!("pull");
+    let (b, d) = alternate(&pair, a.runs, |who, api, run| {
+        let digest = sha256(&blob_for(&base, who, 0));
+        let _ = run;
+        async move { mib / pull(&api, "bench/mono0", &digest).await.0 }
+    })
+    .await;
+    rows.push(row(format!("local pull {mib:.0} MiB"), b, d, "MiB/s", true));
+
+    eprintln!("manifest GET under load and tags list");
+    let mut results = Vec::new();
+    for (who, api) in pair.apis() {
+        let manifest = api.image_manifest("bench/tags", who).await;
+        for i in 0..a.tags {
+            let r = api
+                .put_manifest(
+                    "bench/tags",
+                    &format!("t{i:05}"),
+                    "application/vnd.oci.image.manifest.v1+json",
+                    &manifest,
+                )
+                .await;
+            assert_eq!(r.status(), 201);
+        }
+        let (rps, p50, p99) = wrk(&api.url("/v2/bench/tags/manifests/t00000"), a.load_seconds);
+        let mut list_ms = Vec::new();
+        for _ in 0..a.runs.max(3) {
+            let start = Instant::now();
+            let r = api
+                .send(Method::GET, "/v2/bench/tags/tags/list", &[], None)
+                .await;
+            let body: serde_json::Value = r.json().await.unwrap();
+            assert_eq!(body["tags"].as_array().unwrap().len(), a.tags);
+            list_ms.push(start.elapsed().as_secs_f64() * 1000.0);
+        }
+        results.push((who, rps, p50, p99, median(list_ms)));
+    }
+    let get = |i: usize| results.get(i).copied();
+    let (bb, dd) = (get(0).unwrap(), get(1));
+    rows.push(row(
+        "manifest GET by tag, 64 connections",
+        bb.1,
+        dd.map(|d| d.1),
+        "req/s",
+        true,
+    ));
+    rows.push(row("  p50 latency", bb.2, dd.map(|d| d.2), "ms", false));
+    rows.push(row("  p99 latency", bb.3, dd.map(|d| d.3), "ms", false));
+    rows.push(row(
+        format!("tags list of {} tags", a.tags),
+        bb.4,
+        dd.map(|d| d.4),
+        "ms",
+        false,
+    ));
+
+    eprintln!(
+        "peak RSS under {} concurrent {} MiB uploads",
+        a.uploads,
+        a.upload_size >> 20
     );
+    let mut rss = Vec::new();
+    for (i, (who, api)) in pair.apis().into_iter().enumerate() {
+        concurrent_uploads(&api, a.uploads, a.upload_size, i as u8 + 1).await;
+        let pid = if who == "berth" {
+            pair.berth.pid()
+        } else {
+            pair.dist.as_ref().unwrap().pid()
+        };
+        rss.push(peak_rss_mib(pid));
+    }
+    rows.push(row(
+        format!(
+            "peak RSS, {} concurrent {} MiB uploads",
+            a.uploads,
+            a.upload_size >> 20
+        ),
+        rss[0],
+        rss.get(1).copied(),
+        "MiB",
+        false,
+    ));
+}
+
+async fn run_s3(a: &Args, rows: &mut Vec<Row>) {
+    let mib = a.size as f64 / 1048576.0;
+    let mut base = vec![0u8; a.size];
+    rand::Rng::fill(&mut rand::rng(), &mut base[..]);
+    let base = Bytes::from(base);
+    let pair = Pair::start("s3");
+    eprintln!("s3 chunked push");
+    let (b, d) = alternate(&pair, a.runs, |who, api, run| {
+        let data = blob_for(&base, who, run);
+        let chunk = a.chunk;
+        async move {
+            let start = Instant::now();
+            api.chunked_push(&[], &format!("bench/s3{run}"), &data, chunk)
+                .await;
+            mib / start.elapsed().as_secs_f64()
+        }
+    })
+    .await;
+    rows.push(row(
+        format!("S3 (moto) chunked push {mib:.0} MiB"),
+        b,
+        d,
+        "MiB/s",
+        true,
+    ));
+    eprintln!("s3 pull");
+    let mut through = 0u64;
+    let (b, d) = {
+        let (mut bv, mut dv) = (Vec::new(), Vec::new());
+        for run in 0..a.runs {
+            for (who, api) in pair.apis() {
+                let digest = sha256(&blob_for(&base, who, 0));
+                let (t, bytes) = pull(&api, "bench/s30", &digest).await;
+                if who == "berth" {
+                    through += bytes;
+                    bv.push(mib / t);
+                } else {
+                    dv.push(mib / t);
+                }
+                eprintln!("  run {run} {who}: {:.1} MiB/s", mib / t);
+            }
+        }
+        (
+            median(bv),
+            if dv.is_empty() {
+                None
+            } else {
+                Some(median(dv))
+            },
+        )
+    };
+    rows.push(row(
+        format!("S3 (moto) pull {mib:.0} MiB"),
+        b,
+        d,
+        "MiB/s",
+        true,
+    ));
+    rows.push(Row {
+        scenario: "  blob bytes through Berth on S3 pulls".into(),
+        berth: format!("{through}"),
+        dist: "".into(),
+        ratio: "".into(),
+    });
+}
+
+#[tokio::main]
+async fn main() {
+    let a = parse_args();
+    let mut rows = Vec::new();
+    if a.command == "push" {
+        let pair = Pair::start(&a.backend);
+        let mut base = vec![0u8; a.size];
+        rand::Rng::fill(&mut rand::rng(), &mut base[..]);
+        let base = Bytes::from(base);
+        let mib = a.size as f64 / 1048576.0;
+        let (b, d) = alternate(&pair, a.runs, |who, api, run| {
+            let data = blob_for(&base, who, run);
+            let chunk = a.chunk;
+            async move {
+                let start = Instant::now();
+                api.chunked_push(&[], &format!("bench/{run}"), &data, chunk)
+                    .await;
+                start.elapsed().as_secs_f64()
+            }
+        })
+        .await;
+        rows.push(row(
+            format!(
+                "{} chunked push {mib:.0} MiB in {} MiB PATCHes",
+                a.backend,
+                a.chunk >> 20
+            ),
+            b,
+            d,
+            "s",
+            false,
+        ));
+    } else {
+        run_local(&a, &mut rows).await;
+        run_s3(&a, &mut rows).await;
+    }
+    println!("| scenario | Berth | distribution 2.8 | Berth vs distribution |");
+    println!("| --- | --- | --- | --- |");
+    for r in rows {
+        println!(
+            "| {} | {} | {} | {} |",
+            r.scenario, r.berth, r.dist, r.ratio
+        );
+    }
 }
