@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Runs every Berth test. Installs what the tests need when it is missing:
-#   skopeo, podman and docker-registry (CNCF distribution 2.8) from Debian's packages,
+#   skopeo, podman, wrk, openssl and docker-registry (CNCF distribution 2.8) from Debian's packages,
 #   moto (S3 emulator), gcp-storage-emulator, azure-storage-blob, oras, helm-python-sdk and
 #   kubernetes-validate from PyPI,
 #   Azurite (Azure emulator) from npm.
@@ -15,6 +15,7 @@ command -v skopeo >/dev/null || apt_missing+=(skopeo)
 command -v docker-registry >/dev/null || apt_missing+=(docker-registry)
 command -v podman >/dev/null || apt_missing+=(podman)
 command -v openssl >/dev/null || apt_missing+=(openssl)
+command -v wrk >/dev/null || apt_missing+=(wrk)
 if ((${#apt_missing[@]})); then
   echo "test.sh: installing ${apt_missing[*]} with apt" >&2
   as_root apt-get update -qq

@@ -117,6 +117,14 @@ async fn metrics_and_access_log() {
         text.contains("berth_http_request_duration_seconds_count{route=\"blob\"} 1"),
         "{text}"
     );
+    assert!(
+        text.contains("berth_storage_operation_duration_seconds_count{operation=\"put_stream\"} 1"),
+        "{text}"
+    );
+    assert!(
+        text.contains("berth_storage_operation_errors_total{operation=\"get\"} 0"),
+        "{text}"
+    );
     let log = berth.log();
     let line = log
         .lines()

@@ -10,7 +10,13 @@ use crate::config::{ConfigError, Settings, TlsFiles};
 
 /// Builds the application for `settings`.
 pub fn app(settings: Settings) -> Result<Arc<App>, ConfigError> {
-    let store = backend::build(&settings.storage)?;
+    let metrics = Arc::new(crate::observe::Metrics::default());
+    let store: Arc<dyn registry_core::StorageDriver> = Arc::new(
+        crate::observe::instrumented_driver::InstrumentedDriver::new(
+            backend::build(&settings.storage)?,
+            metrics.clone(),
+        ),
+    );
     let registry = Registry::new(
         store,
         RegistrySettings {
@@ -23,7 +29,7 @@ pub fn app(settings: Settings) -> Result<Arc<App>, ConfigError> {
     Ok(Arc::new(App {
         registry,
         settings,
-        metrics: Default::default(),
+        metrics,
         notifier,
     }))
 }

@@ -15,12 +15,16 @@ use registry_core::storage::{
     ByteStream, GetResponse, Listing, MultipartHandle, ObjectInfo, ObjectVersion, PartPolicy,
     PutCondition, StorageDriver, StorageError, WrittenPart, resolve_range,
 };
-use tokio::io::{AsyncReadExt, AsyncSeekExt, AsyncWriteExt};
+use tokio::io::{AsyncReadExt, AsyncSeekExt};
 
 /// Names starting with this are in-progress files, never listed as objects.
 const HIDDEN: &str = ".berth-";
 /// Read buffer for streaming files out: large, to keep syscalls and task wake-ups few.
 const READ_CHUNK: usize = 256 * 1024;
+/// Write buffer: request bodies arrive in small frames; write them in large runs.
+const WRITE_BUFFER: usize = 1 << 20;
+/// Body chunks queued for the writer thread of a streamed put (bounded: memory per upload).
+const WRITE_QUEUE: usize = 64;
 
 /// Stores objects as files under a root directory.
 #[derive(Debug, Clone)]
@@ -265,24 +269,45 @@ impl StorageDriver for LocalDriver {
         let path = self.path(key)?;
         Self::ensure_parent(&path, key).await?;
         let tmp = hidden_sibling(&path, "tmp");
-        let result = async {
-            let file = tokio::fs::File::create(&tmp)
-                .await
-                .map_err(|e| io_err(key, e))?;
-            let mut out = tokio::io::BufWriter::with_capacity(READ_CHUNK, file);
-            let mut n = 0u64;
-            while let Some(chunk) = body.next().await {
-                let chunk = chunk?;
-                n += chunk.len() as u64;
-                out.write_all(&chunk).await.map_err(|e| io_err(key, e))?;
+        // A dedicated blocking writer fed through a small channel: the request task keeps
+        // receiving (and its caller hashing) while the previous chunks go to disk.
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<Bytes>(WRITE_QUEUE);
+        let owned_key = key.to_owned();
+        let (tmp2, dest) = (tmp.clone(), path.clone());
+        let writer = tokio::task::spawn_blocking(move || -> Result<(), StorageError> {
+            let file = std::fs::File::create(&tmp2).map_err(|e| io_err(&owned_key, e))?;
+            let mut out = std::io::BufWriter::with_capacity(WRITE_BUFFER, file);
+            while let Some(chunk) = rx.blocking_recv() {
+                std::io::Write::write_all(&mut out, &chunk).map_err(|e| io_err(&owned_key, e))?;
             }
-            out.flush().await.map_err(|e| io_err(key, e))?;
-            tokio::fs::rename(&tmp, &path)
-                .await
-                .map_err(|e| io_err(key, e))?;
-            Ok(n)
+            std::io::Write::flush(&mut out).map_err(|e| io_err(&owned_key, e))?;
+            Ok(())
+        });
+        let mut n = 0u64;
+        let mut failure = None;
+        while let Some(chunk) = body.next().await {
+            match chunk {
+                Ok(c) => {
+                    n += c.len() as u64;
+                    if tx.send(c).await.is_err() {
+                        break; // the writer failed; its error is reported below
+                    }
+                }
+                Err(e) => {
+                    failure = Some(e);
+                    break;
+                }
+            }
         }
-        .await;
+        drop(tx);
+        let written = writer.await.map_err(StorageError::backend).and_then(|r| r);
+        let result = match (failure, written) {
+            (Some(e), _) | (None, Err(e)) => Err(e),
+            (None, Ok(())) => tokio::fs::rename(&tmp, &dest)
+                .await
+                .map(|_| n)
+                .map_err(|e| io_err(key, e)),
+        };
         if result.is_err() {
             let _ = tokio::fs::remove_file(&tmp).await;
         }
@@ -433,26 +458,33 @@ impl StorageDriver for LocalDriver {
         data: Vec<Bytes>,
     ) -> Result<WrittenPart, StorageError> {
         let path = Self::multipart_path(&self.path(key)?, handle)?;
-        let mut file = tokio::fs::OpenOptions::new()
-            .write(true)
-            .open(&path)
-            .await
-            .map_err(|e| io_err(key, e))?;
-        let len = file.metadata().await.map_err(|e| io_err(key, e))?.len();
-        if len < offset {
-            return Err(StorageError::Backend(format!(
-                "{key}: part at {offset} but only {len} bytes written"
-            )));
-        }
-        // Anything past `offset` was written by a request that never committed: overwrite it.
-        file.set_len(offset).await.map_err(|e| io_err(key, e))?;
-        file.seek(SeekFrom::Start(offset))
-            .await
-            .map_err(|e| io_err(key, e))?;
-        for chunk in &data {
-            file.write_all(chunk).await.map_err(|e| io_err(key, e))?;
-        }
-        file.flush().await.map_err(|e| io_err(key, e))?;
+        let owned_key = key.to_owned();
+        // One blocking call for the whole part, not one thread-pool hop per body chunk.
+        tokio::task::spawn_blocking(move || -> Result<(), StorageError> {
+            use std::io::{Seek, Write};
+            let key = owned_key.as_str();
+            let mut file = std::fs::OpenOptions::new()
+                .write(true)
+                .open(&path)
+                .map_err(|e| io_err(key, e))?;
+            let len = file.metadata().map_err(|e| io_err(key, e))?.len();
+            if len < offset {
+                return Err(StorageError::Backend(format!(
+                    "{key}: part at {offset} but only {len} bytes written"
+                )));
+            }
+            // Anything past `offset` was written by a request that never committed: overwrite it.
+            file.set_len(offset).map_err(|e| io_err(key, e))?;
+            file.seek(SeekFrom::Start(offset))
+                .map_err(|e| io_err(key, e))?;
+            let mut out = std::io::BufWriter::with_capacity(WRITE_BUFFER, file);
+            for chunk in &data {
+                out.write_all(chunk).map_err(|e| io_err(key, e))?;
+            }
+            out.flush().map_err(|e| io_err(key, e))
+        })
+        .await
+        .map_err(StorageError::backend)??;
         Ok(WrittenPart {
             content_id: String::new(),
         })

@@ -145,6 +145,14 @@ impl Registry {
         reference: &Reference,
     ) -> Result<ManifestContent> {
         let digest = self.resolve(name, reference).await?;
+        // Membership was just checked by resolve; the bytes of a digest never change.
+        if let Some((body, media_type)) = self.manifests.get(&digest) {
+            return Ok(ManifestContent {
+                body,
+                media_type,
+                digest,
+            });
+        }
         let body = match self.store.read_small(&layout::blob_data(&digest)).await {
             Ok((b, _)) => b,
             Err(StorageError::NotFound(_)) => {
@@ -152,8 +160,11 @@ impl Registry {
             }
             Err(e) => return Err(e.into()),
         };
+        let media_type = sniff_media_type(&body);
+        self.manifests
+            .put(digest.clone(), body.clone(), media_type.clone());
         Ok(ManifestContent {
-            media_type: sniff_media_type(&body),
+            media_type,
             body,
             digest,
         })

@@ -3,6 +3,7 @@
 mod blobs;
 mod catalog;
 pub mod gc;
+mod manifest_cache;
 mod manifests;
 mod referrers;
 mod tags;
@@ -41,6 +42,7 @@ pub struct Registry {
     store: Arc<dyn StorageDriver>,
     uploads: UploadSessions,
     settings: RegistrySettings,
+    manifests: manifest_cache::ManifestCache,
 }
 
 impl Registry {
@@ -50,6 +52,7 @@ impl Registry {
             uploads: UploadSessions::new(store.clone()),
             store,
             settings,
+            manifests: manifest_cache::ManifestCache::new(64 << 20),
         }
     }
 

@@ -18,11 +18,41 @@ struct Histogram {
     sum: f64,
 }
 
+impl Histogram {
+    fn add(&mut self, secs: f64) {
+        for (i, b) in BUCKETS.iter().enumerate() {
+            if secs <= *b {
+                self.counts[i] += 1;
+            }
+        }
+        self.count += 1;
+        self.sum += secs;
+    }
+
+    fn render(&self, out: &mut String, name: &str, label: &str, value: &str) {
+        for (i, b) in BUCKETS.iter().enumerate() {
+            let _ = writeln!(
+                out,
+                "{name}_bucket{{{label}=\"{value}\",le=\"{b}\"}} {}",
+                self.counts[i]
+            );
+        }
+        let _ = writeln!(
+            out,
+            "{name}_bucket{{{label}=\"{value}\",le=\"+Inf\"}} {}",
+            self.count
+        );
+        let _ = writeln!(out, "{name}_sum{{{label}=\"{value}\"}} {}", self.sum);
+        let _ = writeln!(out, "{name}_count{{{label}=\"{value}\"}} {}", self.count);
+    }
+}
+
 /// Counters and histograms of the HTTP API.
 #[derive(Default)]
 pub struct Metrics {
-    requests: Mutex<BTreeMap<(&'static str, String, u16), u64>>,
+    requests: Mutex<BTreeMap<(&'static str, &'static str, u16), u64>>,
     latency: Mutex<BTreeMap<&'static str, Histogram>>,
+    storage: Mutex<BTreeMap<&'static str, (Histogram, u64)>>,
     bytes_in: AtomicU64,
     bytes_out: AtomicU64,
     redirects: AtomicU64,
@@ -43,22 +73,33 @@ impl Metrics {
         bytes_out: u64,
     ) {
         if let Ok(mut r) = self.requests.lock() {
-            *r.entry((route, method.to_owned(), status)).or_default() += 1;
+            // Static names: no allocation per request.
+            let method = match method {
+                "GET" => "GET",
+                "HEAD" => "HEAD",
+                "PUT" => "PUT",
+                "POST" => "POST",
+                "PATCH" => "PATCH",
+                "DELETE" => "DELETE",
+                _ => "OTHER",
+            };
+            *r.entry((route, method, status)).or_default() += 1;
         }
-        let secs = elapsed.as_secs_f64();
         if let Ok(mut l) = self.latency.lock() {
-            let h = l.entry(route).or_default();
-            for (i, b) in BUCKETS.iter().enumerate() {
-                if secs <= *b {
-                    h.counts[i] += 1;
-                }
-            }
-            h.count += 1;
-            h.sum += secs;
+            l.entry(route).or_default().add(elapsed.as_secs_f64());
         }
         self.bytes_out.fetch_add(bytes_out, Ordering::Relaxed);
         if status == 307 {
             self.redirects.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Records one storage operation.
+    pub fn observe_storage(&self, op: &'static str, elapsed: Duration, failed: bool) {
+        if let Ok(mut m) = self.storage.lock() {
+            let (h, errors) = m.entry(op).or_default();
+            h.add(elapsed.as_secs_f64());
+            *errors += u64::from(failed);
         }
     }
 
@@ -106,30 +147,43 @@ impl Metrics {
         let _ = writeln!(out, "# TYPE berth_http_request_duration_seconds histogram");
         if let Ok(l) = self.latency.lock() {
             for (route, h) in l.iter() {
-                for (i, b) in BUCKETS.iter().enumerate() {
-                    let _ = writeln!(
-                        out,
-                        "berth_http_request_duration_seconds_bucket{{route=\"{route}\",le=\"{b}\"}} {}",
-                        h.counts[i]
-                    );
-                }
-                let _ = writeln!(
-                    out,
-                    "berth_http_request_duration_seconds_bucket{{route=\"{route}\",le=\"+Inf\"}} {}",
-                    h.count
-                );
-                let _ = writeln!(
-                    out,
-                    "berth_http_request_duration_seconds_sum{{route=\"{route}\"}} {}",
-                    h.sum
-                );
-                let _ = writeln!(
-                    out,
-                    "berth_http_request_duration_seconds_count{{route=\"{route}\"}} {}",
-                    h.count
+                h.render(
+                    &mut out,
+                    "berth_http_request_duration_seconds",
+                    "route",
+                    route,
                 );
             }
         }
+        let _ = writeln!(
+            out,
+            "# HELP berth_storage_operation_duration_seconds Storage operations by kind."
+        );
+        let _ = writeln!(
+            out,
+            "# TYPE berth_storage_operation_duration_seconds histogram"
+        );
+        let mut errors = String::new();
+        if let Ok(m) = self.storage.lock() {
+            for (op, (h, e)) in m.iter() {
+                h.render(
+                    &mut out,
+                    "berth_storage_operation_duration_seconds",
+                    "operation",
+                    op,
+                );
+                let _ = writeln!(
+                    errors,
+                    "berth_storage_operation_errors_total{{operation=\"{op}\"}} {e}"
+                );
+            }
+        }
+        let _ = writeln!(
+            out,
+            "# HELP berth_storage_operation_errors_total Storage operations that failed."
+        );
+        let _ = writeln!(out, "# TYPE berth_storage_operation_errors_total counter");
+        out.push_str(&errors);
         let scalars: [(&str, &str, &str, i64); 7] = [
             (
                 "berth_gc_swept_blobs_total",

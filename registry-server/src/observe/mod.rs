@@ -1,6 +1,7 @@
 //! Observability: per-request access logs and Prometheus metrics.
 
 pub mod access_log;
+pub mod instrumented_driver;
 pub mod metrics;
 
 pub use metrics::Metrics;

@@ -1,0 +1,170 @@
+//! A storage driver decorator that times every operation and counts its errors: metrics at the
+//! seam, so every backend is measured the same way without knowing it.
+
+use std::ops::Range;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use futures::stream::BoxStream;
+use registry_core::StorageDriver;
+use registry_core::storage::{
+    ByteStream, GetResponse, Listing, MultipartHandle, ObjectInfo, PartPolicy, PutCondition,
+    StorageError, WrittenPart,
+};
+
+use super::Metrics;
+
+/// Wraps a driver and records each call in [`Metrics`].
+pub struct InstrumentedDriver {
+    inner: Arc<dyn StorageDriver>,
+    metrics: Arc<Metrics>,
+}
+
+impl std::fmt::Debug for InstrumentedDriver {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Instrumented({:?})", self.inner)
+    }
+}
+
+impl InstrumentedDriver {
+    /// Instruments `inner`.
+    pub fn new(inner: Arc<dyn StorageDriver>, metrics: Arc<Metrics>) -> Self {
+        InstrumentedDriver { inner, metrics }
+    }
+
+    fn record<T>(&self, op: &'static str, start: Instant, r: &Result<T, StorageError>) {
+        // A missing object is an answer, not a failure of the store.
+        let failed = matches!(r, Err(e) if !matches!(e, StorageError::NotFound(_) | StorageError::AlreadyExists(_) | StorageError::Precondition(_) | StorageError::RangeNotSatisfiable { .. }));
+        self.metrics.observe_storage(op, start.elapsed(), failed);
+    }
+}
+
+macro_rules! timed {
+    ($self:ident, $op:literal, $call:expr) => {{
+        let start = Instant::now();
+        let r = $call.await;
+        $self.record($op, start, &r);
+        r
+    }};
+}
+
+#[async_trait]
+impl StorageDriver for InstrumentedDriver {
+    fn name(&self) -> &'static str {
+        self.inner.name()
+    }
+
+    fn part_policy(&self) -> PartPolicy {
+        self.inner.part_policy()
+    }
+
+    async fn get(&self, key: &str, range: Option<Range<u64>>) -> Result<GetResponse, StorageError> {
+        timed!(self, "get", self.inner.get(key, range))
+    }
+
+    async fn stat(&self, key: &str) -> Result<ObjectInfo, StorageError> {
+        timed!(self, "stat", self.inner.stat(key))
+    }
+
+    async fn read_small(&self, key: &str) -> Result<(Bytes, ObjectInfo), StorageError> {
+        timed!(self, "read_small", self.inner.read_small(key))
+    }
+
+    async fn put_bytes(
+        &self,
+        key: &str,
+        data: Bytes,
+        condition: PutCondition,
+    ) -> Result<ObjectInfo, StorageError> {
+        timed!(
+            self,
+            "put_bytes",
+            self.inner.put_bytes(key, data, condition)
+        )
+    }
+
+    async fn put_stream(&self, key: &str, body: ByteStream) -> Result<u64, StorageError> {
+        timed!(self, "put_stream", self.inner.put_stream(key, body))
+    }
+
+    async fn delete(&self, key: &str) -> Result<(), StorageError> {
+        timed!(self, "delete", self.inner.delete(key))
+    }
+
+    async fn delete_prefix(&self, prefix: &str) -> Result<(), StorageError> {
+        timed!(self, "delete_prefix", self.inner.delete_prefix(prefix))
+    }
+
+    async fn list(&self, prefix: &str) -> Result<Listing, StorageError> {
+        timed!(self, "list", self.inner.list(prefix))
+    }
+
+    fn list_recursive(&self, prefix: &str) -> BoxStream<'static, Result<String, StorageError>> {
+        self.metrics
+            .observe_storage("list_recursive", Duration::ZERO, false);
+        self.inner.list_recursive(prefix)
+    }
+
+    async fn copy(&self, from: &str, to: &str) -> Result<(), StorageError> {
+        timed!(self, "copy", self.inner.copy(from, to))
+    }
+
+    async fn rename(&self, from: &str, to: &str) -> Result<(), StorageError> {
+        timed!(self, "rename", self.inner.rename(from, to))
+    }
+
+    async fn presign_get(
+        &self,
+        key: &str,
+        expires_in: Duration,
+    ) -> Result<Option<String>, StorageError> {
+        timed!(self, "presign_get", self.inner.presign_get(key, expires_in))
+    }
+
+    async fn create_multipart(&self, key: &str) -> Result<MultipartHandle, StorageError> {
+        timed!(self, "create_multipart", self.inner.create_multipart(key))
+    }
+
+    async fn put_part(
+        &self,
+        key: &str,
+        handle: &MultipartHandle,
+        index: usize,
+        offset: u64,
+        data: Vec<Bytes>,
+    ) -> Result<WrittenPart, StorageError> {
+        timed!(
+            self,
+            "put_part",
+            self.inner.put_part(key, handle, index, offset, data)
+        )
+    }
+
+    async fn complete_multipart(
+        &self,
+        key: &str,
+        handle: &MultipartHandle,
+        parts: &[WrittenPart],
+        size: u64,
+    ) -> Result<(), StorageError> {
+        timed!(
+            self,
+            "complete_multipart",
+            self.inner.complete_multipart(key, handle, parts, size)
+        )
+    }
+
+    async fn abort_multipart(
+        &self,
+        key: &str,
+        handle: &MultipartHandle,
+    ) -> Result<(), StorageError> {
+        timed!(
+            self,
+            "abort_multipart",
+            self.inner.abort_multipart(key, handle)
+        )
+    }
+}
