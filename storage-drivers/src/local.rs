@@ -340,30 +340,32 @@ impl StorageDriver for LocalDriver {
 
     async fn list(&self, prefix: &str) -> Result<Listing, StorageError> {
         let dir = self.path(prefix)?;
-        let mut listing = Listing::default();
-        let mut entries = match tokio::fs::read_dir(&dir).await {
-            Ok(e) => e,
-            Err(e) if matches!(e.kind(), ErrorKind::NotFound | ErrorKind::NotADirectory) => {
-                return Ok(listing);
-            }
-            Err(e) => return Err(io_err(prefix, e)),
-        };
-        let base = prefix.trim_end_matches('/');
-        while let Some(entry) = entries.next_entry().await.map_err(|e| io_err(prefix, e))? {
-            let Some(name) = entry.file_name().to_str().map(str::to_owned) else {
-                continue;
+        let prefix = prefix.to_owned();
+        // One blocking call for the whole directory: a tag list can hold tens of thousands.
+        tokio::task::spawn_blocking(move || -> Result<Listing, StorageError> {
+            let mut listing = Listing::default();
+            let entries = match std::fs::read_dir(&dir) {
+                Ok(e) => e,
+                Err(e) if matches!(e.kind(), ErrorKind::NotFound | ErrorKind::NotADirectory) => return Ok(listing),
+                Err(e) => return Err(io_err(&prefix, e)),
             };
-            if name.starts_with(HIDDEN) {
-                continue;
+            let base = prefix.trim_end_matches('/');
+            for entry in entries {
+                let entry = entry.map_err(|e| io_err(&prefix, e))?;
+                let Some(name) = entry.file_name().to_str().map(str::to_owned) else { continue };
+                if name.starts_with(HIDDEN) {
+                    continue;
+                }
+                if entry.file_type().map_err(|e| io_err(&prefix, e))?.is_dir() {
+                    listing.prefixes.push(name);
+                } else {
+                    listing.objects.push(format!("{base}/{name}"));
+                }
             }
-            let ft = entry.file_type().await.map_err(|e| io_err(prefix, e))?;
-            if ft.is_dir() {
-                listing.prefixes.push(name);
-            } else {
-                listing.objects.push(format!("{base}/{name}"));
-            }
-        }
-        Ok(listing)
+            Ok(listing)
+        })
+        .await
+        .map_err(StorageError::backend)?
     }
 
     fn list_recursive(&self, prefix: &str) -> BoxStream<'static, Result<String, StorageError>> {
