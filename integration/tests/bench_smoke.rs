@@ -45,7 +45,7 @@ fn berth_bench_runs_every_scenario_at_small_sizes() {
         assert!(table.contains(scenario), "{scenario} missing:\n{table}");
     }
     assert!(
-        table.contains("| blob bytes through Berth on S3 pulls | 0 |"),
+        table.contains("blob bytes through Berth on S3 pulls | 0 |"),
         "{table}"
     );
 }

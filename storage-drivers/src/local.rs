@@ -346,13 +346,17 @@ impl StorageDriver for LocalDriver {
             let mut listing = Listing::default();
             let entries = match std::fs::read_dir(&dir) {
                 Ok(e) => e,
-                Err(e) if matches!(e.kind(), ErrorKind::NotFound | ErrorKind::NotADirectory) => return Ok(listing),
+                Err(e) if matches!(e.kind(), ErrorKind::NotFound | ErrorKind::NotADirectory) => {
+                    return Ok(listing);
+                }
                 Err(e) => return Err(io_err(&prefix, e)),
             };
             let base = prefix.trim_end_matches('/');
             for entry in entries {
                 let entry = entry.map_err(|e| io_err(&prefix, e))?;
-                let Some(name) = entry.file_name().to_str().map(str::to_owned) else { continue };
+                let Some(name) = entry.file_name().to_str().map(str::to_owned) else {
+                    continue;
+                };
                 if name.starts_with(HIDDEN) {
                     continue;
                 }
