@@ -32,13 +32,12 @@ async fn push_blob(r: &Registry, name: &RepositoryName, data: &[u8]) -> Digest {
     d
 }
 
-async fn scenario(store: Arc<dyn StorageDriver>) {
-    let r = Registry::new(store.clone(), RegistrySettings::default());
-    let name: RepositoryName = "gc/app".parse().unwrap();
-    let layer = push_blob(&r, &name, b"layer bytes").await;
-    let config = push_blob(&r, &name, b"{}").await;
-    let orphan = push_blob(&r, &name, b"never referenced").await;
-    let manifest = serde_json::json!({
+/// Pushes a config and a layer and tags an image manifest naming them `v1`.
+/// Returns (layer, config, manifest) digests.
+async fn push_image(r: &Registry, name: &RepositoryName) -> (Digest, Digest, Digest) {
+    let layer = push_blob(r, name, b"layer bytes").await;
+    let config = push_blob(r, name, b"{}").await;
+    let body = serde_json::json!({
         "schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
         "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": config, "size": 2},
         "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": layer, "size": 11}],
@@ -46,14 +45,22 @@ async fn scenario(store: Arc<dyn StorageDriver>) {
     .to_string();
     let out = r
         .put_manifest(
-            &name,
+            name,
             &Reference::Tag("v1".parse().unwrap()),
-            Bytes::from(manifest),
+            Bytes::from(body),
             None,
             &[],
         )
         .await
         .unwrap();
+    (layer, config, out.digest)
+}
+
+async fn scenario(store: Arc<dyn StorageDriver>) {
+    let r = Registry::new(store.clone(), RegistrySettings::default());
+    let name: RepositoryName = "gc/app".parse().unwrap();
+    let (layer, _config, manifest) = push_image(&r, &name).await;
+    let orphan = push_blob(&r, &name, b"never referenced").await;
     tokio::time::sleep(Duration::from_millis(20)).await;
 
     // Within the grace window nothing goes.
@@ -93,7 +100,7 @@ async fn scenario(store: Arc<dyn StorageDriver>) {
             .await
             .unwrap()
             .digest,
-        out.digest
+        manifest
     );
 
     // Untagged manifests go only when asked: untag v1, keep it by default, then remove it.
@@ -114,37 +121,22 @@ async fn scenario(store: Arc<dyn StorageDriver>) {
         ..opts(Duration::ZERO)
     };
     let report = r.collect_garbage(&untagged).await.unwrap().unwrap();
-    assert_eq!(report.untagged, vec![format!("gc/app@{}", out.digest)]);
+    assert_eq!(report.untagged, vec![format!("gc/app@{}", manifest)]);
     assert_eq!(
         report.swept.len(),
         3,
         "manifest, config and layer: {report:?}"
     );
     assert!(
-        r.get_manifest(&name, &Reference::Digest(out.digest.clone()))
+        r.get_manifest(&name, &Reference::Digest(manifest.clone()))
             .await
             .is_err()
     );
     // Push it again and delete it by digest: the same space is reclaimed without the option.
-    let manifest = serde_json::json!({
-        "schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
-        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": push_blob(&r, &name, b"{}").await, "size": 2},
-        "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": push_blob(&r, &name, b"layer bytes").await, "size": 11}],
-    })
-    .to_string();
-    let out = r
-        .put_manifest(
-            &name,
-            &Reference::Tag("v1".parse().unwrap()),
-            Bytes::from(manifest),
-            None,
-            &[],
-        )
-        .await
-        .unwrap();
+    let (layer, config, manifest) = push_image(&r, &name).await;
 
     // Delete the manifest: its blobs become garbage and space is reclaimed.
-    r.delete_manifest(&name, &Reference::Digest(out.digest.clone()))
+    r.delete_manifest(&name, &Reference::Digest(manifest.clone()))
         .await
         .unwrap();
     let report = r
@@ -154,11 +146,7 @@ async fn scenario(store: Arc<dyn StorageDriver>) {
         .unwrap();
     let mut swept = report.swept.clone();
     swept.sort();
-    let mut expect = vec![
-        layer.to_string(),
-        config.to_string(),
-        out.digest.to_string(),
-    ];
+    let mut expect = vec![layer.to_string(), config.to_string(), manifest.to_string()];
     expect.sort();
     assert_eq!(swept, expect);
 

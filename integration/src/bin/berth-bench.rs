@@ -204,6 +204,28 @@ fn blob_for(base: &Bytes, who: &str, run: usize) -> Bytes {
     Bytes::from(v)
 }
 
+/// Chunked push of a fresh blob per run on both registries; medians in MiB/s.
+async fn chunked_rates(
+    pair: &Pair,
+    runs: usize,
+    base: &Bytes,
+    chunk: usize,
+    prefix: &str,
+    salt: usize,
+) -> (f64, Option<f64>) {
+    let mib = base.len() as f64 / 1048576.0;
+    alternate(pair, runs, |who, api, run| {
+        let data = blob_for(base, who, run + salt);
+        let repo = format!("bench/{prefix}{run}");
+        async move {
+            let start = Instant::now();
+            api.chunked_push(&[], &repo, &data, chunk).await;
+            mib / start.elapsed().as_secs_f64()
+        }
+    })
+    .await
+}
+
 /// POST, then one PUT carrying the whole blob: the monolithic upload both registries implement
 /// (distribution 2.8 has no single-POST upload).
 async fn monolithic_push(api: &Api, repo: &str, data: &Bytes) -> f64 {
@@ -403,17 +425,7 @@ async fn run_local(a: &Args, rows: &mut Vec<Row>) {
     });
 
     eprintln!("chunked push");
-    let (b, d) = alternate(&pair, a.runs, |who, api, run| {
-        let data = blob_for(&base, who, run + 100);
-        let chunk = a.chunk;
-        async move {
-            let start = Instant::now();
-            api.chunked_push(&[], &format!("bench/chunk{run}"), &data, chunk)
-                .await;
-            mib / start.elapsed().as_secs_f64()
-        }
-    })
-    .await;
+    let (b, d) = chunked_rates(&pair, a.runs, &base, a.chunk, "chunk", 100).await;
     rows.push(row(
         format!(
             "local chunked push {mib:.0} MiB in {} MiB PATCHes",
@@ -516,17 +528,7 @@ async fn run_s3(a: &Args, rows: &mut Vec<Row>) {
     let base = Bytes::from(base);
     let pair = Pair::start("s3");
     eprintln!("s3 chunked push");
-    let (b, d) = alternate(&pair, a.runs, |who, api, run| {
-        let data = blob_for(&base, who, run);
-        let chunk = a.chunk;
-        async move {
-            let start = Instant::now();
-            api.chunked_push(&[], &format!("bench/s3{run}"), &data, chunk)
-                .await;
-            mib / start.elapsed().as_secs_f64()
-        }
-    })
-    .await;
+    let (b, d) = chunked_rates(&pair, a.runs, &base, a.chunk, "s3", 0).await;
     rows.push(row(
         format!("S3 (moto) chunked push {mib:.0} MiB"),
         b,
@@ -585,17 +587,7 @@ async fn main() {
         rand::Rng::fill(&mut rand::rng(), &mut base[..]);
         let base = Bytes::from(base);
         let mib = a.size as f64 / 1048576.0;
-        let (b, d) = alternate(&pair, a.runs, |who, api, run| {
-            let data = blob_for(&base, who, run);
-            let chunk = a.chunk;
-            async move {
-                let start = Instant::now();
-                api.chunked_push(&[], &format!("bench/{run}"), &data, chunk)
-                    .await;
-                start.elapsed().as_secs_f64()
-            }
-        })
-        .await;
+        let (b, d) = chunked_rates(&pair, a.runs, &base, a.chunk, "push", 0).await;
         rows.push(row(
             format!(
                 "{} chunked push {mib:.0} MiB in {} MiB PATCHes",
@@ -604,8 +596,8 @@ async fn main() {
             ),
             b,
             d,
-            "s",
-            false,
+            "MiB/s",
+            true,
         ));
     } else {
         run_local(&a, &mut rows).await;
