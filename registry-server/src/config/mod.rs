@@ -785,15 +785,6 @@ fn endpoints(
         let key = |k: &str| format!("notifications.endpoints[{i}].{k}");
         let url = required(&e.url, &key("url"))?;
         url::Url::parse(&url).map_err(|err| key_err(&key("url"), format!("{url:?}: {err}")))?;
-        let dur = |v: &Option<String>, d: &str, k: &str| -> Result<Duration, ConfigError> {
-            let text = v.as_deref().unwrap_or(d);
-            parse_duration(text).ok_or_else(|| {
-                key_err(
-                    &key(k),
-                    format!("{text:?} is not a duration like 1s or 500ms"),
-                )
-            })
-        };
         let mut ignored_media_types = e.ignoredmediatypes.clone();
         let mut ignored_actions = Vec::new();
         if let Some(ig) = &e.ignore {
@@ -807,9 +798,9 @@ fn endpoints(
                 .iter()
                 .flat_map(|(k, vs)| vs.iter().map(move |v| (k.clone(), v.clone())))
                 .collect(),
-            timeout: dur(&e.timeout, "1s", "timeout")?,
+            timeout: duration_key(&e.timeout, "1s", &key("timeout"))?,
             threshold: e.threshold.unwrap_or(10).max(1),
-            backoff: dur(&e.backoff, "1s", "backoff")?,
+            backoff: duration_key(&e.backoff, "1s", &key("backoff"))?,
             ignored_actions,
             ignored_media_types,
             url,
@@ -818,18 +809,24 @@ fn endpoints(
     Ok(out)
 }
 
+/// A duration setting (`30m`, `24h`, `500ms`), its default when absent, an error naming the key.
+fn duration_key(v: &Option<String>, default: &str, key: &str) -> Result<Duration, ConfigError> {
+    let text = v.as_deref().unwrap_or(default);
+    parse_duration(text).ok_or_else(|| {
+        key_err(
+            key,
+            format!("{text:?} is not a duration like 24h, 30m or 500ms"),
+        )
+    })
+}
+
 fn gc_settings(c: Option<&GcConfig>) -> Result<Option<GcSettings>, ConfigError> {
     let Some(c) = c.filter(|c| c.enabled) else {
         return Ok(None);
     };
-    let dur = |v: &Option<String>, d: &str, key: &str| -> Result<Duration, ConfigError> {
-        let text = v.as_deref().unwrap_or(d);
-        parse_duration(text)
-            .ok_or_else(|| key_err(key, format!("{text:?} is not a duration like 24h or 30m")))
-    };
     Ok(Some(GcSettings {
-        interval: dur(&c.interval, "24h", "berth.gc.interval")?,
-        grace: dur(&c.grace, "2h", "berth.gc.grace")?,
+        interval: duration_key(&c.interval, "24h", "berth.gc.interval")?,
+        grace: duration_key(&c.grace, "2h", "berth.gc.grace")?,
         dry_run: c.dryrun,
         delete_untagged: c.deleteuntagged,
     }))
@@ -841,14 +838,9 @@ fn purge_settings(c: Option<&UploadPurgingConfig>) -> Result<Option<PurgeSetting
     if c.enabled == Some(false) {
         return Ok(None);
     }
-    let dur = |v: &Option<String>, d: &str, key: &str| -> Result<Duration, ConfigError> {
-        let text = v.as_deref().unwrap_or(d);
-        parse_duration(text)
-            .ok_or_else(|| key_err(key, format!("{text:?} is not a duration like 168h or 30m")))
-    };
     Ok(Some(PurgeSettings {
-        age: dur(&c.age, "168h", "storage.maintenance.uploadpurging.age")?,
-        interval: dur(
+        age: duration_key(&c.age, "168h", "storage.maintenance.uploadpurging.age")?,
+        interval: duration_key(
             &c.interval,
             "24h",
             "storage.maintenance.uploadpurging.interval",
