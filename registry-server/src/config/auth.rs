@@ -1,0 +1,117 @@
+//! The authorizer from `auth` and `berth.tokenserver`.
+
+use std::time::Duration;
+
+use super::{AuthConfig, ConfigError, TokenServerConfig, key_err, read_file, required};
+
+pub(super) fn authorizer(
+    auth: Option<&AuthConfig>,
+    server: Option<&TokenServerConfig>,
+) -> Result<crate::auth::Authorizer, ConfigError> {
+    use crate::auth::{Auth, Authorizer, htpasswd::Htpasswd, token};
+    let Some(auth) = auth else {
+        if server.is_some() {
+            return Err(key_err(
+                "berth.tokenserver",
+                "needs auth.token (service, issuer, rootcertbundle)",
+            ));
+        }
+        return Ok(Authorizer::open());
+    };
+    if auth.silly.is_some() {
+        return Err(key_err(
+            "auth.silly",
+            "silly auth is for distribution's tests only; use htpasswd or token",
+        ));
+    }
+    let mode = match (&auth.htpasswd, &auth.token) {
+        (Some(_), Some(_)) => return Err(key_err("auth", "configure htpasswd or token, not both")),
+        (None, None) => Auth::None,
+        (Some(h), None) => {
+            let path = h
+                .path
+                .as_ref()
+                .ok_or_else(|| key_err("auth.htpasswd.path", "is required"))?;
+            let users = Htpasswd::load(path).map_err(|e| key_err("auth.htpasswd.path", e))?;
+            Auth::Htpasswd {
+                realm: h.realm.clone().unwrap_or_else(|| "berth".into()),
+                users: std::sync::Arc::new(users),
+            }
+        }
+        (None, Some(t)) => {
+            let service = required(&t.service, "auth.token.service")?;
+            let issuer = required(&t.issuer, "auth.token.issuer")?;
+            let bundle = t
+                .rootcertbundle
+                .as_ref()
+                .map(|p| read_file(p, "auth.token.rootcertbundle"))
+                .transpose()?;
+            let jwks = t
+                .jwks
+                .as_ref()
+                .map(|p| read_file(p, "auth.token.jwks"))
+                .transpose()?;
+            let names = t.signingalgorithms.clone().unwrap_or_else(|| {
+                ["RS256", "RS384", "RS512", "ES256", "ES384", "EdDSA"]
+                    .iter()
+                    .map(|s| s.to_string())
+                    .collect()
+            });
+            let algorithms = names
+                .iter()
+                .map(|n| token::parse_algorithm(n))
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| key_err("auth.token.signingalgorithms", e))?;
+            if t.realm.is_none() && server.is_none() {
+                return Err(key_err(
+                    "auth.token.realm",
+                    "is required (or set berth.tokenserver to issue tokens here)",
+                ));
+            }
+            let verifier = token::TokenVerifier::new(
+                t.realm.clone(),
+                service,
+                issuer,
+                bundle.as_deref(),
+                jwks.as_deref(),
+                algorithms,
+            )
+            .map_err(|e| key_err("auth.token.rootcertbundle", e))?;
+            Auth::Token(verifier)
+        }
+    };
+    let issuer = match server {
+        None => None,
+        Some(s) => {
+            let Some(t) = &auth.token else {
+                return Err(key_err(
+                    "berth.tokenserver",
+                    "needs auth.token (service, issuer, rootcertbundle)",
+                ));
+            };
+            let path = s
+                .privatekey
+                .as_ref()
+                .ok_or_else(|| key_err("berth.tokenserver.privatekey", "is required"))?;
+            let pem = read_file(path, "berth.tokenserver.privatekey")?;
+            let users = s
+                .users
+                .as_ref()
+                .map(|p| Htpasswd::load(p).map(std::sync::Arc::new))
+                .transpose()
+                .map_err(|e| key_err("berth.tokenserver.users", e))?;
+            let expiry = Duration::from_secs(s.expiry.unwrap_or(300).clamp(10, 24 * 3600));
+            let issuer = token::TokenIssuer::new(
+                required(&t.service, "auth.token.service")?,
+                required(&t.issuer, "auth.token.issuer")?,
+                pem.as_bytes(),
+                expiry,
+                users,
+                s.access.clone(),
+            )
+            .map_err(|e| key_err("berth.tokenserver.privatekey", e))?;
+            Some(issuer)
+        }
+    };
+    Ok(Authorizer { auth: mode, issuer })
+}

@@ -1,0 +1,87 @@
+//! Operations settings: notifications, scheduled GC, upload purging.
+
+use std::time::Duration;
+
+use super::{
+    ConfigError, GcConfig, GcSettings, NotificationsConfig, PurgeSettings, UploadPurgingConfig,
+    key_err, parse_duration, required,
+};
+
+pub(super) fn endpoints(
+    c: Option<&NotificationsConfig>,
+) -> Result<Vec<crate::notify::EndpointSettings>, ConfigError> {
+    let Some(c) = c else { return Ok(Vec::new()) };
+    let mut out = Vec::new();
+    for (i, e) in c.endpoints.iter().enumerate().filter(|(_, e)| !e.disabled) {
+        let key = |k: &str| format!("notifications.endpoints[{i}].{k}");
+        let url = required(&e.url, &key("url"))?;
+        url::Url::parse(&url).map_err(|err| key_err(&key("url"), format!("{url:?}: {err}")))?;
+        let mut ignored_media_types = e.ignoredmediatypes.clone();
+        let mut ignored_actions = Vec::new();
+        if let Some(ig) = &e.ignore {
+            ignored_media_types.extend(ig.mediatypes.iter().cloned());
+            ignored_actions.extend(ig.actions.iter().cloned());
+        }
+        out.push(crate::notify::EndpointSettings {
+            name: e.name.clone().unwrap_or_else(|| format!("endpoint{i}")),
+            headers: e
+                .headers
+                .iter()
+                .flat_map(|(k, vs)| vs.iter().map(move |v| (k.clone(), v.clone())))
+                .collect(),
+            timeout: duration_key(&e.timeout, "1s", &key("timeout"))?,
+            threshold: e.threshold.unwrap_or(10).max(1),
+            backoff: duration_key(&e.backoff, "1s", &key("backoff"))?,
+            ignored_actions,
+            ignored_media_types,
+            url,
+        });
+    }
+    Ok(out)
+}
+
+/// A duration setting (`30m`, `24h`, `500ms`), its default when absent, an error naming the key.
+pub(super) fn duration_key(
+    v: &Option<String>,
+    default: &str,
+    key: &str,
+) -> Result<Duration, ConfigError> {
+    let text = v.as_deref().unwrap_or(default);
+    parse_duration(text).ok_or_else(|| {
+        key_err(
+            key,
+            format!("{text:?} is not a duration like 24h, 30m or 500ms"),
+        )
+    })
+}
+
+pub(super) fn gc_settings(c: Option<&GcConfig>) -> Result<Option<GcSettings>, ConfigError> {
+    let Some(c) = c.filter(|c| c.enabled) else {
+        return Ok(None);
+    };
+    Ok(Some(GcSettings {
+        interval: duration_key(&c.interval, "24h", "berth.gc.interval")?,
+        grace: duration_key(&c.grace, "2h", "berth.gc.grace")?,
+        dry_run: c.dryrun,
+        delete_untagged: c.deleteuntagged,
+    }))
+}
+
+pub(super) fn purge_settings(
+    c: Option<&UploadPurgingConfig>,
+) -> Result<Option<PurgeSettings>, ConfigError> {
+    let default = UploadPurgingConfig::default();
+    let c = c.unwrap_or(&default);
+    if c.enabled == Some(false) {
+        return Ok(None);
+    }
+    Ok(Some(PurgeSettings {
+        age: duration_key(&c.age, "168h", "storage.maintenance.uploadpurging.age")?,
+        interval: duration_key(
+            &c.interval,
+            "24h",
+            "storage.maintenance.uploadpurging.interval",
+        )?,
+        dry_run: c.dryrun.unwrap_or(false),
+    }))
+}

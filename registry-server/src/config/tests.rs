@@ -1,0 +1,242 @@
+//! Configuration tests: distribution configs, overrides, every backend section, bad keys.
+use super::*;
+
+fn load_str(yaml: &str, env: &[(&str, &str)]) -> Result<(Settings, Vec<String>), ConfigError> {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("config.yml");
+    std::fs::write(&p, yaml).unwrap();
+    load(
+        Source::File(&p),
+        env.iter().map(|(k, v)| (k.to_string(), v.to_string())),
+    )
+}
+
+#[test]
+fn embedded_default_is_local_disk_on_loopback() {
+    let (s, w) = load(Source::Embedded, Vec::new()).unwrap();
+    assert_eq!(s.addr.to_string(), "127.0.0.1:5000");
+    assert_eq!(
+        s.storage,
+        StorageChoice::Filesystem(PathBuf::from("./data"))
+    );
+    assert!(s.delete_enabled);
+    assert!(w.is_empty(), "{w:?}");
+}
+
+#[test]
+fn distribution_config_is_accepted() {
+    let yaml = "
+version: 0.1
+log:
+  fields:
+    service: registry
+storage:
+  cache:
+    blobdescriptor: inmemory
+  filesystem:
+    rootdirectory: /var/lib/registry
+http:
+  addr: :5000
+  headers:
+    X-Content-Type-Options: [nosniff]
+health:
+  storagedriver:
+    enabled: true
+";
+    let (s, _) = load_str(yaml, &[]).unwrap();
+    assert_eq!(s.addr.to_string(), "0.0.0.0:5000");
+    assert!(!s.delete_enabled, "distribution's default: deletes off");
+    assert!(s.redirect);
+}
+
+#[test]
+fn env_overrides_keys() {
+    let (s, _) = load_str(
+        "storage: {filesystem: {rootdirectory: /a}}\n",
+        &[
+            ("REGISTRY_STORAGE_FILESYSTEM_ROOTDIRECTORY", "/b"),
+            ("REGISTRY_HTTP_ADDR", "127.0.0.1:7000"),
+            ("REGISTRY_STORAGE_DELETE_ENABLED", "true"),
+            ("UNRELATED", "x"),
+        ],
+    )
+    .unwrap();
+    assert_eq!(s.storage, StorageChoice::Filesystem(PathBuf::from("/b")));
+    assert_eq!(s.addr.to_string(), "127.0.0.1:7000");
+    assert!(s.delete_enabled);
+}
+
+#[test]
+fn bad_values_name_their_key() {
+    let e = load_str("storage: {filesystem: {}}\nhttp: {addr: nonsense}\n", &[]).unwrap_err();
+    assert!(e.to_string().contains("http.addr"), "{e}");
+    let e = load_str("storage: {filesystem: {}, delete: {enabled: maybe}}\n", &[]).unwrap_err();
+    assert!(e.to_string().contains("storage.delete.enabled"), "{e}");
+    let e = load_str("storage: {filesystem: {}, inmemory: {}}\n", &[]).unwrap_err();
+    assert!(e.to_string().contains("exactly one backend"), "{e}");
+    let e = load_str("log: {level: loud}\nstorage: {inmemory: {}}\n", &[]).unwrap_err();
+    assert!(e.to_string().contains("log.level"), "{e}");
+    let e = load_str("version: 0.1\n", &[]).unwrap_err();
+    assert!(e.to_string().contains("`storage`"), "{e}");
+    let e = load_str("storage: [1, 2]\n", &[]).unwrap_err();
+    assert!(e.to_string().contains("storage"), "{e}");
+}
+
+#[test]
+fn s3_section_in_distribution_shape() {
+    let yaml = "
+storage:
+  s3:
+    region: eu-west-1
+    bucket: images
+    regionendpoint: http://127.0.0.1:9000
+    accesskey: AK
+    secretkey: SK
+    forcepathstyle: true
+    rootdirectory: /registry
+    chunksize: 10485760
+  redirect:
+    expiry: 60
+    publicendpoint: https://cdn.example.com
+";
+    let (s, w) = load_str(yaml, &[("REGISTRY_STORAGE_S3_BUCKET", "other")]).unwrap();
+    assert!(w.is_empty(), "{w:?}");
+    let StorageChoice::S3(o) = s.storage else {
+        panic!("not s3")
+    };
+    assert_eq!(o.bucket, "other");
+    assert_eq!(o.endpoint.as_deref(), Some("http://127.0.0.1:9000"));
+    assert_eq!(o.root, "registry");
+    assert_eq!(o.part_size, 10 << 20);
+    assert!(o.force_path_style);
+    assert_eq!(
+        o.public_endpoint.as_deref(),
+        Some("https://cdn.example.com")
+    );
+    assert_eq!(s.redirect_expiry, Duration::from_secs(60));
+    let e = load_str(
+        "storage: {s3: {bucket: b, region: r, chunksize: 1000}}\n",
+        &[],
+    )
+    .unwrap_err();
+    assert!(e.to_string().contains("storage.s3.chunksize"), "{e}");
+    let e = load_str("storage: {s3: {region: r}}\n", &[]).unwrap_err();
+    assert!(e.to_string().contains("storage.s3.bucket"), "{e}");
+    let e = load_str("storage: {s3: {bucket: b, region: r, accesskey: a}}\n", &[]).unwrap_err();
+    assert!(e.to_string().contains("storage.s3.secretkey"), "{e}");
+}
+
+#[test]
+fn azure_section() {
+    let (s, _) = load_str(
+            "storage: {azure: {accountname: acct, accountkey: k, container: c, realm: core.chinacloudapi.cn}}\n",
+            &[],
+        )
+        .unwrap();
+    let StorageChoice::Azure(o) = s.storage else {
+        panic!("not azure")
+    };
+    assert_eq!(
+        o.endpoint.as_deref(),
+        Some("https://acct.blob.core.chinacloudapi.cn")
+    );
+    assert_eq!(o.part_size, DEFAULT_PART_SIZE);
+    let e = load_str("storage: {azure: {accountname: a}}\n", &[]).unwrap_err();
+    assert!(e.to_string().contains("storage.azure.container"), "{e}");
+}
+
+#[test]
+fn gcs_section() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = dir.path().join("key.json");
+    std::fs::write(
+        &key,
+        r#"{"type":"service_account","private_key":"x","client_email":"a@b"}"#,
+    )
+    .unwrap();
+    let yaml = format!(
+        "storage: {{gcs: {{bucket: b, keyfile: {}, rootdirectory: /r}}}}\n",
+        key.display()
+    );
+    let (s, w) = load_str(&yaml, &[]).unwrap();
+    assert!(w.is_empty(), "{w:?}");
+    let StorageChoice::Gcs(o) = s.storage else {
+        panic!("not gcs")
+    };
+    assert_eq!((o.bucket.as_str(), o.root.as_str()), ("b", "r"));
+    assert!(o.service_account_key.unwrap().contains("client_email"));
+    let inline = "storage:\n  gcs:\n    bucket: b\n    credentials:\n      type: service_account\n      private_key: k\n      client_email: e@x\n";
+    assert!(load_str(inline, &[]).is_ok());
+    let e = load_str(
+        "storage: {gcs: {bucket: b, keyfile: /nonexistent/key.json}}\n",
+        &[],
+    )
+    .unwrap_err();
+    assert!(e.to_string().contains("storage.gcs.keyfile"), "{e}");
+    let e = load_str("storage: {gcs: {bucket: b, credentials: {type: x}}}\n", &[]).unwrap_err();
+    assert!(e.to_string().contains("storage.gcs.keyfile"), "{e}");
+}
+
+#[test]
+fn maintenance() {
+    assert_eq!(parse_duration("1h30m"), Some(Duration::from_secs(5400)));
+    assert_eq!(
+        parse_duration("168h"),
+        Some(Duration::from_secs(168 * 3600))
+    );
+    assert_eq!(parse_duration("10"), None);
+    assert_eq!(parse_duration("500ms"), Some(Duration::from_millis(500)));
+    assert_eq!(parse_duration("1m30s"), Some(Duration::from_secs(90)));
+    assert_eq!(parse_duration("5d"), None);
+    let yaml = "storage:\n  inmemory: {}\n  maintenance:\n    readonly: {enabled: true}\n    uploadpurging: {age: 2h, interval: 10m, dryrun: true}\n";
+    let (s, w) = load_str(yaml, &[]).unwrap();
+    assert!(w.is_empty(), "{w:?}");
+    assert!(s.read_only);
+    assert_eq!(
+        s.purge,
+        Some(PurgeSettings {
+            age: Duration::from_secs(7200),
+            interval: Duration::from_secs(600),
+            dry_run: true
+        })
+    );
+    let e = load_str(
+        "storage: {inmemory: {}, maintenance: {uploadpurging: {age: soon}}}\n",
+        &[],
+    )
+    .unwrap_err();
+    assert!(
+        e.to_string()
+            .contains("storage.maintenance.uploadpurging.age"),
+        "{e}"
+    );
+    let (s, _) = load_str(
+        "storage: {inmemory: {}, maintenance: {uploadpurging: {enabled: false}}}\n",
+        &[],
+    )
+    .unwrap();
+    assert_eq!(s.purge, None);
+}
+
+#[test]
+fn container_image_default_config_loads() {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/config.yml");
+    let (s, w) = load(Source::File(&path), Vec::new()).unwrap();
+    assert!(w.is_empty(), "{w:?}");
+    assert_eq!(s.addr.to_string(), "0.0.0.0:5000");
+    assert_eq!(
+        s.storage,
+        StorageChoice::Filesystem(PathBuf::from("/var/lib/registry"))
+    );
+    assert!(s.log_json && s.delete_enabled);
+}
+
+#[test]
+fn unknown_keys_warn() {
+    let (_, w) = load_str("storage: {filesystem: {rootdirectroy: /x}}\n", &[]).unwrap();
+    assert!(
+        w.iter()
+            .any(|w| w.contains("storage.filesystem.rootdirectroy")),
+        "{w:?}"
+    );
+}
