@@ -70,6 +70,26 @@ impl Api {
         req.send().await.expect("request failed")
     }
 
+    /// Opens an upload session in `repo` (asserting 202) and returns its Location.
+    pub async fn start_upload(&self, repo: &str) -> String {
+        let r = self
+            .send(
+                Method::POST,
+                &format!("/v2/{repo}/blobs/uploads/"),
+                &[],
+                None,
+            )
+            .await;
+        assert_eq!(r.status(), 202, "POST upload to {repo}");
+        header(&r, "location").expect("202 without Location")
+    }
+
+    /// An upload Location with `digest=` added, for the finishing PUT.
+    pub fn digest_url(location: &str, digest: &str) -> String {
+        let sep = if location.contains('?') { '&' } else { '?' };
+        format!("{location}{sep}digest={digest}")
+    }
+
     /// Monolithic upload of `data` to `repo`; panics unless 201. Returns the digest.
     pub async fn push_blob(&self, repo: &str, data: &[u8]) -> String {
         let d = sha256(data);
@@ -85,10 +105,9 @@ impl Api {
         // as clients do.
         let resp = if resp.status() == 202 {
             let loc = header(&resp, "location").expect("202 without Location");
-            let sep = if loc.contains('?') { '&' } else { '?' };
             self.send(
                 Method::PUT,
-                &format!("{loc}{sep}digest={d}"),
+                &Api::digest_url(&loc, &d),
                 &[],
                 Some(data.to_vec()),
             )
@@ -113,16 +132,7 @@ impl Api {
         let apis: Vec<&Api> = std::iter::once(self)
             .chain(others.iter().copied())
             .collect();
-        let r = self
-            .send(
-                Method::POST,
-                &format!("/v2/{repo}/blobs/uploads/"),
-                &[],
-                None,
-            )
-            .await;
-        assert_eq!(r.status(), 202, "POST upload");
-        let mut loc = header(&r, "location").unwrap();
+        let mut loc = self.start_upload(repo).await;
         for (i, start) in (0..data.len()).step_by(chunk).enumerate() {
             let end = (start + chunk).min(data.len());
             let api = apis[i % apis.len()];
@@ -140,9 +150,8 @@ impl Api {
         }
         let d = sha256(data);
         let last = apis[data.len().div_ceil(chunk) % apis.len()];
-        let sep = if loc.contains('?') { '&' } else { '?' };
         let r = last
-            .send(Method::PUT, &format!("{loc}{sep}digest={d}"), &[], None)
+            .send(Method::PUT, &Api::digest_url(&loc, &d), &[], None)
             .await;
         assert_eq!(r.status(), 201, "PUT upload: {:?}", r.text().await);
         d

@@ -231,20 +231,10 @@ async fn chunked_rates(
 async fn monolithic_push(api: &Api, repo: &str, data: &Bytes) -> f64 {
     let d = sha256(data);
     let start = Instant::now();
-    let r = api
-        .send(
-            Method::POST,
-            &format!("/v2/{repo}/blobs/uploads/"),
-            &[],
-            None,
-        )
-        .await;
-    assert_eq!(r.status(), 202);
-    let loc = header(&r, "location").unwrap();
-    let sep = if loc.contains('?') { '&' } else { '?' };
+    let loc = api.start_upload(repo).await;
     let r = api
         .client
-        .put(api.url(&format!("{loc}{sep}digest={d}")))
+        .put(api.url(&Api::digest_url(&loc, &d)))
         .header("content-type", "application/octet-stream")
         .body(data.clone())
         .send()
@@ -338,15 +328,7 @@ async fn concurrent_uploads(api: &Api, uploads: usize, size: usize, salt: u8) {
             let (api, chunk) = (api.clone(), chunk.clone());
             tokio::spawn(async move {
                 let repo = format!("rss/u{i}");
-                let r = api
-                    .send(
-                        Method::POST,
-                        &format!("/v2/{repo}/blobs/uploads/"),
-                        &[],
-                        None,
-                    )
-                    .await;
-                let loc = header(&r, "location").unwrap();
+                let loc = api.start_upload(&repo).await;
                 let mut first = chunk.to_vec();
                 first[..8].copy_from_slice(&(i as u64).to_le_bytes());
                 let first = Bytes::from(first);
@@ -369,14 +351,8 @@ async fn concurrent_uploads(api: &Api, uploads: usize, size: usize, salt: u8) {
                     .unwrap();
                 assert_eq!(r.status(), 202);
                 let loc = header(&r, "location").unwrap();
-                let sep = if loc.contains('?') { '&' } else { '?' };
                 let r = api
-                    .send(
-                        Method::PUT,
-                        &format!("{loc}{sep}digest={digest}"),
-                        &[],
-                        None,
-                    )
+                    .send(Method::PUT, &Api::digest_url(&loc, &digest), &[], None)
                     .await;
                 assert_eq!(r.status(), 201);
             })

@@ -9,6 +9,14 @@ use super::{
     required,
 };
 
+/// `rootdirectory` as a key prefix inside a bucket or container: no leading or trailing `/`.
+fn root_prefix(v: &Option<String>) -> String {
+    v.as_deref()
+        .unwrap_or_default()
+        .trim_matches('/')
+        .to_owned()
+}
+
 pub(super) fn part_size(v: Option<u64>, key: &str) -> Result<u64, ConfigError> {
     let size = v.unwrap_or(DEFAULT_PART_SIZE);
     if size < MIN_PART_SIZE {
@@ -70,12 +78,7 @@ pub(super) fn s3_options(
         secret_key: c.secretkey.clone().filter(|k| !k.is_empty()),
         session_token: c.sessiontoken.clone().filter(|k| !k.is_empty()),
         force_path_style: c.forcepathstyle.unwrap_or(false),
-        root: c
-            .rootdirectory
-            .clone()
-            .unwrap_or_default()
-            .trim_matches('/')
-            .to_owned(),
+        root: root_prefix(&c.rootdirectory),
         part_size: part_size(c.chunksize, "storage.s3.chunksize")?,
         copy_threshold,
         copy_part_size: part_size(
@@ -104,12 +107,7 @@ pub(super) fn azure_options(c: &AzureConfig) -> Result<AzureOptions, ConfigError
         account_key: c.accountkey.clone().filter(|k| !k.is_empty()),
         container: required(&c.container, "storage.azure.container")?,
         endpoint,
-        root: c
-            .rootdirectory
-            .clone()
-            .unwrap_or_default()
-            .trim_matches('/')
-            .to_owned(),
+        root: root_prefix(&c.rootdirectory),
         part_size: part_size(c.chunksize, "storage.azure.chunksize")?,
     })
 }
@@ -156,12 +154,7 @@ pub(super) fn gcs_options(c: &GcsConfig) -> Result<GcsOptions, ConfigError> {
     }
     Ok(GcsOptions {
         bucket: required(&c.bucket, "storage.gcs.bucket")?,
-        root: c
-            .rootdirectory
-            .clone()
-            .unwrap_or_default()
-            .trim_matches('/')
-            .to_owned(),
+        root: root_prefix(&c.rootdirectory),
         endpoint: c.endpoint.clone(),
         service_account_key: key,
         anonymous: c.anonymous.unwrap_or(false),
