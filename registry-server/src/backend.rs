@@ -10,12 +10,12 @@ use crate::config::{ConfigError, StorageChoice};
 /// The driver for `choice`.
 pub fn build(choice: &StorageChoice) -> Result<Arc<dyn StorageDriver>, ConfigError> {
     Ok(match choice {
-        StorageChoice::Filesystem(root) => {
-            Arc::new(LocalDriver::new(root).map_err(|e| ConfigError::Key {
+        StorageChoice::Filesystem { root, write_mode } => Arc::new(
+            LocalDriver::with_write_mode(root, *write_mode).map_err(|e| ConfigError::Key {
                 key: "storage.filesystem.rootdirectory".into(),
                 message: format!("cannot create {}: {e}", root.display()),
-            })?)
-        }
+            })?,
+        ),
         StorageChoice::InMemory => Arc::new(memory_driver(crate::config::DEFAULT_PART_SIZE)),
         StorageChoice::S3(o) => {
             Arc::new(

@@ -1,6 +1,7 @@
 //! Upload sessions whose state lives in the store, so any replica can take any request.
 
 pub mod content_range;
+mod hash_feed;
 pub mod session;
 pub mod state;
 

@@ -6,11 +6,12 @@
 //! if-version condition after each part, so a crash loses at most the part in flight and two
 //! replicas can never both append at one offset.
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use futures::StreamExt;
+use futures::channel::oneshot;
 
 use crate::digest::{Algorithm, Digest, DigestHasher};
 use crate::error::{RegistryError, Result};
@@ -19,6 +20,7 @@ use crate::names::RepositoryName;
 use crate::storage::{
     ByteStream, ObjectVersion, PartPolicy, PutCondition, StorageDriver, StorageError,
 };
+use crate::upload::hash_feed::{HashFeed, HashThreadGone};
 use crate::upload::state::{StagedFragment, UploadState};
 
 /// Size of writes on backends without a fixed part size (local disk): small, to bound memory.
@@ -468,24 +470,8 @@ impl UploadSessions {
         body: ByteStream,
         expected_len: Option<u64>,
     ) -> Result<u64> {
-        let hasher = Arc::new(Mutex::new(DigestHasher::new(digest.algorithm())));
-        let tap = hasher.clone();
-        let mut seen = 0u64;
-        let body = body
-            .map(move |r| {
-                let chunk = r?;
-                seen += chunk.len() as u64;
-                if expected_len.is_some_and(|n| seen > n) {
-                    return Err(StorageError::Backend(
-                        "body longer than Content-Range".into(),
-                    ));
-                }
-                tap.lock()
-                    .map_err(|_| StorageError::Backend("hasher poisoned".into()))?
-                    .update(&chunk);
-                Ok(chunk)
-            })
-            .boxed();
+        let (done, computed) = oneshot::channel();
+        let body = hashed_body(body, HashFeed::new(digest.algorithm()), expected_len, done);
         let data_key = layout::upload_data(name, id);
         let size = match self.store.put_stream(&data_key, body).await {
             Ok(n) => n,
@@ -500,11 +486,15 @@ impl UploadSessions {
                 "body shorter than Content-Range".into(),
             ));
         }
-        let computed = {
-            let h = hasher
-                .lock()
-                .map_err(|_| RegistryError::BlobUploadInvalid("hasher poisoned".into()))?;
-            h.clone().finish()
+        let computed = match computed.await {
+            Ok(Ok(d)) => d,
+            // The driver stopped reading before the end, or the hashing thread died.
+            _ => {
+                let _ = self.store.delete(&data_key).await;
+                return Err(RegistryError::BlobUploadInvalid(
+                    "the blob could not be hashed".into(),
+                ));
+            }
         };
         self.place(&data_key, digest, &computed).await?;
         Ok(size)
@@ -578,6 +568,47 @@ impl UploadSessions {
             .delete_prefix(&layout::upload_prefix(name, id))
             .await;
     }
+}
+
+/// `body` with every chunk fed to `feed` (refused past `expected_len`); the digest goes out on
+/// `done` when the body has been read to its end.
+fn hashed_body(
+    body: ByteStream,
+    feed: HashFeed,
+    expected_len: Option<u64>,
+    done: oneshot::Sender<std::result::Result<Digest, HashThreadGone>>,
+) -> ByteStream {
+    let state = (body, Some(feed), Some(done), 0u64);
+    futures::stream::unfold(
+        state,
+        move |(mut body, mut feed, mut done, mut seen)| async move {
+            let item = match body.next().await {
+                Some(Ok(chunk)) => {
+                    seen += chunk.len() as u64;
+                    if expected_len.is_some_and(|n| seen > n) {
+                        Err(StorageError::Backend(
+                            "body longer than Content-Range".into(),
+                        ))
+                    } else if let Some(f) = feed.as_mut()
+                        && let Err(e) = f.update(&chunk).await
+                    {
+                        Err(StorageError::backend(e))
+                    } else {
+                        Ok(chunk)
+                    }
+                }
+                Some(Err(e)) => Err(e),
+                None => {
+                    if let (Some(f), Some(d)) = (feed.take(), done.take()) {
+                        let _ = d.send(f.finish().await);
+                    }
+                    return None;
+                }
+            };
+            Some((item, (body, feed, done, seen)))
+        },
+    )
+    .boxed()
 }
 
 async fn append_body(

@@ -125,6 +125,9 @@ pub struct FilesystemConfig {
     pub rootdirectory: Option<PathBuf>,
     /// Accepted for compatibility.
     pub maxthreads: Option<Value>,
+    /// Berth: write blob data with O_DIRECT and fdatasync it before linking (default true);
+    /// false writes through the page cache without a sync, as distribution does.
+    pub directwrites: Option<bool>,
 }
 
 /// `storage.s3` (distribution's keys).
@@ -493,8 +496,13 @@ pub struct TokenServerConfig {
 /// Which backend to build, with its settings.
 #[derive(Debug, Clone, PartialEq)]
 pub enum StorageChoice {
-    /// Local disk under this directory.
-    Filesystem(PathBuf),
+    /// Local disk under `root`.
+    Filesystem {
+        /// Directory holding `docker/registry/v2`.
+        root: PathBuf,
+        /// How blob data is written.
+        write_mode: storage_drivers::local::WriteMode,
+    },
     /// Memory.
     InMemory,
     /// Amazon S3 or compatible.
@@ -628,7 +636,15 @@ fn validate(config: Config, warnings: &mut Vec<String>) -> Result<Settings, Conf
             .rootdirectory
             .clone()
             .unwrap_or_else(|| PathBuf::from("/var/lib/registry"));
-        chosen.push(("filesystem", Some(StorageChoice::Filesystem(root))));
+        let write_mode = if fs.directwrites.unwrap_or(true) {
+            storage_drivers::local::WriteMode::Direct
+        } else {
+            storage_drivers::local::WriteMode::Buffered
+        };
+        chosen.push((
+            "filesystem",
+            Some(StorageChoice::Filesystem { root, write_mode }),
+        ));
     }
     if s.inmemory.is_some() {
         chosen.push(("inmemory", Some(StorageChoice::InMemory)));

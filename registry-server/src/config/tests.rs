@@ -1,5 +1,6 @@
 //! Configuration tests: distribution configs, overrides, every backend section, bad keys.
 use super::*;
+use storage_drivers::local::WriteMode;
 
 fn load_str(yaml: &str, env: &[(&str, &str)]) -> Result<(Settings, Vec<String>), ConfigError> {
     let dir = tempfile::tempdir().unwrap();
@@ -17,7 +18,10 @@ fn embedded_default_is_local_disk_on_loopback() {
     assert_eq!(s.addr.to_string(), "127.0.0.1:5000");
     assert_eq!(
         s.storage,
-        StorageChoice::Filesystem(PathBuf::from("./data"))
+        StorageChoice::Filesystem {
+            root: PathBuf::from("./data"),
+            write_mode: WriteMode::Direct,
+        }
     );
     assert!(s.delete_enabled);
     assert!(w.is_empty(), "{w:?}");
@@ -50,6 +54,25 @@ health:
 }
 
 #[test]
+fn direct_writes_can_be_turned_off() {
+    for (yaml, env, mode) in [
+        ("{directwrites: false}", None, WriteMode::Buffered),
+        ("{directwrites: true}", None, WriteMode::Direct),
+        ("{}", Some("false"), WriteMode::Buffered),
+    ] {
+        let env: Vec<(&str, &str)> = env
+            .map(|v| ("REGISTRY_STORAGE_FILESYSTEM_DIRECTWRITES", v))
+            .into_iter()
+            .collect();
+        let (s, _) = load_str(&format!("storage: {{filesystem: {yaml}}}\n"), &env).unwrap();
+        assert!(
+            matches!(s.storage, StorageChoice::Filesystem { write_mode, .. } if write_mode == mode),
+            "{yaml} {env:?}"
+        );
+    }
+}
+
+#[test]
 fn env_overrides_keys() {
     let (s, _) = load_str(
         "storage: {filesystem: {rootdirectory: /a}}\n",
@@ -61,7 +84,13 @@ fn env_overrides_keys() {
         ],
     )
     .unwrap();
-    assert_eq!(s.storage, StorageChoice::Filesystem(PathBuf::from("/b")));
+    assert_eq!(
+        s.storage,
+        StorageChoice::Filesystem {
+            root: PathBuf::from("/b"),
+            write_mode: WriteMode::Direct,
+        }
+    );
     assert_eq!(s.addr.to_string(), "127.0.0.1:7000");
     assert!(s.delete_enabled);
 }
@@ -226,7 +255,10 @@ fn container_image_default_config_loads() {
     assert_eq!(s.addr.to_string(), "0.0.0.0:5000");
     assert_eq!(
         s.storage,
-        StorageChoice::Filesystem(PathBuf::from("/var/lib/registry"))
+        StorageChoice::Filesystem {
+            root: PathBuf::from("/var/lib/registry"),
+            write_mode: WriteMode::Direct,
+        }
     );
     assert!(s.log_json && s.delete_enabled);
 }

@@ -1,7 +1,12 @@
 //! Local-disk driver: plain files under a root directory, written to a hidden temporary name and
 //! renamed into place so that readers never see a partial object.
 
-use std::io::{ErrorKind, SeekFrom};
+mod block_writer;
+mod mapped_read;
+
+pub use block_writer::WriteMode;
+
+use std::io::{ErrorKind, Read, Seek, SeekFrom};
 use std::ops::Range;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
@@ -9,27 +14,23 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
+use futures::StreamExt;
 use futures::stream::BoxStream;
-use futures::{StreamExt, TryStreamExt};
 use registry_core::storage::{
     ByteStream, GetResponse, Listing, MultipartHandle, ObjectInfo, ObjectVersion, PartPolicy,
     PutCondition, StorageDriver, StorageError, WrittenPart, resolve_range,
 };
-use tokio::io::{AsyncReadExt, AsyncSeekExt};
 
 /// Names starting with this are in-progress files, never listed as objects.
 const HIDDEN: &str = ".berth-";
-/// Read buffer for streaming files out: large, to keep syscalls and task wake-ups few.
-const READ_CHUNK: usize = 256 * 1024;
-/// Write buffer: request bodies arrive in small frames; write them in large runs.
-const WRITE_BUFFER: usize = 1 << 20;
 /// Body chunks queued for the writer thread of a streamed put (bounded: memory per upload).
-const WRITE_QUEUE: usize = 64;
+const WRITE_QUEUE: usize = 4;
 
 /// Stores objects as files under a root directory.
 #[derive(Debug, Clone)]
 pub struct LocalDriver {
     root: PathBuf,
+    write_mode: WriteMode,
 }
 
 fn io_err(key: &str, e: std::io::Error) -> StorageError {
@@ -74,11 +75,19 @@ fn hidden_sibling(path: &Path, tag: &str) -> PathBuf {
 }
 
 impl LocalDriver {
-    /// A driver rooted at `root` (created when missing).
+    /// A driver rooted at `root` (created when missing) that writes blob data directly.
     pub fn new(root: impl Into<PathBuf>) -> std::io::Result<Self> {
+        Self::with_write_mode(root, WriteMode::Direct)
+    }
+
+    /// A driver rooted at `root` writing large objects the way `write_mode` says.
+    pub fn with_write_mode(
+        root: impl Into<PathBuf>,
+        write_mode: WriteMode,
+    ) -> std::io::Result<Self> {
         let root = root.into();
         std::fs::create_dir_all(&root)?;
-        Ok(LocalDriver { root })
+        Ok(LocalDriver { root, write_mode })
     }
 
     /// Maps a key to a path, refusing anything that could leave the root.
@@ -127,6 +136,23 @@ impl LocalDriver {
         Ok(tmp)
     }
 
+    /// A removal of something already gone succeeds; a real one prunes the emptied parents.
+    async fn after_removal(
+        &self,
+        removed: std::io::Result<()>,
+        path: &Path,
+        key: &str,
+    ) -> Result<(), StorageError> {
+        match removed {
+            Ok(()) => {
+                self.prune_empty_dirs(path.parent()).await;
+                Ok(())
+            }
+            Err(e) if e.kind() == ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(io_err(key, e)),
+        }
+    }
+
     fn multipart_path(path: &Path, handle: &MultipartHandle) -> Result<PathBuf, StorageError> {
         let id = &handle.upload_id;
         if id.is_empty() || !id.bytes().all(|b| b.is_ascii_hexdigit()) {
@@ -155,30 +181,36 @@ impl StorageDriver for LocalDriver {
 
     async fn get(&self, key: &str, range: Option<Range<u64>>) -> Result<GetResponse, StorageError> {
         let path = self.path(key)?;
-        let mut file = tokio::fs::File::open(&path)
-            .await
-            .map_err(|e| io_err(key, e))?;
-        let meta = file.metadata().await.map_err(|e| io_err(key, e))?;
-        if meta.is_dir() {
-            return Err(StorageError::NotFound(key.to_owned()));
-        }
-        let size = meta.len();
-        let range = resolve_range(range, size)?;
-        if range.start > 0 {
-            file.seek(SeekFrom::Start(range.start))
-                .await
-                .map_err(|e| io_err(key, e))?;
-        }
         let owned_key = key.to_owned();
-        let reader = file.take(range.end - range.start);
-        let body = tokio_util::io::ReaderStream::with_capacity(reader, READ_CHUNK)
-            .map_err(move |e| io_err(&owned_key, e))
-            .boxed();
-        Ok(GetResponse {
-            info: info_of(&meta),
-            range,
-            body,
+        // Open, stat and map (or read a small file) in one blocking call, not one hop each.
+        tokio::task::spawn_blocking(move || -> Result<GetResponse, StorageError> {
+            let key = owned_key.as_str();
+            let mut file = std::fs::File::open(&path).map_err(|e| io_err(key, e))?;
+            let meta = file.metadata().map_err(|e| io_err(key, e))?;
+            if meta.is_dir() {
+                return Err(StorageError::NotFound(key.to_owned()));
+            }
+            let range = resolve_range(range, meta.len())?;
+            let len = range.end - range.start;
+            let body = if len >= mapped_read::MAP_THRESHOLD {
+                mapped_read::mapped_body(&file, range.clone()).map_err(|e| io_err(key, e))?
+            } else {
+                file.seek(SeekFrom::Start(range.start))
+                    .map_err(|e| io_err(key, e))?;
+                let mut buf = Vec::with_capacity(len as usize);
+                file.take(len)
+                    .read_to_end(&mut buf)
+                    .map_err(|e| io_err(key, e))?;
+                futures::stream::once(futures::future::ready(Ok(Bytes::from(buf)))).boxed()
+            };
+            Ok(GetResponse {
+                info: info_of(&meta),
+                range,
+                body,
+            })
         })
+        .await
+        .map_err(StorageError::backend)?
     }
 
     async fn stat(&self, key: &str) -> Result<ObjectInfo, StorageError> {
@@ -193,18 +225,21 @@ impl StorageDriver for LocalDriver {
 
     async fn read_small(&self, key: &str) -> Result<(Bytes, ObjectInfo), StorageError> {
         let path = self.path(key)?;
-        let mut file = tokio::fs::File::open(&path)
-            .await
-            .map_err(|e| io_err(key, e))?;
-        let meta = file.metadata().await.map_err(|e| io_err(key, e))?;
-        if meta.is_dir() {
-            return Err(StorageError::NotFound(key.to_owned()));
-        }
-        let mut buf = Vec::with_capacity(meta.len() as usize);
-        file.read_to_end(&mut buf)
-            .await
-            .map_err(|e| io_err(key, e))?;
-        Ok((buf.into(), info_of(&meta)))
+        let owned_key = key.to_owned();
+        // One blocking call: tag and link reads sit on the manifest GET path.
+        tokio::task::spawn_blocking(move || -> Result<(Bytes, ObjectInfo), StorageError> {
+            let key = owned_key.as_str();
+            let mut file = std::fs::File::open(&path).map_err(|e| io_err(key, e))?;
+            let meta = file.metadata().map_err(|e| io_err(key, e))?;
+            if meta.is_dir() {
+                return Err(StorageError::NotFound(key.to_owned()));
+            }
+            let mut buf = Vec::with_capacity(meta.len() as usize);
+            file.read_to_end(&mut buf).map_err(|e| io_err(key, e))?;
+            Ok((buf.into(), info_of(&meta)))
+        })
+        .await
+        .map_err(StorageError::backend)?
     }
 
     async fn put_bytes(
@@ -273,14 +308,14 @@ impl StorageDriver for LocalDriver {
         // receiving (and its caller hashing) while the previous chunks go to disk.
         let (tx, mut rx) = tokio::sync::mpsc::channel::<Bytes>(WRITE_QUEUE);
         let owned_key = key.to_owned();
-        let (tmp2, dest) = (tmp.clone(), path.clone());
+        let (tmp2, dest, mode) = (tmp.clone(), path.clone(), self.write_mode);
         let writer = tokio::task::spawn_blocking(move || -> Result<(), StorageError> {
-            let file = std::fs::File::create(&tmp2).map_err(|e| io_err(&owned_key, e))?;
-            let mut out = std::io::BufWriter::with_capacity(WRITE_BUFFER, file);
+            let fail = |e| io_err(&owned_key, e);
+            let mut out = block_writer::BlockWriter::create(&tmp2, mode).map_err(fail)?;
             while let Some(chunk) = rx.blocking_recv() {
-                std::io::Write::write_all(&mut out, &chunk).map_err(|e| io_err(&owned_key, e))?;
+                out.write(&chunk).map_err(fail)?;
             }
-            std::io::Write::flush(&mut out).map_err(|e| io_err(&owned_key, e))?;
+            out.finish(true).map_err(fail)?;
             Ok(())
         });
         let mut n = 0u64;
@@ -316,26 +351,14 @@ impl StorageDriver for LocalDriver {
 
     async fn delete(&self, key: &str) -> Result<(), StorageError> {
         let path = self.path(key)?;
-        match tokio::fs::remove_file(&path).await {
-            Ok(()) => {
-                self.prune_empty_dirs(path.parent()).await;
-                Ok(())
-            }
-            Err(e) if e.kind() == ErrorKind::NotFound => Ok(()),
-            Err(e) => Err(io_err(key, e)),
-        }
+        let removed = tokio::fs::remove_file(&path).await;
+        self.after_removal(removed, &path, key).await
     }
 
     async fn delete_prefix(&self, prefix: &str) -> Result<(), StorageError> {
         let path = self.path(prefix)?;
-        match tokio::fs::remove_dir_all(&path).await {
-            Ok(()) => {
-                self.prune_empty_dirs(path.parent()).await;
-                Ok(())
-            }
-            Err(e) if e.kind() == ErrorKind::NotFound => Ok(()),
-            Err(e) => Err(io_err(prefix, e)),
-        }
+        let removed = tokio::fs::remove_dir_all(&path).await;
+        self.after_removal(removed, &path, prefix).await
     }
 
     async fn list(&self, prefix: &str) -> Result<Listing, StorageError> {
@@ -465,29 +488,25 @@ impl StorageDriver for LocalDriver {
     ) -> Result<WrittenPart, StorageError> {
         let path = Self::multipart_path(&self.path(key)?, handle)?;
         let owned_key = key.to_owned();
+        let mode = self.write_mode;
         // One blocking call for the whole part, not one thread-pool hop per body chunk.
         tokio::task::spawn_blocking(move || -> Result<(), StorageError> {
-            use std::io::{Seek, Write};
             let key = owned_key.as_str();
-            let mut file = std::fs::OpenOptions::new()
-                .write(true)
-                .open(&path)
-                .map_err(|e| io_err(key, e))?;
-            let len = file.metadata().map_err(|e| io_err(key, e))?.len();
+            let len = std::fs::metadata(&path).map_err(|e| io_err(key, e))?.len();
             if len < offset {
                 return Err(StorageError::Backend(format!(
                     "{key}: part at {offset} but only {len} bytes written"
                 )));
             }
             // Anything past `offset` was written by a request that never committed: overwrite it.
-            file.set_len(offset).map_err(|e| io_err(key, e))?;
-            file.seek(SeekFrom::Start(offset))
+            let mut out = block_writer::BlockWriter::open_at(&path, offset, mode)
                 .map_err(|e| io_err(key, e))?;
-            let mut out = std::io::BufWriter::with_capacity(WRITE_BUFFER, file);
             for chunk in &data {
-                out.write_all(chunk).map_err(|e| io_err(key, e))?;
+                out.write(chunk).map_err(|e| io_err(key, e))?;
             }
-            out.flush().map_err(|e| io_err(key, e))
+            // Synced once, at completion, not per part.
+            out.finish(false).map_err(|e| io_err(key, e))?;
+            Ok(())
         })
         .await
         .map_err(StorageError::backend)??;
@@ -505,16 +524,20 @@ impl StorageDriver for LocalDriver {
     ) -> Result<(), StorageError> {
         let path = self.path(key)?;
         let mp = Self::multipart_path(&path, handle)?;
-        let file = tokio::fs::OpenOptions::new()
-            .write(true)
-            .open(&mp)
-            .await
-            .map_err(|e| io_err(key, e))?;
-        file.set_len(size).await.map_err(|e| io_err(key, e))?;
-        drop(file);
-        tokio::fs::rename(&mp, &path)
-            .await
-            .map_err(|e| io_err(key, e))
+        let (owned_key, mode) = (key.to_owned(), self.write_mode);
+        tokio::task::spawn_blocking(move || -> Result<(), StorageError> {
+            let key = owned_key.as_str();
+            let file = std::fs::File::options()
+                .write(true)
+                .open(&mp)
+                .map_err(|e| io_err(key, e))?;
+            file.set_len(size).map_err(|e| io_err(key, e))?;
+            drop(file);
+            block_writer::sync_finished(&mp, mode).map_err(|e| io_err(key, e))?;
+            std::fs::rename(&mp, &path).map_err(|e| io_err(key, e))
+        })
+        .await
+        .map_err(StorageError::backend)?
     }
 
     async fn abort_multipart(
