@@ -26,7 +26,7 @@ use object_store::path::Path;
 use object_store::signer::{Method, Signer};
 use registry_core::storage::{
     ByteStream, GetResponse, Listing, MultipartHandle, ObjectInfo, ObjectVersion, PartPolicy,
-    PutCondition, StorageDriver, StorageError, WrittenPart, resolve_range,
+    PartSlot, PutCondition, StorageDriver, StorageError, WrittenPart, resolve_range,
 };
 use reqwest::{RequestBuilder, Response, StatusCode};
 use serde::Deserialize;
@@ -643,10 +643,10 @@ impl StorageDriver for GcsDriver {
         &self,
         key: &str,
         handle: &MultipartHandle,
-        index: usize,
-        _offset: u64,
+        slot: PartSlot,
         data: Vec<Bytes>,
     ) -> Result<WrittenPart, StorageError> {
+        let index = slot.index;
         let name = self.part_name(key, handle, index);
         let o = self
             .upload_media(&name, Bytes::from(data.concat()), None, key)

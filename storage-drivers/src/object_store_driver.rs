@@ -18,7 +18,7 @@ use object_store::{
 };
 use registry_core::storage::{
     ByteStream, GetResponse, Listing, MultipartHandle, ObjectInfo, ObjectVersion, PartPolicy,
-    PutCondition, StorageDriver, StorageError, WrittenPart, resolve_range,
+    PartSlot, PutCondition, StorageDriver, StorageError, WrittenPart, resolve_range,
 };
 use tokio::io::AsyncWriteExt;
 
@@ -319,10 +319,10 @@ impl StorageDriver for ObjectStoreDriver {
         &self,
         key: &str,
         handle: &MultipartHandle,
-        index: usize,
-        _offset: u64,
+        slot: PartSlot,
         data: Vec<Bytes>,
     ) -> Result<WrittenPart, StorageError> {
+        let index = slot.index;
         let part = self
             .multipart
             .put_part(

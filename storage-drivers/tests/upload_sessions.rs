@@ -152,6 +152,69 @@ async fn racing_appends_cannot_both_win(store: Arc<dyn StorageDriver>) {
     assert!(read_blob(&r, &digest).await == blob);
 }
 
+/// A request still streaming after a newer one took the session over (a client's retry while
+/// its first attempt lingers) must not change the bytes the newer one hashed.
+async fn superseded_request_cannot_change_the_bytes(store: Arc<dyn StorageDriver>) {
+    let r = Arc::new(Registry::new(store, RegistrySettings::default()));
+    let name: RepositoryName = "race/late".parse().unwrap();
+    let id = r.uploads().start(&name).await.unwrap();
+    // A first request commits 1 MiB, so the session has its data file (local disk) or
+    // multipart upload from here on.
+    let ee = |n: usize| vec![0xEE; n];
+    r.uploads()
+        .append(&name, &id, range(0, 1 << 20), body(&ee(1 << 20)))
+        .await
+        .unwrap();
+    let (mut late_tx, late_rx) = futures::channel::mpsc::channel::<Result<Bytes, StorageError>>(1);
+    let late = {
+        let (r, name, id) = (r.clone(), name.clone(), id.clone());
+        tokio::spawn(async move { r.uploads().append(&name, &id, None, late_rx.boxed()).await })
+    };
+    use futures::SinkExt;
+    // The lingering request streams 3 MiB more into the same file or upload; on local disk
+    // that stays uncommitted (it commits every 64 MiB), elsewhere every part commits.
+    for _ in 0..3 {
+        late_tx.send(Ok(Bytes::from(ee(1 << 20)))).await.unwrap();
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    // The retry resumes from the committed offset and brings the blob to 5 MiB.
+    let mut blob = ee(4 << 20);
+    blob.extend(data(1 << 20));
+    let committed = r.uploads().status(&name, &id).await.unwrap() as usize;
+    r.uploads()
+        .append(
+            &name,
+            &id,
+            range(committed, blob.len() - committed),
+            body(&blob[committed..]),
+        )
+        .await
+        .unwrap();
+    // The lingering request goes on writing; it must be refused, not land over the retry's bytes.
+    for _ in 0..3 {
+        if late_tx
+            .send(Ok(Bytes::from(vec![0xEE; 1 << 20])))
+            .await
+            .is_err()
+        {
+            break;
+        }
+    }
+    drop(late_tx);
+    assert!(
+        late.await.unwrap().is_err(),
+        "the superseded request failed"
+    );
+    let digest = Digest::of(Algorithm::Sha256, &blob);
+    r.finish_upload(&name, &id, &digest, None, body(&[]))
+        .await
+        .unwrap();
+    assert!(
+        read_blob(&r, &digest).await == blob,
+        "the stored blob holds exactly the bytes its digest names"
+    );
+}
+
 async fn failed_request_keeps_what_arrived(store: Arc<dyn StorageDriver>) {
     let r = Registry::new(store, RegistrySettings::default());
     let name: RepositoryName = "resume".parse().unwrap();
@@ -255,6 +318,7 @@ async fn all(store: impl Fn() -> Arc<dyn StorageDriver>) {
     chunked_upload_across_replicas(store()).await;
     out_of_order_and_sha512(store()).await;
     racing_appends_cannot_both_win(store()).await;
+    superseded_request_cannot_change_the_bytes(store()).await;
     failed_request_keeps_what_arrived(store()).await;
     mismatch_leaves_nothing(store()).await;
     purging_removes_only_old_sessions(store()).await;

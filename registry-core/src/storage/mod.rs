@@ -117,6 +117,21 @@ pub struct MultipartHandle {
     pub upload_id: String,
 }
 
+/// Where a part goes and which request writes it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PartSlot {
+    /// The part's number, from 0.
+    pub index: usize,
+    /// The byte of the final object the part starts at.
+    pub offset: u64,
+    /// The writing request's claim on the session; it grows with every request. A driver
+    /// whose parts share one file (local disk) refuses, with [`StorageError::Precondition`], a
+    /// part from a writer older than one it has seen, so a request that lost its claim can never
+    /// overwrite bytes a newer one has written. Object stores keep parts apart and ignore it:
+    /// there the part list committed with the state decides.
+    pub writer: u64,
+}
+
 /// A part that has been written, as the backend needs it at completion.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct WrittenPart {
@@ -198,13 +213,12 @@ pub trait StorageDriver: Send + Sync + Debug + 'static {
     /// Starts a multipart write to `key`.
     async fn create_multipart(&self, key: &str) -> Result<MultipartHandle, StorageError>;
 
-    /// Writes part `index`, which starts at byte `offset` of the final object.
+    /// Writes the part `slot` names.
     async fn put_part(
         &self,
         key: &str,
         handle: &MultipartHandle,
-        index: usize,
-        offset: u64,
+        slot: PartSlot,
         data: Vec<Bytes>,
     ) -> Result<WrittenPart, StorageError>;
 

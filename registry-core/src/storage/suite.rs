@@ -9,7 +9,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures::{StreamExt, TryStreamExt, stream};
 
-use super::{ByteStream, MultipartHandle, PutCondition, StorageDriver, StorageError};
+use super::{ByteStream, MultipartHandle, PartSlot, PutCondition, StorageDriver, StorageError};
 
 fn stream_of(chunks: Vec<&'static [u8]>) -> ByteStream {
     stream::iter(chunks.into_iter().map(|c| Ok(Bytes::from_static(c)))).boxed()
@@ -311,6 +311,15 @@ async fn copy_rename_delete(d: &dyn StorageDriver) {
     );
 }
 
+/// Part `index` at `offset`, written by one request throughout.
+fn slot(index: usize, offset: u64) -> PartSlot {
+    PartSlot {
+        index,
+        offset,
+        writer: 1,
+    }
+}
+
 fn part(policy_size: u64, fill: u8) -> Vec<Bytes> {
     // Two chunks per part, to prove drivers accept a rope.
     let half = (policy_size / 2) as usize;
@@ -325,19 +334,18 @@ async fn multipart(d: &dyn StorageDriver) {
     let k = "suite/mp/data";
     let h = d.create_multipart(k).await.unwrap();
     let p0 = d
-        .put_part(k, &h, 0, 0, part(policy.part_size, 1))
+        .put_part(k, &h, slot(0, 0), part(policy.part_size, 1))
         .await
         .unwrap();
     let p1 = d
-        .put_part(k, &h, 1, policy.part_size, part(policy.part_size, 2))
+        .put_part(k, &h, slot(1, policy.part_size), part(policy.part_size, 2))
         .await
         .unwrap();
     let p2 = d
         .put_part(
             k,
             &h,
-            2,
-            2 * policy.part_size,
+            slot(2, 2 * policy.part_size),
             vec![Bytes::from_static(b"tail")],
         )
         .await
@@ -358,7 +366,7 @@ async fn multipart(d: &dyn StorageDriver) {
 
     let k2 = "suite/mp/aborted";
     let h2 = d.create_multipart(k2).await.unwrap();
-    d.put_part(k2, &h2, 0, 0, part(policy.part_size, 3))
+    d.put_part(k2, &h2, slot(0, 0), part(policy.part_size, 3))
         .await
         .unwrap();
     d.abort_multipart(k2, &h2).await.unwrap();
@@ -375,15 +383,14 @@ async fn multipart_resume_and_rewrite(d: &dyn StorageDriver) {
     let k = "suite/mp2/data";
     let h = d.create_multipart(k).await.unwrap();
     let p0 = d
-        .put_part(k, &h, 0, 0, part(policy.part_size, 7))
+        .put_part(k, &h, slot(0, 0), part(policy.part_size, 7))
         .await
         .unwrap();
     let _lost = d
         .put_part(
             k,
             &h,
-            1,
-            policy.part_size,
+            slot(1, policy.part_size),
             vec![Bytes::from_static(b"half-written")],
         )
         .await
@@ -392,9 +399,14 @@ async fn multipart_resume_and_rewrite(d: &dyn StorageDriver) {
     let (h, mut parts): (MultipartHandle, Vec<super::WrittenPart>) =
         serde_json::from_str(&saved).unwrap();
     parts.push(
-        d.put_part(k, &h, 1, policy.part_size, vec![Bytes::from_static(b"end")])
-            .await
-            .unwrap(),
+        d.put_part(
+            k,
+            &h,
+            slot(1, policy.part_size),
+            vec![Bytes::from_static(b"end")],
+        )
+        .await
+        .unwrap(),
     );
     d.complete_multipart(k, &h, &parts, policy.part_size + 3)
         .await

@@ -18,7 +18,7 @@ use crate::error::{RegistryError, Result};
 use crate::layout;
 use crate::names::RepositoryName;
 use crate::storage::{
-    ByteStream, ObjectVersion, PartPolicy, PutCondition, StorageDriver, StorageError,
+    ByteStream, ObjectVersion, PartPolicy, PartSlot, PutCondition, StorageDriver, StorageError,
 };
 use crate::upload::hash_feed::{HashFeed, HashThreadGone};
 use crate::upload::state::{StagedFragment, UploadState};
@@ -159,8 +159,11 @@ impl<'a> Appender<'a> {
             .put_part(
                 &self.data_key(),
                 &handle,
-                self.state.parts.len(),
-                self.state.parts_bytes,
+                PartSlot {
+                    index: self.state.parts.len(),
+                    offset: self.state.parts_bytes,
+                    writer: self.state.claim,
+                },
                 data,
             )
             .await?;

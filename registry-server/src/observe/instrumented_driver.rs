@@ -10,8 +10,8 @@ use bytes::Bytes;
 use futures::stream::BoxStream;
 use registry_core::StorageDriver;
 use registry_core::storage::{
-    ByteStream, GetResponse, Listing, MultipartHandle, ObjectInfo, PartPolicy, PutCondition,
-    StorageError, WrittenPart,
+    ByteStream, GetResponse, Listing, MultipartHandle, ObjectInfo, PartPolicy, PartSlot,
+    PutCondition, StorageError, WrittenPart,
 };
 
 use super::Metrics;
@@ -131,14 +131,13 @@ impl StorageDriver for InstrumentedDriver {
         &self,
         key: &str,
         handle: &MultipartHandle,
-        index: usize,
-        offset: u64,
+        slot: PartSlot,
         data: Vec<Bytes>,
     ) -> Result<WrittenPart, StorageError> {
         timed!(
             self,
             "put_part",
-            self.inner.put_part(key, handle, index, offset, data)
+            self.inner.put_part(key, handle, slot, data)
         )
     }
 

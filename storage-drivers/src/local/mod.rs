@@ -3,6 +3,7 @@
 
 mod block_writer;
 mod mapped_read;
+mod writer_fence;
 
 pub use block_writer::WriteMode;
 
@@ -18,7 +19,7 @@ use futures::StreamExt;
 use futures::stream::BoxStream;
 use registry_core::storage::{
     ByteStream, GetResponse, Listing, MultipartHandle, ObjectInfo, ObjectVersion, PartPolicy,
-    PutCondition, StorageDriver, StorageError, WrittenPart, resolve_range,
+    PartSlot, PutCondition, StorageDriver, StorageError, WrittenPart, resolve_range,
 };
 
 /// Names starting with this are in-progress files, never listed as objects.
@@ -482,8 +483,7 @@ impl StorageDriver for LocalDriver {
         &self,
         key: &str,
         handle: &MultipartHandle,
-        _index: usize,
-        offset: u64,
+        slot: PartSlot,
         data: Vec<Bytes>,
     ) -> Result<WrittenPart, StorageError> {
         let path = Self::multipart_path(&self.path(key)?, handle)?;
@@ -492,7 +492,16 @@ impl StorageDriver for LocalDriver {
         // One blocking call for the whole part, not one thread-pool hop per body chunk.
         tokio::task::spawn_blocking(move || -> Result<(), StorageError> {
             let key = owned_key.as_str();
+            // Held for the whole write: a part from a newer request waits for this one, then
+            // overwrites from its own offset; one from an older request is refused.
+            let _fence = writer_fence::admit(&path, slot.writer).map_err(|e| match e {
+                writer_fence::Refused::Superseded => StorageError::Precondition(format!(
+                    "{key}: a newer request has taken over this upload"
+                )),
+                writer_fence::Refused::Io(e) => io_err(key, e),
+            })?;
             let len = std::fs::metadata(&path).map_err(|e| io_err(key, e))?.len();
+            let offset = slot.offset;
             if len < offset {
                 return Err(StorageError::Backend(format!(
                     "{key}: part at {offset} but only {len} bytes written"
@@ -527,6 +536,9 @@ impl StorageDriver for LocalDriver {
         let (owned_key, mode) = (key.to_owned(), self.write_mode);
         tokio::task::spawn_blocking(move || -> Result<(), StorageError> {
             let key = owned_key.as_str();
+            // A part still being written by a request that lost its claim finishes first; its
+            // bytes past `size` are cut and nothing can be written after this.
+            let closed = writer_fence::close(&mp).map_err(|e| io_err(key, e))?;
             let file = std::fs::File::options()
                 .write(true)
                 .open(&mp)
@@ -534,7 +546,9 @@ impl StorageDriver for LocalDriver {
             file.set_len(size).map_err(|e| io_err(key, e))?;
             drop(file);
             block_writer::sync_finished(&mp, mode).map_err(|e| io_err(key, e))?;
-            std::fs::rename(&mp, &path).map_err(|e| io_err(key, e))
+            std::fs::rename(&mp, &path).map_err(|e| io_err(key, e))?;
+            drop(closed);
+            writer_fence::remove(&mp).map_err(|e| io_err(key, e))
         })
         .await
         .map_err(StorageError::backend)?
@@ -546,6 +560,7 @@ impl StorageDriver for LocalDriver {
         handle: &MultipartHandle,
     ) -> Result<(), StorageError> {
         let mp = Self::multipart_path(&self.path(key)?, handle)?;
+        let _ = writer_fence::remove(&mp);
         match tokio::fs::remove_file(&mp).await {
             Err(e) if e.kind() != ErrorKind::NotFound => Err(io_err(key, e)),
             _ => Ok(()),
