@@ -197,6 +197,12 @@ where
     Fut: std::future::Future<Output = f64>,
 {
     let (mut b, mut d) = (Vec::new(), Vec::new());
+    // One untimed run each first: the first run pays for things neither registry does in a
+    // steady state (memory touched for the first time by this VM, cold page cache on a pull).
+    for (who, api) in pair.apis() {
+        let v = op(who, api, runs).await;
+        eprintln!("  warm-up {who}: {v:.3}");
+    }
     for run in 0..runs {
         for (who, api) in pair.apis() {
             // Flush the previous run's dirty pages so one registry's writes don't throttle the next.
