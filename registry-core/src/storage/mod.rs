@@ -222,6 +222,22 @@ pub trait StorageDriver: Send + Sync + Debug + 'static {
         data: Vec<Bytes>,
     ) -> Result<WrittenPart, StorageError>;
 
+    /// Writes the part `slot` names from a stream and returns it with the bytes written. Asked
+    /// only of drivers with loose parts (`fixed_size: false`), which stream a whole request into
+    /// one part; this default gathers the part in memory first.
+    async fn put_part_stream(
+        &self,
+        key: &str,
+        handle: &MultipartHandle,
+        slot: PartSlot,
+        body: ByteStream,
+    ) -> Result<(WrittenPart, u64), StorageError> {
+        use futures::TryStreamExt;
+        let data: Vec<Bytes> = body.try_collect().await?;
+        let n = data.iter().map(|b| b.len() as u64).sum();
+        Ok((self.put_part(key, handle, slot, data).await?, n))
+    }
+
     /// Completes a multipart write; `size` is the total length written.
     async fn complete_multipart(
         &self,

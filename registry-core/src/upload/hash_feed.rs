@@ -8,7 +8,7 @@ use bytes::Bytes;
 use futures::SinkExt;
 use futures::channel::{mpsc, oneshot};
 
-use crate::digest::{Algorithm, Digest, DigestHasher};
+use crate::digest::DigestHasher;
 
 /// Bytes hashed inline before the rest moves to a hashing thread.
 const INLINE_LIMIT: u64 = 1 << 20;
@@ -23,13 +23,23 @@ pub(crate) struct HashFeed {
 }
 
 impl HashFeed {
-    /// A feed computing `algorithm`.
-    pub(crate) fn new(algorithm: Algorithm) -> Self {
-        HashFeed {
-            inline: Some(DigestHasher::new(algorithm)),
+    /// A feed continuing `hasher` (a session's saved state); `expected_len`, when the request
+    /// announced one, starts the thread at once for a large body.
+    pub(crate) fn resume(hasher: DigestHasher, expected_len: Option<u64>) -> Self {
+        let mut feed = HashFeed {
+            inline: Some(hasher),
             seen: 0,
             worker: None,
+        };
+        if expected_len.is_some_and(|n| n >= INLINE_LIMIT)
+            && let Some(h) = feed.inline.take()
+        {
+            match spawn(h.clone()) {
+                Ok(worker) => feed.worker = Some(worker),
+                Err(_) => feed.inline = Some(h),
+            }
         }
+        feed
     }
 
     /// Adds the next chunk; waits only when the hashing thread is a full queue behind.
@@ -50,19 +60,17 @@ impl HashFeed {
         }
     }
 
-    /// The digest of everything fed.
-    pub(crate) async fn finish(self) -> Result<Digest, HashThreadGone> {
+    /// The hasher after everything fed (to save, or to finish into a digest).
+    pub(crate) async fn finish(self) -> Result<DigestHasher, HashThreadGone> {
         if let Some(h) = self.inline {
-            return Ok(h.finish());
+            return Ok(h);
         }
         let Some((tx, done)) = self.worker else {
             return Err(HashThreadGone);
         };
         // Closing the queue ends the thread once it has drained it; it hands the hasher back.
         drop(tx);
-        done.await
-            .map(DigestHasher::finish)
-            .map_err(|_| HashThreadGone)
+        done.await.map_err(|_| HashThreadGone)
     }
 }
 
@@ -94,6 +102,7 @@ pub(crate) struct HashThreadGone;
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::digest::Algorithm;
 
     #[test]
     fn inline_and_threaded_digests_match_one_pass_hashing() {
@@ -109,7 +118,7 @@ mod tests {
                     .enumerate()
                     .map(|(i, n)| Bytes::from(vec![i as u8 + 7; *n]))
                     .collect();
-                let mut feed = HashFeed::new(algorithm);
+                let mut feed = HashFeed::resume(DigestHasher::new(algorithm), None);
                 let mut one_pass = DigestHasher::new(algorithm);
                 for c in &chunks {
                     feed.update(c).await.unwrap();
@@ -117,7 +126,11 @@ mod tests {
                 }
                 let threaded = feed.worker.is_some();
                 assert_eq!(threaded, sizes.iter().sum::<usize>() as u64 >= INLINE_LIMIT);
-                assert_eq!(feed.finish().await.unwrap(), one_pass.finish(), "{sizes:?}");
+                assert_eq!(
+                    feed.finish().await.unwrap().finish(),
+                    one_pass.finish(),
+                    "{sizes:?}"
+                );
             }
         });
     }

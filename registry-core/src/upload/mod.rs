@@ -2,6 +2,7 @@
 
 pub mod content_range;
 mod hash_feed;
+mod hashed_body;
 pub mod session;
 pub mod state;
 

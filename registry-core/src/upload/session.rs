@@ -20,13 +20,9 @@ use crate::names::RepositoryName;
 use crate::storage::{
     ByteStream, ObjectVersion, PartPolicy, PartSlot, PutCondition, StorageDriver, StorageError,
 };
-use crate::upload::hash_feed::{HashFeed, HashThreadGone};
+use crate::upload::hash_feed::HashFeed;
+use crate::upload::hashed_body::{BodyFailure, HashOutcome, OnFailure, hashed_body};
 use crate::upload::state::{StagedFragment, UploadState};
-
-/// Size of writes on backends without a fixed part size (local disk): small, to bound memory.
-const LOOSE_WRITE_SIZE: u64 = 1 << 20;
-/// How many bytes may be written on such backends before the state is committed again.
-const LOOSE_COMMIT_INTERVAL: u64 = 64 << 20;
 
 /// Upload operations over a storage driver.
 pub struct UploadSessions {
@@ -91,7 +87,6 @@ struct Appender<'a> {
     hasher: DigestHasher,
     buf: Vec<Bytes>,
     buf_len: u64,
-    uncommitted: u64,
 }
 
 impl<'a> Appender<'a> {
@@ -103,7 +98,6 @@ impl<'a> Appender<'a> {
         self.state.hash_state = hex::encode(self.hasher.save());
         self.version =
             write_state(self.store, self.name, self.id, &self.state, &self.version).await?;
-        self.uncommitted = 0;
         Ok(())
     }
 
@@ -117,15 +111,8 @@ impl<'a> Appender<'a> {
     async fn push(&mut self, chunk: Bytes) -> Result<()> {
         self.buf_len += chunk.len() as u64;
         self.buf.push(chunk);
-        if self.policy.fixed_size {
-            while self.state.staged_len() + self.buf_len >= self.policy.part_size {
-                self.write_fixed_part().await?;
-            }
-        } else if self.buf_len >= LOOSE_WRITE_SIZE {
-            self.write_loose_part().await?;
-            if self.uncommitted >= LOOSE_COMMIT_INTERVAL {
-                self.commit().await?;
-            }
+        while self.state.staged_len() + self.buf_len >= self.policy.part_size {
+            self.write_fixed_part().await?;
         }
         Ok(())
     }
@@ -195,22 +182,10 @@ impl<'a> Appender<'a> {
         Ok(())
     }
 
-    async fn write_loose_part(&mut self) -> Result<()> {
-        let data = std::mem::take(&mut self.buf);
-        let len = std::mem::take(&mut self.buf_len);
-        for c in &data {
-            self.hasher.update(c);
-        }
-        self.write_part(data, len).await?;
-        self.state.offset = self.state.parts_bytes;
-        self.uncommitted += len;
-        Ok(())
-    }
-
     /// Persists what is buffered at the end of a request and commits.
     async fn end(&mut self) -> Result<()> {
         if self.buf_len > 0 {
-            if self.policy.fixed_size {
+            {
                 let data = Bytes::from(std::mem::take(&mut self.buf).concat());
                 let len = std::mem::take(&mut self.buf_len);
                 self.hasher.update(&data);
@@ -222,8 +197,6 @@ impl<'a> Appender<'a> {
                     .await?;
                 self.state.staged.push(StagedFragment { generation, len });
                 self.state.offset += len;
-            } else {
-                self.write_loose_part().await?;
             }
         }
         self.commit().await
@@ -365,7 +338,6 @@ impl UploadSessions {
             version: l.version,
             buf: Vec::new(),
             buf_len: 0,
-            uncommitted: 0,
         })
     }
 
@@ -473,14 +445,22 @@ impl UploadSessions {
         body: ByteStream,
         expected_len: Option<u64>,
     ) -> Result<u64> {
-        let (done, computed) = oneshot::channel();
-        let body = hashed_body(body, HashFeed::new(digest.algorithm()), expected_len, done);
+        let (done, outcome) = oneshot::channel();
+        let feed = HashFeed::resume(DigestHasher::new(digest.algorithm()), expected_len);
+        let body = hashed_body(body, feed, expected_len, OnFailure::Fail, done);
         let data_key = layout::upload_data(name, id);
+        let mut outcome = outcome;
         let size = match self.store.put_stream(&data_key, body).await {
             Ok(n) => n,
             Err(e) => {
                 let _ = self.store.delete(&data_key).await;
-                return Err(e.into());
+                // A failure of the body itself is the client's, not the store's.
+                return Err(match outcome.try_recv() {
+                    Ok(Some(HashOutcome {
+                        failure: Some(f), ..
+                    })) => body_failure(f),
+                    _ => e.into(),
+                });
             }
         };
         if expected_len.is_some_and(|n| n != size) {
@@ -489,8 +469,12 @@ impl UploadSessions {
                 "body shorter than Content-Range".into(),
             ));
         }
-        let computed = match computed.await {
-            Ok(Ok(d)) => d,
+        let computed = match outcome.await {
+            Ok(HashOutcome {
+                hasher: Ok(h),
+                failure: None,
+                ..
+            }) => h.finish(),
             // The driver stopped reading before the end, or the hashing thread died.
             _ => {
                 let _ = self.store.delete(&data_key).await;
@@ -573,45 +557,65 @@ impl UploadSessions {
     }
 }
 
-/// `body` with every chunk fed to `feed` (refused past `expected_len`); the digest goes out on
-/// `done` when the body has been read to its end.
-fn hashed_body(
+/// Loose parts (local disk): the whole request body becomes one part, streamed to the driver
+/// while a thread hashes it. What arrived before a body failure is kept and committed, so the
+/// client can resume after it; nothing is committed in the middle of a request.
+async fn append_streamed(
+    app: &mut Appender<'_>,
     body: ByteStream,
-    feed: HashFeed,
     expected_len: Option<u64>,
-    done: oneshot::Sender<std::result::Result<Digest, HashThreadGone>>,
-) -> ByteStream {
-    let state = (body, Some(feed), Some(done), 0u64);
-    futures::stream::unfold(
-        state,
-        move |(mut body, mut feed, mut done, mut seen)| async move {
-            let item = match body.next().await {
-                Some(Ok(chunk)) => {
-                    seen += chunk.len() as u64;
-                    if expected_len.is_some_and(|n| seen > n) {
-                        Err(StorageError::Backend(
-                            "body longer than Content-Range".into(),
-                        ))
-                    } else if let Some(f) = feed.as_mut()
-                        && let Err(e) = f.update(&chunk).await
-                    {
-                        Err(StorageError::backend(e))
-                    } else {
-                        Ok(chunk)
-                    }
-                }
-                Some(Err(e)) => Err(e),
-                None => {
-                    if let (Some(f), Some(d)) = (feed.take(), done.take()) {
-                        let _ = d.send(f.finish().await);
-                    }
-                    return None;
-                }
-            };
-            Some((item, (body, feed, done, seen)))
-        },
-    )
-    .boxed()
+) -> Result<()> {
+    app.ensure_multipart().await?;
+    let handle = app
+        .state
+        .multipart
+        .clone()
+        .ok_or(RegistryError::BlobUploadUnknown)?;
+    let (done, outcome) = oneshot::channel();
+    let feed = HashFeed::resume(app.hasher.clone(), expected_len);
+    let body = hashed_body(body, feed, expected_len, OnFailure::EndCleanly, done);
+    let slot = PartSlot {
+        index: app.state.parts.len(),
+        offset: app.state.parts_bytes,
+        writer: app.state.claim,
+    };
+    let (part, written) = app
+        .store
+        .put_part_stream(&app.data_key(), &handle, slot, body)
+        .await?;
+    let unhashed = || RegistryError::BlobUploadInvalid("the upload could not be hashed".into());
+    let outcome = outcome.await.map_err(|_| unhashed())?;
+    let hasher = outcome.hasher.map_err(|_| unhashed())?;
+    if outcome.passed != written {
+        return Err(unhashed());
+    }
+    if let Some(BodyFailure::TooLong) = outcome.failure {
+        return Err(body_failure(BodyFailure::TooLong));
+    }
+    app.hasher = hasher;
+    if written > 0 {
+        app.state.parts.push(part);
+        app.state.parts_bytes += written;
+        app.state.offset = app.state.parts_bytes;
+    }
+    app.commit().await?;
+    if let Some(f) = outcome.failure {
+        return Err(body_failure(f));
+    }
+    if expected_len.is_some_and(|n| n != written) {
+        return Err(RegistryError::SizeInvalid(
+            "body shorter than Content-Range".into(),
+        ));
+    }
+    Ok(())
+}
+
+/// The error a request gets when its body stopped early.
+fn body_failure(f: BodyFailure) -> RegistryError {
+    match f {
+        BodyFailure::TooLong => RegistryError::SizeInvalid("body longer than Content-Range".into()),
+        BodyFailure::Body(e) => RegistryError::BlobUploadInvalid(format!("request body: {e}")),
+    }
 }
 
 async fn append_body(
@@ -619,6 +623,9 @@ async fn append_body(
     mut body: ByteStream,
     expected_len: Option<u64>,
 ) -> Result<()> {
+    if !app.policy.fixed_size {
+        return append_streamed(app, body, expected_len).await;
+    }
     let mut seen = 0u64;
     while let Some(next) = body.next().await {
         let chunk = match next {

@@ -141,6 +141,20 @@ impl StorageDriver for InstrumentedDriver {
         )
     }
 
+    async fn put_part_stream(
+        &self,
+        key: &str,
+        handle: &MultipartHandle,
+        slot: PartSlot,
+        body: ByteStream,
+    ) -> Result<(WrittenPart, u64), StorageError> {
+        timed!(
+            self,
+            "put_part",
+            self.inner.put_part_stream(key, handle, slot, body)
+        )
+    }
+
     async fn complete_multipart(
         &self,
         key: &str,

@@ -29,6 +29,61 @@ const INLINE_READ: u64 = 4096;
 /// Body chunks queued for the writer thread of a streamed put (bounded: memory per upload).
 const WRITE_QUEUE: usize = 4;
 
+/// Puts the freshly written `tmp` at `path` as `condition` says.
+fn place_written(
+    tmp: &Path,
+    path: &Path,
+    key: &str,
+    condition: PutCondition,
+) -> Result<(), StorageError> {
+    let fail = |e| io_err(key, e);
+    match condition {
+        PutCondition::Overwrite => std::fs::rename(tmp, path).map_err(fail),
+        // link(2) fails if the target exists: an atomic create-only.
+        PutCondition::CreateOnly => std::fs::hard_link(tmp, path).map_err(fail),
+        PutCondition::IfVersion(expected) => {
+            let lock_path = path.with_file_name(format!(
+                "{HIDDEN}lock-{}",
+                path.file_name()
+                    .and_then(|f| f.to_str())
+                    .unwrap_or("object")
+            ));
+            // flock serialises compare-and-swap across threads and processes on this host.
+            let lock = std::fs::OpenOptions::new()
+                .create(true)
+                .truncate(false)
+                .write(true)
+                .open(&lock_path)
+                .map_err(fail)?;
+            lock.lock().map_err(fail)?;
+            let current = std::fs::metadata(path).map_err(fail)?;
+            if version_of(&current) != expected {
+                return Err(StorageError::Precondition(key.to_owned()));
+            }
+            std::fs::rename(tmp, path).map_err(fail)
+        }
+    }
+}
+
+/// Forwards `body` to a writer's queue; returns the body's error, if it failed. A closed queue
+/// means the writer failed, and its own error is what the caller reports.
+async fn feed_writer(
+    mut body: ByteStream,
+    tx: &tokio::sync::mpsc::Sender<Bytes>,
+) -> Option<StorageError> {
+    while let Some(chunk) = body.next().await {
+        match chunk {
+            Ok(c) => {
+                if tx.send(c).await.is_err() {
+                    return None;
+                }
+            }
+            Err(e) => return Some(e),
+        }
+    }
+    None
+}
+
 /// Stores objects as files under a root directory.
 #[derive(Debug, Clone)]
 pub struct LocalDriver {
@@ -128,15 +183,6 @@ impl LocalDriver {
             }
             dir = d.parent();
         }
-    }
-
-    async fn write_new(path: &Path, key: &str, data: &[u8]) -> Result<PathBuf, StorageError> {
-        Self::ensure_parent(path, key).await?;
-        let tmp = hidden_sibling(path, "tmp");
-        tokio::fs::write(&tmp, data)
-            .await
-            .map_err(|e| io_err(key, e))?;
-        Ok(tmp)
     }
 
     /// A removal of something already gone succeeds; a real one prunes the emptied parents.
@@ -260,58 +306,31 @@ impl StorageDriver for LocalDriver {
         condition: PutCondition,
     ) -> Result<ObjectInfo, StorageError> {
         let path = self.path(key)?;
-        match condition {
-            PutCondition::Overwrite => {
-                let tmp = Self::write_new(&path, key, &data).await?;
-                tokio::fs::rename(&tmp, &path)
-                    .await
-                    .map_err(|e| io_err(key, e))?;
+        let owned_key = key.to_owned();
+        // One blocking call for the whole put: upload state is rewritten twice per PATCH.
+        tokio::task::spawn_blocking(move || -> Result<ObjectInfo, StorageError> {
+            let key = owned_key.as_str();
+            let fail = |e| io_err(key, e);
+            if let Some(parent) = path.parent() {
+                std::fs::create_dir_all(parent).map_err(fail)?;
             }
-            PutCondition::CreateOnly => {
-                let tmp = Self::write_new(&path, key, &data).await?;
-                // link(2) fails if the target exists: an atomic create-only.
-                let linked = tokio::fs::hard_link(&tmp, &path).await;
-                let _ = tokio::fs::remove_file(&tmp).await;
-                linked.map_err(|e| io_err(key, e))?;
-            }
-            PutCondition::IfVersion(expected) => {
-                let tmp = Self::write_new(&path, key, &data).await?;
-                let owned_key = key.to_owned();
-                let lock_path = path.with_file_name(format!(
-                    "{HIDDEN}lock-{}",
-                    path.file_name()
-                        .and_then(|f| f.to_str())
-                        .unwrap_or("object")
-                ));
-                let target = path.clone();
-                let tmp2 = tmp.clone();
-                // flock serialises compare-and-swap across threads and processes on this host.
-                let outcome = tokio::task::spawn_blocking(move || -> Result<(), StorageError> {
-                    let lock = std::fs::OpenOptions::new()
-                        .create(true)
-                        .truncate(false)
-                        .write(true)
-                        .open(&lock_path)
-                        .map_err(|e| io_err(&owned_key, e))?;
-                    lock.lock().map_err(|e| io_err(&owned_key, e))?;
-                    let current = std::fs::metadata(&target).map_err(|e| io_err(&owned_key, e))?;
-                    if version_of(&current) != expected {
-                        return Err(StorageError::Precondition(owned_key));
-                    }
-                    std::fs::rename(&tmp2, &target).map_err(|e| io_err(&owned_key, e))
-                })
-                .await
-                .map_err(StorageError::backend)?;
-                if outcome.is_err() {
-                    let _ = tokio::fs::remove_file(&tmp).await;
-                }
-                outcome?;
-            }
-        }
-        self.stat(key).await
+            let tmp = hidden_sibling(&path, "tmp");
+            std::fs::write(&tmp, &data).map_err(fail)?;
+            // The new file's inode and times are what the key will show: its version.
+            let info = std::fs::metadata(&tmp).map(|m| info_of(&m));
+            let placed = info.map_err(fail).and_then(|info| {
+                place_written(&tmp, &path, key, condition)?;
+                Ok(info)
+            });
+            // Gone already after a rename; left behind by a hard link or a refusal.
+            let _ = std::fs::remove_file(&tmp);
+            placed
+        })
+        .await
+        .map_err(StorageError::backend)?
     }
 
-    async fn put_stream(&self, key: &str, mut body: ByteStream) -> Result<u64, StorageError> {
+    async fn put_stream(&self, key: &str, body: ByteStream) -> Result<u64, StorageError> {
         let path = self.path(key)?;
         Self::ensure_parent(&path, key).await?;
         let tmp = hidden_sibling(&path, "tmp");
@@ -320,36 +339,20 @@ impl StorageDriver for LocalDriver {
         let (tx, mut rx) = tokio::sync::mpsc::channel::<Bytes>(WRITE_QUEUE);
         let owned_key = key.to_owned();
         let (tmp2, dest, mode) = (tmp.clone(), path.clone(), self.write_mode);
-        let writer = tokio::task::spawn_blocking(move || -> Result<(), StorageError> {
+        let writer = tokio::task::spawn_blocking(move || -> Result<u64, StorageError> {
             let fail = |e| io_err(&owned_key, e);
             let mut out = block_writer::BlockWriter::create(&tmp2, mode).map_err(fail)?;
             while let Some(chunk) = rx.blocking_recv() {
                 out.write(&chunk).map_err(fail)?;
             }
-            out.finish(true).map_err(fail)?;
-            Ok(())
+            out.finish(true).map_err(fail)
         });
-        let mut n = 0u64;
-        let mut failure = None;
-        while let Some(chunk) = body.next().await {
-            match chunk {
-                Ok(c) => {
-                    n += c.len() as u64;
-                    if tx.send(c).await.is_err() {
-                        break; // the writer failed; its error is reported below
-                    }
-                }
-                Err(e) => {
-                    failure = Some(e);
-                    break;
-                }
-            }
-        }
+        let failure = feed_writer(body, &tx).await;
         drop(tx);
         let written = writer.await.map_err(StorageError::backend).and_then(|r| r);
         let result = match (failure, written) {
             (Some(e), _) | (None, Err(e)) => Err(e),
-            (None, Ok(())) => tokio::fs::rename(&tmp, &dest)
+            (None, Ok(n)) => tokio::fs::rename(&tmp, &dest)
                 .await
                 .map(|_| n)
                 .map_err(|e| io_err(key, e)),
@@ -496,42 +499,69 @@ impl StorageDriver for LocalDriver {
         slot: PartSlot,
         data: Vec<Bytes>,
     ) -> Result<WrittenPart, StorageError> {
+        let body = futures::stream::iter(data.into_iter().map(Ok)).boxed();
+        self.put_part_stream(key, handle, slot, body)
+            .await
+            .map(|(part, _)| part)
+    }
+
+    async fn put_part_stream(
+        &self,
+        key: &str,
+        handle: &MultipartHandle,
+        slot: PartSlot,
+        body: ByteStream,
+    ) -> Result<(WrittenPart, u64), StorageError> {
         let path = Self::multipart_path(&self.path(key)?, handle)?;
-        let owned_key = key.to_owned();
-        let mode = self.write_mode;
-        // One blocking call for the whole part, not one thread-pool hop per body chunk.
-        tokio::task::spawn_blocking(move || -> Result<(), StorageError> {
+        let (owned_key, mode) = (key.to_owned(), self.write_mode);
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<Bytes>(WRITE_QUEUE);
+        // A blocking writer fed through a short queue, as for whole objects.
+        let writer = tokio::task::spawn_blocking(move || -> Result<u64, StorageError> {
             let key = owned_key.as_str();
-            // Held for the whole write: a part from a newer request waits for this one, then
-            // overwrites from its own offset; one from an older request is refused.
-            let _fence = writer_fence::admit(&path, slot.writer).map_err(|e| match e {
-                writer_fence::Refused::Superseded => StorageError::Precondition(format!(
-                    "{key}: a newer request has taken over this upload"
-                )),
-                writer_fence::Refused::Io(e) => io_err(key, e),
-            })?;
-            let len = std::fs::metadata(&path).map_err(|e| io_err(key, e))?.len();
-            let offset = slot.offset;
-            if len < offset {
-                return Err(StorageError::Backend(format!(
-                    "{key}: part at {offset} but only {len} bytes written"
-                )));
+            let fail = |e| io_err(key, e);
+            let fence = writer_fence::Fence::open(&path).map_err(fail)?;
+            // Every write happens inside the fence: a newer request waits for the bytes in
+            // flight and then overwrites from its own offset; this one is refused from then on.
+            let enter = || {
+                fence.enter(slot.writer).map_err(|e| match e {
+                    writer_fence::Refused::Superseded => StorageError::Precondition(format!(
+                        "{key}: a newer request has taken over this upload"
+                    )),
+                    writer_fence::Refused::Io(e) => io_err(key, e),
+                })
+            };
+            let mut out = {
+                let _in = enter()?;
+                let len = std::fs::metadata(&path).map_err(fail)?.len();
+                if len < slot.offset {
+                    return Err(StorageError::Backend(format!(
+                        "{key}: part at {} but only {len} bytes written",
+                        slot.offset
+                    )));
+                }
+                // Anything past the offset was written by a request that never committed.
+                block_writer::BlockWriter::open_at(&path, slot.offset, mode).map_err(fail)?
+            };
+            while let Some(chunk) = rx.blocking_recv() {
+                let _in = enter()?;
+                out.write(&chunk).map_err(fail)?;
             }
-            // Anything past `offset` was written by a request that never committed: overwrite it.
-            let mut out = block_writer::BlockWriter::open_at(&path, offset, mode)
-                .map_err(|e| io_err(key, e))?;
-            for chunk in &data {
-                out.write(chunk).map_err(|e| io_err(key, e))?;
-            }
+            let _in = enter()?;
             // Synced once, at completion, not per part.
-            out.finish(false).map_err(|e| io_err(key, e))?;
-            Ok(())
-        })
-        .await
-        .map_err(StorageError::backend)??;
-        Ok(WrittenPart {
-            content_id: String::new(),
-        })
+            Ok(out.finish(false).map_err(fail)? - slot.offset)
+        });
+        let failure = feed_writer(body, &tx).await;
+        drop(tx);
+        let written = writer.await.map_err(StorageError::backend)?;
+        match failure {
+            Some(e) => Err(e),
+            None => Ok((
+                WrittenPart {
+                    content_id: String::new(),
+                },
+                written?,
+            )),
+        }
     }
 
     async fn complete_multipart(
@@ -548,7 +578,8 @@ impl StorageDriver for LocalDriver {
             let key = owned_key.as_str();
             // A part still being written by a request that lost its claim finishes first; its
             // bytes past `size` are cut and nothing can be written after this.
-            let closed = writer_fence::close(&mp).map_err(|e| io_err(key, e))?;
+            let fence = writer_fence::Fence::open(&mp).map_err(|e| io_err(key, e))?;
+            let closed = fence.close().map_err(|e| io_err(key, e))?;
             let file = std::fs::File::options()
                 .write(true)
                 .open(&mp)

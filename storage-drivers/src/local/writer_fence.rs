@@ -8,7 +8,7 @@
 //! offset, an older one is refused, and completion closes the fence to everyone.
 
 use std::fs::File;
-use std::io::{self, Read};
+use std::io;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
@@ -26,9 +26,20 @@ impl From<io::Error> for Refused {
     }
 }
 
-/// Held while a part is written; dropping it lets the next writer in.
-pub(crate) struct Admitted {
-    _lock: File,
+/// The fence of one multipart file, open for a request's writes.
+pub(crate) struct Fence {
+    file: File,
+}
+
+/// Held while bytes are written; dropping it lets the next writer in.
+pub(crate) struct Entered<'a> {
+    file: &'a File,
+}
+
+impl Drop for Entered<'_> {
+    fn drop(&mut self) {
+        let _ = self.file.unlock();
+    }
 }
 
 /// The fence value after completion: no writer is newer.
@@ -40,44 +51,56 @@ fn fence_path(multipart: &Path) -> PathBuf {
     PathBuf::from(name)
 }
 
-/// Locks the fence and returns it with the newest writer recorded so far (0 when none).
-fn lock(multipart: &Path) -> io::Result<(File, u64)> {
-    let mut file = File::options()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .open(fence_path(multipart))?;
-    file.lock()?;
-    let mut text = String::new();
-    file.read_to_string(&mut text)?;
-    Ok((file, text.trim().parse().unwrap_or(0)))
-}
-
-fn record(file: &File, writer: u64) -> io::Result<()> {
-    let text = writer.to_string();
-    file.set_len(0)?;
-    file.write_all_at(text.as_bytes(), 0)
-}
-
-/// Lets `writer` write a part, waiting for a part in flight; refuses a writer older than the
-/// newest one seen.
-pub(crate) fn admit(multipart: &Path, writer: u64) -> Result<Admitted, Refused> {
-    let (file, newest) = lock(multipart)?;
-    if writer < newest || newest == CLOSED {
-        return Err(Refused::Superseded);
+impl Fence {
+    /// Opens (creating) the fence of `multipart`.
+    pub(crate) fn open(multipart: &Path) -> io::Result<Fence> {
+        let file = File::options()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(fence_path(multipart))?;
+        Ok(Fence { file })
     }
-    if writer > newest {
-        record(&file, writer)?;
-    }
-    Ok(Admitted { _lock: file })
-}
 
-/// Waits for a part in flight and refuses every later one: the file is about to be completed.
-pub(crate) fn close(multipart: &Path) -> io::Result<Admitted> {
-    let (file, _) = lock(multipart)?;
-    record(&file, CLOSED)?;
-    Ok(Admitted { _lock: file })
+    /// Locks the fence and reads the newest writer recorded so far (0 when none).
+    fn lock(&self) -> io::Result<(Entered<'_>, u64)> {
+        self.file.lock()?;
+        let entered = Entered { file: &self.file };
+        let mut buf = [0u8; 24];
+        let n = self.file.read_at(&mut buf, 0)?;
+        let newest = std::str::from_utf8(&buf[..n])
+            .ok()
+            .and_then(|t| t.trim().parse().ok())
+            .unwrap_or(0);
+        Ok((entered, newest))
+    }
+
+    fn record(&self, writer: u64) -> io::Result<()> {
+        let text = writer.to_string();
+        self.file.set_len(0)?;
+        self.file.write_all_at(text.as_bytes(), 0)
+    }
+
+    /// Lets `writer` write, waiting for bytes in flight; refuses a writer older than the newest
+    /// one seen.
+    pub(crate) fn enter(&self, writer: u64) -> Result<Entered<'_>, Refused> {
+        let (entered, newest) = self.lock()?;
+        if writer < newest || newest == CLOSED {
+            return Err(Refused::Superseded);
+        }
+        if writer > newest {
+            self.record(writer)?;
+        }
+        Ok(entered)
+    }
+
+    /// Waits for bytes in flight and refuses every later write: the file is being completed.
+    pub(crate) fn close(&self) -> io::Result<Entered<'_>> {
+        let (entered, _) = self.lock()?;
+        self.record(CLOSED)?;
+        Ok(entered)
+    }
 }
 
 /// Deletes the fence of a finished or abandoned multipart file.
@@ -92,36 +115,45 @@ pub(crate) fn remove(multipart: &Path) -> io::Result<()> {
 mod tests {
     use super::*;
 
+    fn admit(mp: &Path, writer: u64) -> bool {
+        Fence::open(mp).unwrap().enter(writer).is_ok()
+    }
+
     #[test]
     fn newer_writers_take_over_and_older_ones_are_refused() {
         let dir = tempfile::tempdir().unwrap();
         let mp = dir.path().join("mp");
-        drop(admit(&mp, 3).ok().unwrap());
-        drop(admit(&mp, 3).ok().unwrap());
-        assert!(matches!(admit(&mp, 2), Err(Refused::Superseded)));
-        drop(admit(&mp, 4).ok().unwrap());
-        assert!(matches!(admit(&mp, 3), Err(Refused::Superseded)));
-        drop(close(&mp).unwrap());
-        assert!(matches!(admit(&mp, 5), Err(Refused::Superseded)));
+        assert!(admit(&mp, 3));
+        assert!(admit(&mp, 3));
+        assert!(!admit(&mp, 2));
+        assert!(admit(&mp, 4));
+        assert!(!admit(&mp, 3));
+        drop(Fence::open(&mp).unwrap().close().unwrap());
+        assert!(!admit(&mp, 5));
         remove(&mp).unwrap();
         assert!(!fence_path(&mp).exists());
     }
 
     #[test]
-    fn a_newer_writer_waits_for_the_part_in_flight() {
+    fn a_newer_writer_waits_for_the_bytes_in_flight() {
         let dir = tempfile::tempdir().unwrap();
         let mp = dir.path().join("mp");
-        let held = admit(&mp, 1).ok().unwrap();
+        let fence = Fence::open(&mp).unwrap();
+        let held = fence.enter(1).ok().unwrap();
         let (tx, rx) = std::sync::mpsc::channel();
         let mp2 = mp.clone();
         let newer = std::thread::spawn(move || {
-            let _a = admit(&mp2, 2).ok().unwrap();
+            assert!(admit(&mp2, 2));
             tx.send(()).unwrap();
         });
         std::thread::sleep(std::time::Duration::from_millis(100));
-        assert!(rx.try_recv().is_err(), "entered while a part was in flight");
+        assert!(rx.try_recv().is_err(), "entered while bytes were in flight");
         drop(held);
         newer.join().unwrap();
         assert!(rx.try_recv().is_ok());
+        assert!(
+            fence.enter(1).is_err(),
+            "the older writer is refused afterwards"
+        );
     }
 }
