@@ -13,7 +13,7 @@ use crate::digest::DigestHasher;
 /// Bytes hashed inline before the rest moves to a hashing thread.
 const INLINE_LIMIT: u64 = 1 << 20;
 /// Chunks queued for the hashing thread (bounded: memory per upload).
-const QUEUE: usize = 4;
+const QUEUE: usize = 2;
 
 /// Feeds a blob's bytes to a hasher, inline at first and then on a dedicated thread.
 pub(crate) struct HashFeed {

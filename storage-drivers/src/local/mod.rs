@@ -27,7 +27,7 @@ const HIDDEN: &str = ".berth-";
 /// Largest object `read_small` reads without leaving the request task (links, upload state).
 const INLINE_READ: u64 = 4096;
 /// Body chunks queued for the writer thread of a streamed put (bounded: memory per upload).
-const WRITE_QUEUE: usize = 4;
+const WRITE_QUEUE: usize = 2;
 
 /// Puts the freshly written `tmp` at `path` as `condition` says.
 fn place_written(
@@ -617,9 +617,11 @@ mod tests {
 
     #[tokio::test]
     async fn passes_the_shared_driver_suite() {
-        let dir = tempfile::tempdir().unwrap();
-        let driver = LocalDriver::new(dir.path()).unwrap();
-        registry_core::storage::suite::run_all(Arc::new(driver)).await;
+        for mode in [WriteMode::Direct, WriteMode::Buffered] {
+            let dir = tempfile::tempdir().unwrap();
+            let driver = LocalDriver::with_write_mode(dir.path(), mode).unwrap();
+            registry_core::storage::suite::run_all(Arc::new(driver)).await;
+        }
     }
 
     #[tokio::test]
