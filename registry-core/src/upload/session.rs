@@ -185,19 +185,17 @@ impl<'a> Appender<'a> {
     /// Persists what is buffered at the end of a request and commits.
     async fn end(&mut self) -> Result<()> {
         if self.buf_len > 0 {
-            {
-                let data = Bytes::from(std::mem::take(&mut self.buf).concat());
-                let len = std::mem::take(&mut self.buf_len);
-                self.hasher.update(&data);
-                let generation = self.state.next_generation;
-                self.state.next_generation += 1;
-                let key = layout::upload_staged(self.name, self.id, generation);
-                self.store
-                    .put_bytes(&key, data, PutCondition::Overwrite)
-                    .await?;
-                self.state.staged.push(StagedFragment { generation, len });
-                self.state.offset += len;
-            }
+            let data = Bytes::from(std::mem::take(&mut self.buf).concat());
+            let len = std::mem::take(&mut self.buf_len);
+            self.hasher.update(&data);
+            let generation = self.state.next_generation;
+            self.state.next_generation += 1;
+            let key = layout::upload_staged(self.name, self.id, generation);
+            self.store
+                .put_bytes(&key, data, PutCondition::Overwrite)
+                .await?;
+            self.state.staged.push(StagedFragment { generation, len });
+            self.state.offset += len;
         }
         self.commit().await
     }
