@@ -29,6 +29,8 @@ struct Args {
     tags: usize,
     load_seconds: u32,
     skip_s3: bool,
+    /// Runs Berth alone (for profiling it without distribution's runs in between).
+    berth_only: bool,
     only: Option<Vec<String>>,
 }
 
@@ -53,6 +55,7 @@ fn parse_args() -> Args {
         tags: 10_000,
         load_seconds: 10,
         skip_s3: false,
+        berth_only: false,
         only: None,
     };
     let argv: Vec<String> = std::env::args().skip(1).collect();
@@ -60,13 +63,17 @@ fn parse_args() -> Args {
     a.command = it.next().cloned().unwrap_or_default();
     if !matches!(a.command.as_str(), "push" | "all") {
         eprintln!(
-            "usage: berth-bench all|push [--backend filesystem|s3|azure] [--size-mib N] [--chunk-mib N] [--runs N] [--uploads N] [--upload-mib N] [--tags N] [--load-seconds N] [--only mono,chunked,pull,manifest,rss] [--skip-s3]"
+            "usage: berth-bench all|push [--backend filesystem|s3|azure] [--size-mib N] [--chunk-mib N] [--runs N] [--uploads N] [--upload-mib N] [--tags N] [--load-seconds N] [--only mono,chunked,pull,manifest,rss] [--skip-s3] [--berth-only]"
         );
         std::process::exit(2);
     }
     while let Some(flag) = it.next() {
         if flag == "--skip-s3" {
             a.skip_s3 = true;
+            continue;
+        }
+        if flag == "--berth-only" {
+            a.berth_only = true;
             continue;
         }
         let v = it.next().unwrap_or_else(|| panic!("{flag} needs a value"));
@@ -101,7 +108,7 @@ struct Pair {
 }
 
 impl Pair {
-    fn start(backend: &str) -> Pair {
+    fn start(backend: &str, berth_only: bool) -> Pair {
         let dir = tempfile::tempdir().unwrap();
         let (mut moto, mut azurite) = (None, None);
         let (berth_storage, dist_storage) = match backend {
@@ -145,7 +152,9 @@ impl Pair {
             ),
             &[("RUST_LOG", "warn")],
         );
-        let dist = dist_storage.map(|s| Distribution::start(&s));
+        let dist = dist_storage
+            .filter(|_| !berth_only)
+            .map(|s| Distribution::start(&s));
         Pair {
             berth,
             dist,
@@ -215,11 +224,25 @@ where
     (median(b), if d.is_empty() { None } else { Some(median(d)) })
 }
 
-/// A fresh blob per (registry, run): the first bytes differ.
+/// Random bytes beyond the blob size, so that every blob can start at its own offset.
+const BLOB_SLACK: usize = 64 << 10;
+
+/// Random data from which every run's blob is cut without copying: a fresh 1 GiB copy per run
+/// made the VM fault in new memory between runs (seconds each) and added noise to the next run.
+fn random_base(size: usize) -> Bytes {
+    let mut base = vec![0u8; size + BLOB_SLACK];
+    rand::Rng::fill(&mut rand::rng(), &mut base[..]);
+    Bytes::from(base)
+}
+
+/// A fresh blob per (registry, run): a window of `base` at an offset of its own.
 fn blob_for(base: &Bytes, who: &str, run: usize) -> Bytes {
-    let mut v = base.to_vec();
-    v[..8].copy_from_slice(&((run as u64) * 2 + u64::from(who == "distribution")).to_le_bytes());
-    Bytes::from(v)
+    let offset = 8 * (run * 2 + usize::from(who == "distribution"));
+    assert!(
+        offset < BLOB_SLACK,
+        "run number {run} too large for the blob slack"
+    );
+    base.slice(offset..offset + base.len() - BLOB_SLACK)
 }
 
 /// Chunked push of a fresh blob per run on both registries; medians in MiB/s.
@@ -231,7 +254,7 @@ async fn chunked_rates(
     prefix: &str,
     salt: usize,
 ) -> (f64, Option<f64>) {
-    let mib = base.len() as f64 / 1048576.0;
+    let mib = (base.len() - BLOB_SLACK) as f64 / 1048576.0;
     alternate(pair, runs, |who, api, run| {
         let data = blob_for(base, who, run + salt);
         let repo = format!("bench/{prefix}{run}");
@@ -385,14 +408,12 @@ async fn concurrent_uploads(api: &Api, uploads: usize, size: usize, salt: u8) {
 async fn run_local(a: &Args, rows: &mut Vec<Row>) {
     let mib = a.size as f64 / 1048576.0;
     // The ceiling: single-core SHA-256 over the same amount of memory.
-    let mut base = vec![0u8; a.size];
-    rand::Rng::fill(&mut rand::rng(), &mut base[..]);
-    let base = Bytes::from(base);
+    let base = random_base(a.size);
     // Best of three: the ceiling should not be lowered by a noisy neighbour.
     let sha_rate = (0..3)
         .map(|_| {
             let start = Instant::now();
-            let _ = sha2::Sha256::digest(&base);
+            let _ = sha2::Sha256::digest(&base[..a.size]);
             mib / start.elapsed().as_secs_f64()
         })
         .fold(0.0, f64::max);
@@ -403,7 +424,7 @@ async fn run_local(a: &Args, rows: &mut Vec<Row>) {
         ratio: "".into(),
     });
 
-    let pair = Pair::start("filesystem");
+    let pair = Pair::start("filesystem", a.berth_only);
     if a.wants("mono") {
         eprintln!("monolithic push");
         let (b, d) = alternate(&pair, a.runs, |who, api, run| {
@@ -461,7 +482,7 @@ async fn run_local(a: &Args, rows: &mut Vec<Row>) {
         // Fresh processes: a peak is a high-water mark, and pulls before this one would leave
         // mapped page-cache pages of the pulled blob in Berth's.
         drop(pair);
-        peak_rss(a, &Pair::start("filesystem"), rows).await;
+        peak_rss(a, &Pair::start("filesystem", a.berth_only), rows).await;
     }
 }
 
@@ -547,10 +568,8 @@ async fn peak_rss(a: &Args, pair: &Pair, rows: &mut Vec<Row>) {
 
 async fn run_s3(a: &Args, rows: &mut Vec<Row>) {
     let mib = a.size as f64 / 1048576.0;
-    let mut base = vec![0u8; a.size];
-    rand::Rng::fill(&mut rand::rng(), &mut base[..]);
-    let base = Bytes::from(base);
-    let pair = Pair::start("s3");
+    let base = random_base(a.size);
+    let pair = Pair::start("s3", a.berth_only);
     eprintln!("s3 chunked push");
     let (b, d) = chunked_rates(&pair, a.runs, &base, a.chunk, "s3", 0).await;
     rows.push(row(
@@ -606,10 +625,8 @@ async fn main() {
     let a = parse_args();
     let mut rows = Vec::new();
     if a.command == "push" {
-        let pair = Pair::start(&a.backend);
-        let mut base = vec![0u8; a.size];
-        rand::Rng::fill(&mut rand::rng(), &mut base[..]);
-        let base = Bytes::from(base);
+        let pair = Pair::start(&a.backend, a.berth_only);
+        let base = random_base(a.size);
         let mib = a.size as f64 / 1048576.0;
         let (b, d) = chunked_rates(&pair, a.runs, &base, a.chunk, "push", 0).await;
         rows.push(row(
