@@ -15,12 +15,31 @@ use std::fs::File;
 use std::io;
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::Path;
+use std::sync::Mutex;
 
 /// Alignment that satisfies `O_DIRECT` on every common block device (4 KiB logical sectors).
 const ALIGN: usize = 4096;
 /// Bytes gathered before a direct write: large enough for full device speed, small enough that
 /// many concurrent uploads stay cheap in memory.
 const BLOCK_BUFFER: usize = 1 << 20;
+/// Block buffers kept for the next writer. A fresh one costs 256 first-touch page faults, paid
+/// on every PATCH of a chunked upload otherwise; a few spares cover a node's usual concurrency.
+const SPARE_BUFFERS: usize = 8;
+
+static SPARES: Mutex<Vec<Vec<u8>>> = Mutex::new(Vec::new());
+
+fn take_buffer() -> Vec<u8> {
+    let spare = SPARES.lock().ok().and_then(|mut s| s.pop());
+    spare.unwrap_or_else(|| vec![0u8; BLOCK_BUFFER + ALIGN])
+}
+
+fn return_buffer(storage: Vec<u8>) {
+    if let Ok(mut spares) = SPARES.lock()
+        && spares.len() < SPARE_BUFFERS
+    {
+        spares.push(storage);
+    }
+}
 
 /// How a local driver writes large objects.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -70,7 +89,7 @@ impl BlockWriter {
                 .ok(),
         };
         let storage = if direct.is_some() {
-            vec![0u8; BLOCK_BUFFER + ALIGN]
+            take_buffer()
         } else {
             Vec::new()
         };
@@ -117,7 +136,7 @@ impl BlockWriter {
             from = head;
         }
         let whole = (self.filled - from) / ALIGN * ALIGN;
-        if whole > 0 && self.pos % ALIGN as u64 == 0 {
+        if whole > 0 && self.pos.is_multiple_of(ALIGN as u64) {
             // The buffer is aligned at `start`; `from` is 0 here or the head moved pos onto a
             // boundary, in which case the data must move to the buffer start to stay aligned.
             if from != 0 {
@@ -181,6 +200,14 @@ impl BlockWriter {
     }
 }
 
+impl Drop for BlockWriter {
+    fn drop(&mut self) {
+        if !self.storage.is_empty() {
+            return_buffer(std::mem::take(&mut self.storage));
+        }
+    }
+}
+
 /// Makes a finished file's data durable when it was written directly (a no-op when buffered,
 /// where distribution's behaviour, no sync, is what was asked for).
 pub(crate) fn sync_finished(path: &Path, mode: WriteMode) -> io::Result<()> {
@@ -228,6 +255,23 @@ mod tests {
             expected.extend_from_slice(&second);
             assert_eq!(std::fs::read(&path).unwrap(), expected, "{mode:?}");
         }
+    }
+
+    #[test]
+    fn block_buffers_are_reused_and_spares_stay_bounded() {
+        let dir = tempfile::tempdir().unwrap();
+        let writers: Vec<BlockWriter> = (0..SPARE_BUFFERS + 4)
+            .map(|i| BlockWriter::create(&dir.path().join(i.to_string()), WriteMode::Direct))
+            .collect::<io::Result<_>>()
+            .unwrap();
+        let used: Vec<*const u8> = writers.iter().map(|w| w.storage.as_ptr()).collect();
+        drop(writers);
+        assert!(SPARES.lock().unwrap().len() <= SPARE_BUFFERS);
+        let again = BlockWriter::create(&dir.path().join("again"), WriteMode::Direct).unwrap();
+        assert!(
+            used.contains(&again.storage.as_ptr()),
+            "a spare buffer was not reused"
+        );
     }
 
     #[test]

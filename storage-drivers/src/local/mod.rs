@@ -26,6 +26,8 @@ use registry_core::storage::{
 const HIDDEN: &str = ".berth-";
 /// Largest object `read_small` reads without leaving the request task (links, upload state).
 const INLINE_READ: u64 = 4096;
+/// Largest object `put_bytes` writes without leaving the request task (upload state, links).
+const INLINE_WRITE: u64 = 4096;
 /// Body chunks queued for the writer thread of a streamed put (bounded: memory per upload).
 const WRITE_QUEUE: usize = 2;
 
@@ -63,6 +65,43 @@ fn place_written(
             std::fs::rename(tmp, path).map_err(fail)
         }
     }
+}
+
+/// Writes `data` to a hidden sibling of `path` and puts it in place as `condition` says.
+fn put_small(
+    path: &Path,
+    key: &str,
+    data: &[u8],
+    condition: PutCondition,
+) -> Result<ObjectInfo, StorageError> {
+    let fail = |e| io_err(key, e);
+    let tmp = hidden_sibling(path, "tmp");
+    // The parent usually exists (a session's state, a repository's links): create it only
+    // when the first write says it is missing.
+    let written = match std::fs::write(&tmp, data) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            if let Some(parent) = path.parent() {
+                std::fs::create_dir_all(parent).map_err(fail)?;
+            }
+            std::fs::write(&tmp, data)
+        }
+        other => other,
+    };
+    written.map_err(fail)?;
+    // A rename leaves nothing behind; a hard link or a refusal leaves the temporary file.
+    let renames = !matches!(condition, PutCondition::CreateOnly);
+    // The new file's inode and times are what the key will show: its version.
+    let placed = std::fs::metadata(&tmp)
+        .map(|m| info_of(&m))
+        .map_err(fail)
+        .and_then(|info| {
+            place_written(&tmp, path, key, condition)?;
+            Ok(info)
+        });
+    if placed.is_err() || !renames {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    placed
 }
 
 /// Forwards `body` to a writer's queue; returns the body's error, if it failed. A closed queue
@@ -306,28 +345,15 @@ impl StorageDriver for LocalDriver {
         condition: PutCondition,
     ) -> Result<ObjectInfo, StorageError> {
         let path = self.path(key)?;
+        // Upload state is rewritten twice per PATCH and links once per push: small puts run on
+        // the request task, as small reads do; a hop to the blocking pool costs more than they.
+        if data.len() as u64 <= INLINE_WRITE {
+            return put_small(&path, key, &data, condition);
+        }
         let owned_key = key.to_owned();
-        // One blocking call for the whole put: upload state is rewritten twice per PATCH.
-        tokio::task::spawn_blocking(move || -> Result<ObjectInfo, StorageError> {
-            let key = owned_key.as_str();
-            let fail = |e| io_err(key, e);
-            if let Some(parent) = path.parent() {
-                std::fs::create_dir_all(parent).map_err(fail)?;
-            }
-            let tmp = hidden_sibling(&path, "tmp");
-            std::fs::write(&tmp, &data).map_err(fail)?;
-            // The new file's inode and times are what the key will show: its version.
-            let info = std::fs::metadata(&tmp).map(|m| info_of(&m));
-            let placed = info.map_err(fail).and_then(|info| {
-                place_written(&tmp, &path, key, condition)?;
-                Ok(info)
-            });
-            // Gone already after a rename; left behind by a hard link or a refusal.
-            let _ = std::fs::remove_file(&tmp);
-            placed
-        })
-        .await
-        .map_err(StorageError::backend)?
+        tokio::task::spawn_blocking(move || put_small(&path, &owned_key, &data, condition))
+            .await
+            .map_err(StorageError::backend)?
     }
 
     async fn put_stream(&self, key: &str, body: ByteStream) -> Result<u64, StorageError> {
@@ -662,5 +688,59 @@ mod tests {
         d.delete("a/b/c/link").await.unwrap();
         assert!(!dir.path().join("a/b").exists());
         assert!(dir.path().join("a/keep").exists());
+    }
+
+    /// Names under `dir` (recursively) that are temporary files of a put.
+    fn leftovers(dir: &Path) -> Vec<PathBuf> {
+        let mut found = Vec::new();
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                found.extend(leftovers(&path));
+            } else if path.to_string_lossy().contains(".berth-tmp-") {
+                found.push(path);
+            }
+        }
+        found
+    }
+
+    #[tokio::test]
+    async fn small_puts_leave_no_temporary_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = LocalDriver::new(dir.path()).unwrap();
+        let small = Bytes::from_static(b"state");
+        let large = Bytes::from(vec![7u8; INLINE_WRITE as usize + 1]);
+        for (key, data) in [("x/y/small", small), ("x/z/large", large)] {
+            // Into a directory that does not exist yet, then every condition, kept and refused.
+            let first = d
+                .put_bytes(key, data.clone(), PutCondition::CreateOnly)
+                .await
+                .unwrap();
+            let refused = d
+                .put_bytes(key, data.clone(), PutCondition::CreateOnly)
+                .await;
+            assert!(
+                matches!(refused, Err(StorageError::AlreadyExists(_))),
+                "{key}"
+            );
+            let second = d
+                .put_bytes(
+                    key,
+                    data.clone(),
+                    PutCondition::IfVersion(first.version.clone()),
+                )
+                .await
+                .unwrap();
+            let stale = d
+                .put_bytes(key, data.clone(), PutCondition::IfVersion(first.version))
+                .await;
+            assert!(matches!(stale, Err(StorageError::Precondition(_))), "{key}");
+            d.put_bytes(key, data.clone(), PutCondition::Overwrite)
+                .await
+                .unwrap();
+            assert_ne!(second.version, d.stat(key).await.unwrap().version);
+            assert_eq!(d.read_small(key).await.unwrap().0, data);
+        }
+        assert_eq!(leftovers(dir.path()), Vec::<PathBuf>::new());
     }
 }
