@@ -460,6 +460,12 @@ async fn run_local(a: &Args, rows: &mut Vec<Row>) {
             "MiB/s",
             true,
         ));
+        rows.push(Row {
+            scenario: "  Berth chunked push / SHA-256 ceiling".into(),
+            berth: format!("{:.0} %", b / sha_rate * 100.0),
+            dist: "".into(),
+            ratio: "".into(),
+        });
     }
 
     if a.wants("pull") {

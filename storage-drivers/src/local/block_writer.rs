@@ -74,7 +74,10 @@ impl BlockWriter {
     /// Opens an existing `path`, drops anything past `offset` and writes from there.
     pub(crate) fn open_at(path: &Path, offset: u64, mode: WriteMode) -> io::Result<Self> {
         let plain = File::options().write(true).open(path)?;
-        plain.set_len(offset)?;
+        // Usually the file ends at `offset` already; a truncate is a journaled metadata change.
+        if plain.metadata()?.len() != offset {
+            plain.set_len(offset)?;
+        }
         Self::with_plain(path, plain, offset, mode)
     }
 

@@ -77,8 +77,8 @@ impl Fence {
     }
 
     fn record(&self, writer: u64) -> io::Result<()> {
-        let text = writer.to_string();
-        self.file.set_len(0)?;
+        // Fixed width (u64::MAX has 20 digits): one write replaces the old value, no truncate.
+        let text = format!("{writer:>20}");
         self.file.write_all_at(text.as_bytes(), 0)
     }
 
