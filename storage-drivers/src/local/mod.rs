@@ -104,23 +104,38 @@ fn put_small(
     placed
 }
 
-/// Forwards `body` to a writer's queue; returns the body's error, if it failed. A closed queue
-/// means the writer failed, and its own error is what the caller reports.
-async fn feed_writer(
-    mut body: ByteStream,
-    tx: &tokio::sync::mpsc::Sender<Bytes>,
-) -> Option<StorageError> {
+/// Runs `writer` on a blocking thread, fed `body`'s chunks through a short queue (bounded
+/// memory per upload) while the request task keeps receiving and its caller keeps hashing.
+/// `writer` gets a function returning the next chunk (`None` at the end, or when the body
+/// failed); the body's own error, if any, wins over what `writer` returned.
+async fn write_on_thread<W>(body: ByteStream, writer: W) -> Result<u64, StorageError>
+where
+    W: FnOnce(&mut dyn FnMut() -> Option<Bytes>) -> Result<u64, StorageError> + Send + 'static,
+{
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<Bytes>(WRITE_QUEUE);
+    let thread = tokio::task::spawn_blocking(move || writer(&mut || rx.blocking_recv()));
+    let mut body = body;
+    let mut failure = None;
     while let Some(chunk) = body.next().await {
         match chunk {
+            // A closed queue means the writer stopped; its own error is what is reported.
             Ok(c) => {
                 if tx.send(c).await.is_err() {
-                    return None;
+                    break;
                 }
             }
-            Err(e) => return Some(e),
+            Err(e) => {
+                failure = Some(e);
+                break;
+            }
         }
     }
-    None
+    drop(tx);
+    let written = thread.await.map_err(StorageError::backend).and_then(|r| r);
+    match failure {
+        Some(e) => Err(e),
+        None => written,
+    }
 }
 
 /// Stores objects as files under a root directory.
@@ -360,25 +375,20 @@ impl StorageDriver for LocalDriver {
         let path = self.path(key)?;
         Self::ensure_parent(&path, key).await?;
         let tmp = hidden_sibling(&path, "tmp");
-        // A dedicated blocking writer fed through a small channel: the request task keeps
-        // receiving (and its caller hashing) while the previous chunks go to disk.
-        let (tx, mut rx) = tokio::sync::mpsc::channel::<Bytes>(WRITE_QUEUE);
         let owned_key = key.to_owned();
-        let (tmp2, dest, mode) = (tmp.clone(), path.clone(), self.write_mode);
-        let writer = tokio::task::spawn_blocking(move || -> Result<u64, StorageError> {
+        let (tmp2, mode) = (tmp.clone(), self.write_mode);
+        let written = write_on_thread(body, move |next| {
             let fail = |e| io_err(&owned_key, e);
             let mut out = block_writer::BlockWriter::create(&tmp2, mode).map_err(fail)?;
-            while let Some(chunk) = rx.blocking_recv() {
+            while let Some(chunk) = next() {
                 out.write(&chunk).map_err(fail)?;
             }
             out.finish(true).map_err(fail)
-        });
-        let failure = feed_writer(body, &tx).await;
-        drop(tx);
-        let written = writer.await.map_err(StorageError::backend).and_then(|r| r);
-        let result = match (failure, written) {
-            (Some(e), _) | (None, Err(e)) => Err(e),
-            (None, Ok(n)) => tokio::fs::rename(&tmp, &dest)
+        })
+        .await;
+        let result = match written {
+            Err(e) => Err(e),
+            Ok(n) => tokio::fs::rename(&tmp, &path)
                 .await
                 .map(|_| n)
                 .map_err(|e| io_err(key, e)),
@@ -540,9 +550,7 @@ impl StorageDriver for LocalDriver {
     ) -> Result<(WrittenPart, u64), StorageError> {
         let path = Self::multipart_path(&self.path(key)?, handle)?;
         let (owned_key, mode) = (key.to_owned(), self.write_mode);
-        let (tx, mut rx) = tokio::sync::mpsc::channel::<Bytes>(WRITE_QUEUE);
-        // A blocking writer fed through a short queue, as for whole objects.
-        let writer = tokio::task::spawn_blocking(move || -> Result<u64, StorageError> {
+        let written = write_on_thread(body, move |next| {
             let key = owned_key.as_str();
             let fail = |e| io_err(key, e);
             let fence = writer_fence::Fence::open(&path).map_err(fail)?;
@@ -568,26 +576,19 @@ impl StorageDriver for LocalDriver {
                 // Anything past the offset was written by a request that never committed.
                 block_writer::BlockWriter::open_at(&path, slot.offset, mode).map_err(fail)?
             };
-            while let Some(chunk) = rx.blocking_recv() {
+            while let Some(chunk) = next() {
                 let _in = enter()?;
                 out.write(&chunk).map_err(fail)?;
             }
             let _in = enter()?;
             // Synced once, at completion, not per part.
             Ok(out.finish(false).map_err(fail)? - slot.offset)
-        });
-        let failure = feed_writer(body, &tx).await;
-        drop(tx);
-        let written = writer.await.map_err(StorageError::backend)?;
-        match failure {
-            Some(e) => Err(e),
-            None => Ok((
-                WrittenPart {
-                    content_id: String::new(),
-                },
-                written?,
-            )),
-        }
+        })
+        .await?;
+        let part = WrittenPart {
+            content_id: String::new(),
+        };
+        Ok((part, written))
     }
 
     async fn complete_multipart(
