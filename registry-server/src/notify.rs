@@ -166,8 +166,7 @@ impl Notifier {
             if settings.ignored_actions.iter().any(|a| a == action)
                 || settings
                     .ignored_media_types
-                    .iter()
-                    .any(|m| *m == event.target.media_type)
+                    .contains(&event.target.media_type)
             {
                 continue;
             }

@@ -11,7 +11,14 @@ use crate::digest::Digest;
 /// Manifest bodies and media types, at most `capacity` bytes of bodies.
 pub struct ManifestCache {
     capacity: usize,
-    inner: Mutex<(HashMap<Digest, (Bytes, String)>, usize)>,
+    inner: Mutex<Entries>,
+}
+
+/// The cached manifests and the bytes their bodies hold.
+#[derive(Default)]
+struct Entries {
+    by_digest: HashMap<Digest, (Bytes, String)>,
+    bytes: usize,
 }
 
 impl ManifestCache {
@@ -19,13 +26,13 @@ impl ManifestCache {
     pub fn new(capacity: usize) -> Self {
         ManifestCache {
             capacity,
-            inner: Mutex::new((HashMap::new(), 0)),
+            inner: Mutex::new(Entries::default()),
         }
     }
 
     /// The cached body and media type of `d`.
     pub fn get(&self, d: &Digest) -> Option<(Bytes, String)> {
-        self.inner.lock().ok()?.0.get(d).cloned()
+        self.inner.lock().ok()?.by_digest.get(d).cloned()
     }
 
     /// Remembers a body; when full, starts over (simple, and the working set refills at once).
@@ -34,12 +41,15 @@ impl ManifestCache {
             return;
         }
         if let Ok(mut g) = self.inner.lock() {
-            if g.1 + body.len() > self.capacity {
-                g.0.clear();
-                g.1 = 0;
+            if g.bytes + body.len() > self.capacity {
+                g.by_digest.clear();
+                g.bytes = 0;
             }
-            g.1 += body.len();
-            g.0.insert(d, (body, media_type));
+            g.bytes += body.len();
+            // A manifest put twice (a re-push) must not be counted twice.
+            if let Some((old, _)) = g.by_digest.insert(d, (body, media_type)) {
+                g.bytes -= old.len();
+            }
         }
     }
 }
@@ -67,6 +77,16 @@ mod tests {
                 "t".into(),
             );
         }
-        assert!(c.inner.lock().unwrap().1 <= 64);
+        assert!(c.inner.lock().unwrap().bytes <= 64);
+    }
+
+    #[test]
+    fn a_body_put_again_is_counted_once() {
+        let c = ManifestCache::new(64);
+        let a = Digest::of(Algorithm::Sha256, b"a");
+        for _ in 0..10 {
+            c.put(a.clone(), Bytes::from_static(b"1234"), "t".into());
+        }
+        assert_eq!(c.inner.lock().unwrap().bytes, 4);
     }
 }

@@ -16,8 +16,9 @@ pub struct ApiError {
     pub message: String,
     /// Structured detail.
     pub detail: serde_json::Value,
-    /// Headers the client needs (Range on 416, Location).
-    pub headers: HeaderMap,
+    /// Headers the client needs (Range on 416, Location); boxed so that every `Result` carrying
+    /// an `ApiError` stays small on the success path.
+    pub headers: Box<HeaderMap>,
 }
 
 impl ApiError {
@@ -28,7 +29,7 @@ impl ApiError {
             status,
             message: message.into(),
             detail: serde_json::Value::Null,
-            headers: HeaderMap::new(),
+            headers: Box::default(),
         }
     }
 
@@ -142,7 +143,7 @@ impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let body = json!({ "errors": [{ "code": self.code, "message": self.message, "detail": self.detail }] });
         let mut resp = (self.status, axum::Json(body)).into_response();
-        resp.headers_mut().extend(self.headers);
+        resp.headers_mut().extend(*self.headers);
         resp
     }
 }

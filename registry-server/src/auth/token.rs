@@ -60,7 +60,7 @@ fn keys_from_pem_bundle(text: &str) -> Result<Vec<DecodingKey>, String> {
         let end = rest[end_marker..]
             .find("\n")
             .map_or(rest.len(), |e| end_marker + e);
-        let block = rest[start..end].as_bytes();
+        let block = &rest.as_bytes()[start..end];
         let key = DecodingKey::from_rsa_pem(block)
             .or_else(|_| DecodingKey::from_ec_pem(block))
             .or_else(|_| DecodingKey::from_ed_pem(block));
