@@ -87,7 +87,11 @@ fn put_small(
         }
         other => other,
     };
-    written.map_err(fail)?;
+    if let Err(e) = written {
+        // A short write (a full disk) may have created the file.
+        let _ = std::fs::remove_file(&tmp);
+        return Err(fail(e));
+    }
     // A rename leaves nothing behind; a hard link or a refusal leaves the temporary file.
     let renames = !matches!(condition, PutCondition::CreateOnly);
     // The new file's inode and times are what the key will show: its version.
