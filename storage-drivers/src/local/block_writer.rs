@@ -71,11 +71,19 @@ impl BlockWriter {
         Self::with_plain(path, plain, 0, mode)
     }
 
-    /// Opens an existing `path`, drops anything past `offset` and writes from there.
+    /// Opens an existing `path`, drops anything past `offset` and writes from there; a file
+    /// shorter than `offset` is an error (bytes before the offset would be missing).
     pub(crate) fn open_at(path: &Path, offset: u64, mode: WriteMode) -> io::Result<Self> {
         let plain = File::options().write(true).open(path)?;
+        let len = plain.metadata()?.len();
+        if len < offset {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                format!("part at {offset} but only {len} bytes written"),
+            ));
+        }
         // Usually the file ends at `offset` already; a truncate is a journaled metadata change.
-        if plain.metadata()?.len() != offset {
+        if len != offset {
             plain.set_len(offset)?;
         }
         Self::with_plain(path, plain, offset, mode)
@@ -275,6 +283,18 @@ mod tests {
             used.contains(&again.storage.as_ptr()),
             "a spare buffer was not reused"
         );
+    }
+
+    #[test]
+    fn resuming_past_the_end_of_the_file_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f");
+        std::fs::write(&path, b"abc").unwrap();
+        let e = BlockWriter::open_at(&path, 4, WriteMode::Direct)
+            .err()
+            .expect("a part after a gap was accepted");
+        assert_eq!(e.kind(), io::ErrorKind::UnexpectedEof);
+        assert_eq!(std::fs::read(&path).unwrap(), b"abc");
     }
 
     #[test]

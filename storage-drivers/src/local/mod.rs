@@ -112,13 +112,12 @@ fn put_small(
 /// memory per upload) while the request task keeps receiving and its caller keeps hashing.
 /// `writer` gets a function returning the next chunk (`None` at the end, or when the body
 /// failed); the body's own error, if any, wins over what `writer` returned.
-async fn write_on_thread<W>(body: ByteStream, writer: W) -> Result<u64, StorageError>
+async fn write_on_thread<W>(mut body: ByteStream, writer: W) -> Result<u64, StorageError>
 where
     W: FnOnce(&mut dyn FnMut() -> Option<Bytes>) -> Result<u64, StorageError> + Send + 'static,
 {
     let (tx, mut rx) = tokio::sync::mpsc::channel::<Bytes>(WRITE_QUEUE);
     let thread = tokio::task::spawn_blocking(move || writer(&mut || rx.blocking_recv()));
-    let mut body = body;
     let mut failure = None;
     while let Some(chunk) = body.next().await {
         match chunk {
@@ -570,13 +569,6 @@ impl StorageDriver for LocalDriver {
             };
             let mut out = {
                 let _in = enter()?;
-                let len = std::fs::metadata(&path).map_err(fail)?.len();
-                if len < slot.offset {
-                    return Err(StorageError::Backend(format!(
-                        "{key}: part at {} but only {len} bytes written",
-                        slot.offset
-                    )));
-                }
                 // Anything past the offset was written by a request that never committed.
                 block_writer::BlockWriter::open_at(&path, slot.offset, mode).map_err(fail)?
             };
