@@ -5,6 +5,7 @@ pub mod auth;
 pub mod backend;
 pub mod config;
 pub mod gc;
+pub mod malloc_settings;
 pub mod notify;
 pub mod observe;
 pub mod serve;

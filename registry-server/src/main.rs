@@ -60,6 +60,8 @@ fn init_logging(settings: &Settings) {
 }
 
 fn main() -> ExitCode {
+    // Before any thread starts, so that every arena is created with the same settings.
+    registry_server::malloc_settings::apply();
     let cli = Cli::parse();
     // One TLS crypto provider for every HTTP client (object stores), chosen here rather than by
     // whichever dependency's feature flags happen to win.
