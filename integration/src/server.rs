@@ -54,10 +54,15 @@ pub struct Berth {
 impl Berth {
     /// Starts berth with a config file written from `yaml` (address forced to 127.0.0.1:0).
     pub fn with_config(yaml: &str, env: &[(&str, &str)]) -> Berth {
+        Self::with_config_of(&berth_binary(), yaml, env)
+    }
+
+    /// Like [`Berth::with_config`], with another berth build (a benchmark's baseline).
+    pub fn with_config_of(binary: &Path, yaml: &str, env: &[(&str, &str)]) -> Berth {
         let dir = tempfile::tempdir().unwrap();
         let cfg = dir.path().join("config.yml");
         std::fs::write(&cfg, yaml).unwrap();
-        let mut cmd = Command::new(berth_binary());
+        let mut cmd = Command::new(binary);
         cmd.arg("--config").arg(&cfg).current_dir(dir.path());
         Self::spawn(cmd, env, Some(dir))
     }

@@ -5,34 +5,41 @@ use std::process::Command;
 
 use integration::server::berth_binary;
 
-#[test]
-fn berth_bench_runs_every_scenario_at_small_sizes() {
-    integration::tools::require("wrk");
+/// Runs berth-bench with `args` against the test build of berth; its table (stdout) on success.
+fn bench(args: &[&std::ffi::OsStr]) -> String {
     let out = Command::new(env!("CARGO_BIN_EXE_berth-bench"))
-        .args([
-            "all",
-            "--size-mib",
-            "2",
-            "--runs",
-            "1",
-            "--uploads",
-            "2",
-            "--upload-mib",
-            "2",
-            "--tags",
-            "5",
-            "--load-seconds",
-            "1",
-        ])
+        .args(args)
         .env("BERTH_BIN", berth_binary())
         .output()
         .unwrap();
-    let table = String::from_utf8_lossy(&out.stdout);
+    let table = String::from_utf8_lossy(&out.stdout).into_owned();
     assert!(
         out.status.success(),
         "{table}\n{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    table
+}
+
+#[test]
+fn berth_bench_runs_every_scenario_at_small_sizes() {
+    integration::tools::require("wrk");
+    let args = [
+        "all",
+        "--size-mib",
+        "2",
+        "--runs",
+        "1",
+        "--uploads",
+        "2",
+        "--upload-mib",
+        "2",
+        "--tags",
+        "5",
+        "--load-seconds",
+        "1",
+    ];
+    let table = bench(&args.map(std::ffi::OsStr::new));
     for scenario in [
         "monolithic push",
         "chunked push",
@@ -48,4 +55,21 @@ fn berth_bench_runs_every_scenario_at_small_sizes() {
         table.contains("blob bytes through Berth on S3 pulls | 0 |"),
         "{table}"
     );
+}
+
+#[test]
+fn berth_bench_compares_two_berth_builds() {
+    let bin = berth_binary();
+    let mut args = ["push", "--size-mib", "2", "--runs", "1", "--against-berth"]
+        .map(std::ffi::OsStr::new)
+        .to_vec();
+    args.push(bin.as_os_str());
+    let table = bench(&args);
+    // A ratio against the baseline, not "n/a" (which would mean only one registry ran).
+    let row = table
+        .lines()
+        .find(|l| l.contains("filesystem chunked push"))
+        .unwrap_or_else(|| panic!("no push row:\n{table}"));
+    assert!(table.contains("baseline berth"), "{table}");
+    assert!(row.trim_end().ends_with("x |"), "{row}");
 }

@@ -4,6 +4,8 @@
 //! runs every scenario (local disk, then S3 on moto) and prints one table of medians with
 //! distribution/berth ratios. `berth-bench push --backend s3|azure|filesystem` runs only the
 //! chunked push. Start it with BERTH_BIN pointing at a release build of berth.
+//! `--against-berth PATH` puts another berth build (a baseline) where distribution would run, to
+//! see what a change to Berth is worth with the same alternation that cancels the machine's swings.
 
 use std::process::Command;
 use std::time::Instant;
@@ -31,6 +33,8 @@ struct Args {
     skip_s3: bool,
     /// Runs Berth alone (for profiling it without distribution's runs in between).
     berth_only: bool,
+    /// A baseline berth binary that runs in distribution's place.
+    against_berth: Option<std::path::PathBuf>,
     only: Option<Vec<String>>,
 }
 
@@ -56,6 +60,7 @@ fn parse_args() -> Args {
         load_seconds: 10,
         skip_s3: false,
         berth_only: false,
+        against_berth: None,
         only: None,
     };
     let argv: Vec<String> = std::env::args().skip(1).collect();
@@ -63,7 +68,7 @@ fn parse_args() -> Args {
     a.command = it.next().cloned().unwrap_or_default();
     if !matches!(a.command.as_str(), "push" | "all") {
         eprintln!(
-            "usage: berth-bench all|push [--backend filesystem|s3|azure] [--size-mib N] [--chunk-mib N] [--runs N] [--uploads N] [--upload-mib N] [--tags N] [--load-seconds N] [--only mono,chunked,pull,manifest,rss] [--skip-s3] [--berth-only]"
+            "usage: berth-bench all|push [--backend filesystem|s3|azure] [--size-mib N] [--chunk-mib N] [--runs N] [--uploads N] [--upload-mib N] [--tags N] [--load-seconds N] [--only mono,chunked,pull,manifest,rss] [--skip-s3] [--berth-only] [--against-berth PATH]"
         );
         std::process::exit(2);
     }
@@ -87,6 +92,7 @@ fn parse_args() -> Args {
             "--tags" => a.tags = v.parse().unwrap(),
             "--load-seconds" => a.load_seconds = v.parse().unwrap(),
             "--only" => a.only = Some(v.split(',').map(str::to_owned).collect()),
+            "--against-berth" => a.against_berth = Some(v.into()),
             other => panic!("unknown flag {other}"),
         }
     }
@@ -98,17 +104,66 @@ fn median(mut v: Vec<f64>) -> f64 {
     v[v.len() / 2]
 }
 
+/// What runs beside Berth.
+enum Other {
+    Distribution(Distribution),
+    /// Another berth build: a baseline for a change to Berth.
+    Berth(Berth),
+}
+
+impl Other {
+    fn url(&self) -> String {
+        match self {
+            Other::Distribution(d) => format!("http://{}", d.host),
+            Other::Berth(b) => b.url.clone(),
+        }
+    }
+
+    fn pid(&self) -> u32 {
+        match self {
+            Other::Distribution(d) => d.pid(),
+            Other::Berth(b) => b.pid(),
+        }
+    }
+}
+
+/// Which registry runs beside Berth (from the command line).
+#[derive(Clone, Copy)]
+enum Beside<'a> {
+    Nothing,
+    Distribution,
+    Berth(&'a std::path::Path),
+}
+
+impl<'a> Beside<'a> {
+    fn of(a: &'a Args) -> Self {
+        match (&a.against_berth, a.berth_only) {
+            (Some(bin), _) => Beside::Berth(bin),
+            (None, true) => Beside::Nothing,
+            (None, false) => Beside::Distribution,
+        }
+    }
+
+    /// The table's column for the other registry.
+    fn column(self) -> String {
+        match self {
+            Beside::Berth(bin) => format!("baseline berth ({})", bin.display()),
+            _ => "distribution 2.8".into(),
+        }
+    }
+}
+
 /// The two registries under test on one storage kind.
 struct Pair {
     berth: Berth,
-    dist: Option<Distribution>,
+    other: Option<Other>,
     _moto: Option<Moto>,
     _azurite: Option<Azurite>,
     _dir: tempfile::TempDir,
 }
 
 impl Pair {
-    fn start(backend: &str, berth_only: bool) -> Pair {
+    fn start(backend: &str, beside: Beside) -> Pair {
         let dir = tempfile::tempdir().unwrap();
         let (mut moto, mut azurite) = (None, None);
         let (berth_storage, dist_storage) = match backend {
@@ -146,18 +201,36 @@ impl Pair {
             }
             other => panic!("unknown backend {other}"),
         };
-        let berth = Berth::with_config(
-            &format!(
-                "version: 0.1\nlog:\n  level: warn\nstorage:\n  {berth_storage}  delete:\n    enabled: true\n"
-            ),
-            &[("RUST_LOG", "warn")],
-        );
-        let dist = dist_storage
-            .filter(|_| !berth_only)
-            .map(|s| Distribution::start(&s));
+        let berth_yaml = |storage: &str| {
+            format!(
+                "version: 0.1\nlog:\n  level: warn\nstorage:\n  {storage}  delete:\n    enabled: true\n"
+            )
+        };
+        let berth = Berth::with_config(&berth_yaml(&berth_storage), &[("RUST_LOG", "warn")]);
+        let other = match beside {
+            Beside::Nothing => None,
+            Beside::Distribution => {
+                dist_storage.map(|s| Other::Distribution(Distribution::start(&s)))
+            }
+            // The baseline gets distribution's place in the store: its own root or bucket.
+            Beside::Berth(bin) => {
+                let storage = match &moto {
+                    Some(m) => m.storage_yaml("dist"),
+                    None => format!(
+                        "filesystem:\n    rootdirectory: {}/dist\n",
+                        dir.path().display()
+                    ),
+                };
+                Some(Other::Berth(Berth::with_config_of(
+                    bin,
+                    &berth_yaml(&storage),
+                    &[("RUST_LOG", "warn")],
+                )))
+            }
+        };
         Pair {
             berth,
-            dist,
+            other,
             _moto: moto,
             _azurite: azurite,
             _dir: dir,
@@ -166,8 +239,8 @@ impl Pair {
 
     fn apis(&self) -> Vec<(&'static str, Api)> {
         let mut v = vec![("berth", Api::new(&self.berth.url))];
-        if let Some(d) = &self.dist {
-            v.push(("distribution", Api::new(&format!("http://{}", d.host))));
+        if let Some(o) = &self.other {
+            v.push(("other", Api::new(&o.url())));
         }
         v
     }
@@ -237,7 +310,7 @@ fn random_base(size: usize) -> Bytes {
 
 /// A fresh blob per (registry, run): a window of `base` at an offset of its own.
 fn blob_for(base: &Bytes, who: &str, run: usize) -> Bytes {
-    let offset = 8 * (run * 2 + usize::from(who == "distribution"));
+    let offset = 8 * (run * 2 + usize::from(who != "berth"));
     assert!(
         offset < BLOB_SLACK,
         "run number {run} too large for the blob slack"
@@ -424,7 +497,7 @@ async fn run_local(a: &Args, rows: &mut Vec<Row>) {
         ratio: "".into(),
     });
 
-    let pair = Pair::start("filesystem", a.berth_only);
+    let pair = Pair::start("filesystem", Beside::of(a));
     if a.wants("mono") {
         eprintln!("monolithic push");
         let (b, d) = alternate(&pair, a.runs, |who, api, run| {
@@ -488,7 +561,7 @@ async fn run_local(a: &Args, rows: &mut Vec<Row>) {
         // Fresh processes: a peak is a high-water mark, and pulls before this one would leave
         // mapped page-cache pages of the pulled blob in Berth's.
         drop(pair);
-        peak_rss(a, &Pair::start("filesystem", a.berth_only), rows).await;
+        peak_rss(a, &Pair::start("filesystem", Beside::of(a)), rows).await;
     }
 }
 
@@ -555,7 +628,7 @@ async fn peak_rss(a: &Args, pair: &Pair, rows: &mut Vec<Row>) {
         let pid = if who == "berth" {
             pair.berth.pid()
         } else {
-            pair.dist.as_ref().unwrap().pid()
+            pair.other.as_ref().unwrap().pid()
         };
         rss.push(peak_rss_mib(pid));
     }
@@ -575,7 +648,7 @@ async fn peak_rss(a: &Args, pair: &Pair, rows: &mut Vec<Row>) {
 async fn run_s3(a: &Args, rows: &mut Vec<Row>) {
     let mib = a.size as f64 / 1048576.0;
     let base = random_base(a.size);
-    let pair = Pair::start("s3", a.berth_only);
+    let pair = Pair::start("s3", Beside::of(a));
     eprintln!("s3 chunked push");
     let (b, d) = chunked_rates(&pair, a.runs, &base, a.chunk, "s3", 0).await;
     rows.push(row(
@@ -631,7 +704,7 @@ async fn main() {
     let a = parse_args();
     let mut rows = Vec::new();
     if a.command == "push" {
-        let pair = Pair::start(&a.backend, a.berth_only);
+        let pair = Pair::start(&a.backend, Beside::of(&a));
         let base = random_base(a.size);
         let mib = a.size as f64 / 1048576.0;
         let (b, d) = chunked_rates(&pair, a.runs, &base, a.chunk, "push", 0).await;
@@ -652,7 +725,8 @@ async fn main() {
             run_s3(&a, &mut rows).await;
         }
     }
-    println!("| scenario | Berth | distribution 2.8 | Berth vs distribution |");
+    let column = Beside::of(&a).column();
+    println!("| scenario | Berth | {column} | Berth vs {column} |");
     println!("| --- | --- | --- | --- |");
     for r in rows {
         println!(
