@@ -286,7 +286,13 @@ where
         eprintln!("  warm-up {who}: {v:.3}");
     }
     for run in 0..runs {
-        for (who, api) in pair.apis() {
+        let mut apis = pair.apis();
+        // Every other run the other registry goes first: neither always follows the other's
+        // writes (or always runs right after the warm-up).
+        if run % 2 == 1 {
+            apis.reverse();
+        }
+        for (who, api) in apis {
             // Flush the previous run's dirty pages so one registry's writes don't throttle the next.
             let _ = Command::new("sync").status();
             let v = op(who, api, run).await;
