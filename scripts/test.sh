@@ -3,7 +3,7 @@
 #   skopeo, podman, wrk, openssl and docker-registry (CNCF distribution 2.8) from Debian's packages,
 #   moto (S3 emulator), gcp-storage-emulator, azure-storage-blob, oras, helm-python-sdk and
 #   kubernetes-validate from PyPI,
-#   Azurite (Azure emulator) from npm.
+#   Azurite (Azure emulator) from npm, s3s-fs (an S3 server that checks signatures) with cargo.
 # Fails loudly if an install fails; never skips a test for a missing tool.
 set -euo pipefail
 cd "$(git -C "$(dirname "$0")" rev-parse --show-toplevel)"
@@ -50,7 +50,14 @@ python3 -c 'import azure.storage.blob' 2>/dev/null || {
   echo "test.sh: installing azurite with npm into .tools/" >&2
   npm install --silent --no-audit --no-fund --prefix .tools azurite >/dev/null
 }
+# A strict S3 server: checks SigV4 signatures, presigned URLs included (moto does not).
+# 0.14.1 is the newest that builds with this machine's rustc; ~5 min on 2 cores, once.
+command -v s3s-fs >/dev/null || {
+  echo "test.sh: installing s3s-fs with cargo" >&2
+  cargo install --quiet --locked s3s-fs@0.14.1 --features binary
+}
 command -v moto_server >/dev/null || { echo "test.sh: moto_server is still missing after install" >&2; exit 1; }
+command -v s3s-fs >/dev/null || { echo "test.sh: s3s-fs is still missing after install" >&2; exit 1; }
 command -v gcp-storage-emulator >/dev/null || { echo "test.sh: gcp-storage-emulator is still missing after install" >&2; exit 1; }
 [ -x .tools/node_modules/.bin/azurite-blob ] || { echo "test.sh: azurite is still missing after install" >&2; exit 1; }
 

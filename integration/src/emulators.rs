@@ -1,4 +1,4 @@
-//! Real storage servers on loopback: moto (S3) and Azurite (Azure Blob), stopped on drop.
+//! Real storage servers on loopback: moto and s3s-fs (S3) and Azurite (Azure Blob), stopped on drop.
 
 use std::io::{Read, Write};
 use std::path::PathBuf;
@@ -37,6 +37,17 @@ fn program(name: &str) -> PathBuf {
     local
 }
 
+/// Starts `cmd` (a server told to listen on `addr`), quiet, and waits until `addr` accepts.
+fn spawn_listening(mut cmd: Command, addr: &str) -> Child {
+    let child = cmd
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start {:?}: {e}", cmd.get_program()));
+    wait_for_port(addr, Duration::from_secs(60));
+    child
+}
+
 /// A raw HTTP/1.1 request on loopback; returns the status code.
 fn raw_request(addr: &str, request: &str) -> u16 {
     let mut s = std::net::TcpStream::connect(addr).unwrap();
@@ -63,13 +74,9 @@ impl Moto {
     pub fn start() -> Moto {
         let port = free_port();
         let addr = format!("127.0.0.1:{port}");
-        let child = Command::new(program("moto_server"))
-            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("cannot start moto_server");
-        wait_for_port(&addr, Duration::from_secs(60));
+        let mut cmd = Command::new(program("moto_server"));
+        cmd.args(["-H", "127.0.0.1", "-p", &port.to_string()]);
+        let child = spawn_listening(cmd, &addr);
         Moto {
             child,
             endpoint: format!("http://{addr}"),
@@ -99,6 +106,59 @@ impl Moto {
 }
 
 impl Drop for Moto {
+    fn drop(&mut self) {
+        kill(&mut self.child);
+    }
+}
+
+/// s3s-fs (`cargo install s3s-fs --features binary`): an S3 server on a directory that checks
+/// SigV4 signatures for real, including presigned URLs, which moto does not.
+pub struct S3sFs {
+    child: Child,
+    /// `http://127.0.0.1:PORT`
+    pub endpoint: String,
+    dir: tempfile::TempDir,
+}
+
+/// The keys s3s-fs is started with.
+pub const S3S_ACCESS_KEY: &str = "berth-test-access";
+/// The secret s3s-fs is started with.
+pub const S3S_SECRET_KEY: &str = "berth-test-secret";
+
+impl S3sFs {
+    /// Starts s3s-fs on a free port over a fresh directory.
+    pub fn start() -> S3sFs {
+        let dir = tempfile::tempdir().unwrap();
+        let port = free_port();
+        let addr = format!("127.0.0.1:{port}");
+        let mut cmd = Command::new(program("s3s-fs"));
+        cmd.args(["--host", "127.0.0.1", "--port", &port.to_string()])
+            .args(["--access-key", S3S_ACCESS_KEY])
+            .args(["--secret-key", S3S_SECRET_KEY])
+            .arg(dir.path());
+        let child = spawn_listening(cmd, &addr);
+        S3sFs {
+            child,
+            endpoint: format!("http://{addr}"),
+            dir,
+        }
+    }
+
+    /// Creates a bucket: to s3s-fs a bucket is a directory.
+    pub fn create_bucket(&self, bucket: &str) {
+        std::fs::create_dir(self.dir.path().join(bucket)).unwrap();
+    }
+
+    /// A `storage.s3` config section for this server.
+    pub fn storage_yaml(&self, bucket: &str) -> String {
+        format!(
+            "s3:\n    bucket: {bucket}\n    region: us-east-1\n    regionendpoint: {}\n    accesskey: {S3S_ACCESS_KEY}\n    secretkey: {S3S_SECRET_KEY}\n    forcepathstyle: true\n    rootdirectory: /registry\n",
+            self.endpoint
+        )
+    }
+}
+
+impl Drop for S3sFs {
     fn drop(&mut self) {
         kill(&mut self.child);
     }

@@ -1,8 +1,11 @@
-//! The shared driver suite against real object stores on loopback: moto (S3) and Azurite.
+//! The shared driver suite against real object stores on loopback: moto and s3s-fs (S3), Azurite
+//! (Azure) and the GCS emulator.
 
 use std::sync::Arc;
 
-use integration::emulators::{AZURITE_ACCOUNT, AZURITE_KEY, Azurite, GcsEmulator, Moto};
+use integration::emulators::{
+    AZURITE_ACCOUNT, AZURITE_KEY, Azurite, GcsEmulator, Moto, S3S_ACCESS_KEY, S3S_SECRET_KEY, S3sFs,
+};
 use registry_core::storage::suite::SuiteOptions;
 use storage_drivers::azure::{AzureOptions, azure_driver};
 use storage_drivers::s3::{S3Options, s3_driver};
@@ -36,6 +39,33 @@ async fn s3_on_moto_passes_the_suite() {
     let driver = s3_driver(&s3_options(&moto, "suite")).unwrap();
     // moto evaluates If-Match without a lock, so racing updates can both pass there; S3 itself
     // makes conditional writes atomic. Every sequential conditional rule is still checked.
+    let options = SuiteOptions {
+        atomic_conditional_update: false,
+        conditional_puts: true,
+    };
+    registry_core::storage::suite::run_with(Arc::new(driver), options).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn s3_on_s3s_fs_passes_the_suite() {
+    tls();
+    // s3s-fs checks every request's SigV4 signature, which moto does not.
+    let s3 = S3sFs::start();
+    s3.create_bucket("suite");
+    let options = S3Options {
+        bucket: "suite".into(),
+        region: Some("us-east-1".into()),
+        endpoint: Some(s3.endpoint.clone()),
+        access_key: Some(S3S_ACCESS_KEY.into()),
+        secret_key: Some(S3S_SECRET_KEY.into()),
+        force_path_style: true,
+        root: "registry".into(),
+        part_size: 5 << 20,
+        ..Default::default()
+    };
+    let driver = s3_driver(&options).unwrap();
+    // Like moto, s3s-fs checks If-Match and If-None-Match but not atomically (8 of 8 racing
+    // updates of one version passed): the sequential conditional rules are checked here.
     let options = SuiteOptions {
         atomic_conditional_update: false,
         conditional_puts: true,
