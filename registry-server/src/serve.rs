@@ -45,6 +45,9 @@ pub async fn run(settings: Settings) -> Result<(), StartupError> {
     if let Some(p) = app.settings.purge.clone() {
         tokio::spawn(purge_uploads(app.clone(), p));
     }
+    tokio::spawn(crate::malloc_settings::release_when_idle(
+        app.metrics.clone(),
+    ));
     if let Some(files) = tls {
         return run_tls(addr, files, app).await;
     }

@@ -113,6 +113,14 @@ impl Metrics {
         self.uploads_in_flight.fetch_add(delta, Ordering::Relaxed);
     }
 
+    /// Upload requests streaming a body right now, and request body bytes received so far.
+    pub fn upload_activity(&self) -> (i64, u64) {
+        (
+            self.uploads_in_flight.load(Ordering::Relaxed),
+            self.bytes_in.load(Ordering::Relaxed),
+        )
+    }
+
     /// Upload sessions removed by purging.
     pub fn add_purged(&self, n: u64) {
         self.purged_uploads.fetch_add(n, Ordering::Relaxed);
