@@ -1,4 +1,5 @@
-//! Operating berth: health and readiness, read-only mode, metrics, access logs, upload purging.
+//! Operating berth: health and readiness, read-only mode, metrics, access logs, upload purging,
+//! a full disk.
 
 use std::time::Duration;
 
@@ -175,4 +176,46 @@ async fn abandoned_uploads_are_purged() {
         .await
         .unwrap();
     assert!(text.contains("berth_purged_uploads_total 1"), "{text}");
+}
+
+/// A full disk answers 507 with a message that says so (and names no path); cancelling the
+/// failed upload frees its bytes and pushes work again. Berth runs in a mount namespace of its
+/// own with its root on a 2 MiB tmpfs (root and `unshare` are on every machine these tests run on).
+#[tokio::test]
+async fn a_full_disk_answers_507_and_pushes_work_once_there_is_room() {
+    integration::tools::require("unshare");
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("data");
+    std::fs::create_dir(&root).unwrap();
+    let cfg = dir.path().join("config.yml");
+    std::fs::write(&cfg, config(&root, "")).unwrap();
+    let mut cmd = std::process::Command::new("unshare");
+    cmd.args(["--mount", "--propagation", "private", "sh", "-c"])
+        .arg(r#"mount -t tmpfs -o size=2m tmpfs "$1" && exec "$2" --config "$3""#)
+        .arg("sh")
+        .arg(&root)
+        .arg(integration::server::berth_binary())
+        .arg(&cfg);
+    let berth = Berth::spawn(cmd, &[], None);
+    let api = Api::new(&berth.url);
+
+    let loc = api.start_upload("full/disk").await;
+    let octets = [("content-type", "application/octet-stream")];
+    let r = api
+        .send(Method::PATCH, &loc, &octets, Some(vec![7u8; 3 << 20]))
+        .await;
+    assert_eq!(r.status(), 507);
+    let text = r.text().await.unwrap();
+    assert!(text.contains("storage is full"), "{text}");
+    assert!(!text.contains("_uploads"), "a path leaked: {text}");
+
+    let r = api.send(Method::DELETE, &loc, &[], None).await;
+    assert_eq!(r.status(), 204);
+    let small = vec![9u8; 100 << 10];
+    let d = api.push_blob("full/disk", &small).await;
+    let r = api
+        .send(Method::GET, &format!("/v2/full/disk/blobs/{d}"), &[], None)
+        .await;
+    assert_eq!(r.status(), 200);
+    assert!(r.bytes().await.unwrap().to_vec() == small);
 }

@@ -36,6 +36,9 @@ pub enum StorageError {
     /// A key that a driver refuses (for example one that would leave the root).
     #[error("invalid key {0:?}")]
     InvalidKey(String),
+    /// The store has no room left (a full disk or an exhausted quota).
+    #[error("storage full: {0}")]
+    Full(String),
     /// Anything else the backend reported.
     #[error("storage backend error: {0}")]
     Backend(String),

@@ -3,6 +3,7 @@
 use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use registry_core::RegistryError;
+use registry_core::storage::StorageError;
 use serde_json::json;
 
 /// An error response: OCI error code, HTTP status, message, optional detail and extra headers.
@@ -126,6 +127,15 @@ impl From<RegistryError> for ApiError {
             }
             RegistryError::Conflict(r) => ApiError::new(S::CONFLICT, "BLOB_UPLOAD_INVALID", msg)
                 .detail(json!({ "reason": r })),
+            RegistryError::Storage(StorageError::Full(detail)) => {
+                tracing::error!(error = %detail, "storage full");
+                // 507 says what is wrong without naming paths; no OCI code is closer than UNKNOWN.
+                ApiError::new(
+                    S::INSUFFICIENT_STORAGE,
+                    "UNKNOWN",
+                    "the registry's storage is full",
+                )
+            }
             RegistryError::Storage(inner) => {
                 // Store details can name buckets and keys: log them, tell the client only the kind.
                 tracing::error!(error = %inner, "storage failure");

@@ -152,6 +152,10 @@ fn io_err(key: &str, e: std::io::Error) -> StorageError {
     match e.kind() {
         ErrorKind::NotFound => StorageError::NotFound(key.to_owned()),
         ErrorKind::AlreadyExists => StorageError::AlreadyExists(key.to_owned()),
+        // The operator has to act; the client should learn it from the status, not a log.
+        ErrorKind::StorageFull | ErrorKind::QuotaExceeded => {
+            StorageError::Full(format!("{key}: {e}"))
+        }
         _ => StorageError::Backend(format!("{key}: {e}")),
     }
 }
