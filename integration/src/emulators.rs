@@ -48,6 +48,13 @@ fn spawn_listening(mut cmd: Command, addr: &str) -> Child {
     child
 }
 
+/// A `storage.s3` config section for `bucket` on the S3 server at `endpoint`.
+fn s3_storage_yaml(endpoint: &str, bucket: &str, access_key: &str, secret_key: &str) -> String {
+    format!(
+        "s3:\n    bucket: {bucket}\n    region: us-east-1\n    regionendpoint: {endpoint}\n    accesskey: {access_key}\n    secretkey: {secret_key}\n    forcepathstyle: true\n    rootdirectory: /registry\n"
+    )
+}
+
 /// A raw HTTP/1.1 request on loopback; returns the status code.
 fn raw_request(addr: &str, request: &str) -> u16 {
     let mut s = std::net::TcpStream::connect(addr).unwrap();
@@ -98,10 +105,7 @@ impl Moto {
 
     /// A `storage.s3` config section for this server.
     pub fn storage_yaml(&self, bucket: &str) -> String {
-        format!(
-            "s3:\n    bucket: {bucket}\n    region: us-east-1\n    regionendpoint: {}\n    accesskey: test\n    secretkey: test\n    forcepathstyle: true\n    rootdirectory: /registry\n",
-            self.endpoint
-        )
+        s3_storage_yaml(&self.endpoint, bucket, "test", "test")
     }
 }
 
@@ -151,10 +155,7 @@ impl S3sFs {
 
     /// A `storage.s3` config section for this server.
     pub fn storage_yaml(&self, bucket: &str) -> String {
-        format!(
-            "s3:\n    bucket: {bucket}\n    region: us-east-1\n    regionendpoint: {}\n    accesskey: {S3S_ACCESS_KEY}\n    secretkey: {S3S_SECRET_KEY}\n    forcepathstyle: true\n    rootdirectory: /registry\n",
-            self.endpoint
-        )
+        s3_storage_yaml(&self.endpoint, bucket, S3S_ACCESS_KEY, S3S_SECRET_KEY)
     }
 }
 

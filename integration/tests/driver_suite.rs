@@ -10,18 +10,22 @@ use registry_core::storage::suite::SuiteOptions;
 use storage_drivers::azure::{AzureOptions, azure_driver};
 use storage_drivers::s3::{S3Options, s3_driver};
 
+/// moto accepts any keys.
+const MOTO_KEYS: (&str, &str) = ("test", "test");
+
 /// Both ring and aws-lc-rs are linked into this test binary: pick one, as berth's main does.
 fn tls() {
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
 }
 
-pub fn s3_options(moto: &Moto, bucket: &str) -> S3Options {
+/// Driver options for `bucket` on the S3 server at `endpoint` with these keys.
+pub fn s3_options(endpoint: &str, keys: (&str, &str), bucket: &str) -> S3Options {
     S3Options {
         bucket: bucket.into(),
         region: Some("us-east-1".into()),
-        endpoint: Some(moto.endpoint.clone()),
-        access_key: Some("test".into()),
-        secret_key: Some("test".into()),
+        endpoint: Some(endpoint.into()),
+        access_key: Some(keys.0.into()),
+        secret_key: Some(keys.1.into()),
         force_path_style: true,
         root: "registry".into(),
         part_size: 5 << 20,
@@ -36,7 +40,7 @@ async fn s3_on_moto_passes_the_suite() {
     tls();
     let moto = Moto::start();
     moto.create_bucket("suite");
-    let driver = s3_driver(&s3_options(&moto, "suite")).unwrap();
+    let driver = s3_driver(&s3_options(&moto.endpoint, MOTO_KEYS, "suite")).unwrap();
     // moto evaluates If-Match without a lock, so racing updates can both pass there; S3 itself
     // makes conditional writes atomic. Every sequential conditional rule is still checked.
     let options = SuiteOptions {
@@ -52,17 +56,10 @@ async fn s3_on_s3s_fs_passes_the_suite() {
     // s3s-fs checks every request's SigV4 signature, which moto does not.
     let s3 = S3sFs::start();
     s3.create_bucket("suite");
-    let options = S3Options {
-        bucket: "suite".into(),
-        region: Some("us-east-1".into()),
-        endpoint: Some(s3.endpoint.clone()),
-        access_key: Some(S3S_ACCESS_KEY.into()),
-        secret_key: Some(S3S_SECRET_KEY.into()),
-        force_path_style: true,
-        root: "registry".into(),
-        part_size: 5 << 20,
-        ..Default::default()
-    };
+    let keys = (S3S_ACCESS_KEY, S3S_SECRET_KEY);
+    let mut options = s3_options(&s3.endpoint, keys, "suite");
+    // Every copy through UploadPartCopy, so that those requests' signatures are checked too.
+    options.copy_threshold = 0;
     let driver = s3_driver(&options).unwrap();
     // Like moto, s3s-fs checks If-Match and If-None-Match but not atomically (8 of 8 racing
     // updates of one version passed): the sequential conditional rules are checked here.
@@ -79,7 +76,7 @@ async fn s3_upload_part_copy_for_large_objects() {
     // The UploadPartCopy path normally starts above 5 GiB; a low threshold exercises it here.
     let moto = Moto::start();
     moto.create_bucket("bigcopy");
-    let mut o = s3_options(&moto, "bigcopy");
+    let mut o = s3_options(&moto.endpoint, MOTO_KEYS, "bigcopy");
     o.copy_threshold = 1 << 20;
     o.copy_part_size = 5 << 20;
     let d = s3_driver(&o).unwrap();
