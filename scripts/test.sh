@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Runs every Berth test. Installs what the tests need when it is missing:
-#   skopeo, podman, wrk, openssl and docker-registry (CNCF distribution 2.8) from Debian's packages,
+#   skopeo, podman, buildah, wrk, openssl and docker-registry (CNCF distribution 2.8) from Debian's packages,
 #   moto (S3 emulator), gcp-storage-emulator, azure-storage-blob, oras, helm-python-sdk and
 #   kubernetes-validate from PyPI,
 #   Azurite (Azure emulator) from npm, s3s-fs (an S3 server that checks signatures) with cargo.
@@ -14,6 +14,7 @@ apt_missing=()
 command -v skopeo >/dev/null || apt_missing+=(skopeo)
 command -v docker-registry >/dev/null || apt_missing+=(docker-registry)
 command -v podman >/dev/null || apt_missing+=(podman)
+command -v buildah >/dev/null || apt_missing+=(buildah)
 command -v openssl >/dev/null || apt_missing+=(openssl)
 command -v wrk >/dev/null || apt_missing+=(wrk)
 if ((${#apt_missing[@]})); then
@@ -21,7 +22,7 @@ if ((${#apt_missing[@]})); then
   as_root apt-get update -qq
   as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${apt_missing[@]}" >/dev/null
 fi
-for tool in skopeo docker-registry podman; do
+for tool in skopeo docker-registry podman buildah; do
   command -v "$tool" >/dev/null || { echo "test.sh: $tool is still missing after install" >&2; exit 1; }
 done
 

@@ -1,4 +1,5 @@
-//! More real clients against berth: podman (daemonless, vfs storage) and the oras Python client.
+//! More real clients against berth: podman and buildah (daemonless, vfs storage) and the oras
+//! Python client.
 
 use std::process::Command;
 
@@ -50,6 +51,96 @@ fn podman_push_and_pull() {
     let tags =
         run(Command::new("curl").args(["-s", &format!("{}/v2/podman/app/tags/list", berth.url)]));
     assert!(String::from_utf8_lossy(&tags.stdout).contains("\"v1\""));
+}
+
+/// buildah builds a two-layer image from scratch, pushes it as a Docker v2 schema 2 and as an
+/// OCI manifest, and pulls both back to the same image.
+#[test]
+fn buildah_builds_pushes_and_pulls_both_manifest_formats() {
+    require("buildah");
+    let data = tempfile::tempdir().unwrap();
+    let berth = Berth::filesystem(data.path());
+    let work = tempfile::Builder::new()
+        .prefix("buildah")
+        .tempdir()
+        .unwrap();
+    let (root, runroot) = (work.path().join("root"), work.path().join("run"));
+    let buildah = |args: &[&str]| {
+        let mut c = Command::new("buildah");
+        c.args(["--storage-driver", "vfs", "--root"])
+            .arg(&root)
+            .arg("--runroot")
+            .arg(&runroot)
+            .args(args);
+        String::from_utf8_lossy(&run(&mut c).stdout)
+            .trim()
+            .to_owned()
+    };
+    let file = |name: &str, bytes: &[u8]| {
+        let path = work.path().join(name);
+        std::fs::write(&path, bytes).unwrap();
+        path.display().to_string()
+    };
+    let ctr = buildah(&["from", "scratch"]);
+    buildah(&[
+        "copy",
+        &ctr,
+        &file("base.bin", &[7u8; 300_000]),
+        "/base.bin",
+    ]);
+    buildah(&["config", "--label", "built-by=berth-test", &ctr]);
+    buildah(&["commit", "-q", &ctr, "local-base"]);
+    let ctr = buildah(&["from", "local-base"]);
+    buildah(&["copy", &ctr, &file("app.txt", b"second layer"), "/app.txt"]);
+    let image_id = buildah(&["commit", "-q", &ctr, "local-app"]);
+
+    let repo = format!("{}/buildah/app", berth.host);
+    for (tag, format) in [("docker", "v2s2"), ("oci", "oci")] {
+        let dest = format!("{repo}:{tag}");
+        buildah(&[
+            "push",
+            "-q",
+            "--tls-verify=false",
+            "--format",
+            format,
+            "local-app",
+            &dest,
+        ]);
+    }
+    for (tag, media_type) in [
+        (
+            "docker",
+            "application/vnd.docker.distribution.manifest.v2+json",
+        ),
+        ("oci", "application/vnd.oci.image.manifest.v1+json"),
+    ] {
+        let head = run(Command::new("curl").args([
+            "-sfI",
+            "-H",
+            &format!("Accept: {media_type}"),
+            &format!("{}/v2/buildah/app/manifests/{tag}", berth.url),
+        ]));
+        let head = String::from_utf8_lossy(&head.stdout).to_ascii_lowercase();
+        assert!(
+            head.contains(&format!("content-type: {media_type}")),
+            "{tag}: {head}"
+        );
+    }
+
+    buildah(&["rmi", "-a", "-f"]);
+    for tag in ["docker", "oci"] {
+        let pulled = buildah(&["pull", "-q", "--tls-verify=false", &format!("{repo}:{tag}")]);
+        // The image id is the config's digest: the same config came back, and buildah checked
+        // every layer's digest on the way in.
+        assert_eq!(pulled, image_id, "{tag}");
+    }
+    let inspect = buildah(&[
+        "inspect",
+        "--format",
+        "{{index .OCIv1.Config.Labels \"built-by\"}} {{len .OCIv1.RootFS.DiffIDs}}",
+        &format!("{repo}:oci"),
+    ]);
+    assert_eq!(inspect, "berth-test 2");
 }
 
 #[test]
