@@ -1,11 +1,27 @@
 //! More real clients against berth: podman and buildah (daemonless, vfs storage) and the oras
 //! Python client.
 
-use std::process::Command;
+use std::path::Path;
+use std::process::{Command, Output};
 
 use integration::Berth;
 use integration::layout::write_image;
 use integration::tools::{require, run};
+
+/// Runs a containers/storage tool (podman, buildah) with its own vfs store under `dir`, needing
+/// no privileges and leaving the machine's store alone.
+fn containers_tool(program: &'static str, dir: &Path) -> impl Fn(&[&str]) -> Output {
+    let (root, runroot) = (dir.join("root"), dir.join("run"));
+    move |args| {
+        let mut c = Command::new(program);
+        c.args(["--storage-driver", "vfs", "--root"])
+            .arg(&root)
+            .arg("--runroot")
+            .arg(&runroot)
+            .args(args);
+        run(&mut c)
+    }
+}
 
 #[test]
 fn podman_push_and_pull() {
@@ -16,17 +32,7 @@ fn podman_push_and_pull() {
     let work = tempfile::Builder::new().prefix("podman").tempdir().unwrap();
     let src_dir = std::env::temp_dir().join(format!("berth-podman-src-{}", std::process::id()));
     write_image(&src_dir, "v1", 60, &[2 << 20]);
-    let root = work.path().join("root");
-    let runroot = work.path().join("run");
-    let podman = |args: &[&str]| {
-        let mut c = Command::new("podman");
-        c.args(["--storage-driver", "vfs", "--root"])
-            .arg(&root)
-            .arg("--runroot")
-            .arg(&runroot)
-            .args(args);
-        run(&mut c)
-    };
+    let podman = containers_tool("podman", work.path());
     let src = format!("oci:{}:v1", src_dir.display());
     let pulled = podman(&["pull", "-q", &src]);
     let _ = std::fs::remove_dir_all(&src_dir);
@@ -64,15 +70,9 @@ fn buildah_builds_pushes_and_pulls_both_manifest_formats() {
         .prefix("buildah")
         .tempdir()
         .unwrap();
-    let (root, runroot) = (work.path().join("root"), work.path().join("run"));
+    let tool = containers_tool("buildah", work.path());
     let buildah = |args: &[&str]| {
-        let mut c = Command::new("buildah");
-        c.args(["--storage-driver", "vfs", "--root"])
-            .arg(&root)
-            .arg("--runroot")
-            .arg(&runroot)
-            .args(args);
-        String::from_utf8_lossy(&run(&mut c).stdout)
+        String::from_utf8_lossy(&tool(args).stdout)
             .trim()
             .to_owned()
     };
