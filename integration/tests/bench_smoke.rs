@@ -55,6 +55,19 @@ fn berth_bench_runs_every_scenario_at_small_sizes() {
         table.contains("blob bytes through Berth on S3 pulls | 0 |"),
         "{table}"
     );
+    // CPU per GiB for both registries: "server + client" core-seconds, numbers (not NaN).
+    let cpu = table
+        .lines()
+        .find(|l| l.contains("CPU core-seconds per GiB"))
+        .unwrap_or_else(|| panic!("no CPU row:\n{table}"));
+    let cells: Vec<&str> = cpu.split('|').map(str::trim).collect();
+    for cell in &cells[2..4] {
+        let parts: Vec<f64> = cell.split(" + ").filter_map(|v| v.parse().ok()).collect();
+        assert!(
+            parts.len() == 2 && parts.iter().all(|v| v.is_finite()),
+            "{cpu}"
+        );
+    }
 }
 
 #[test]

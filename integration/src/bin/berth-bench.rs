@@ -272,13 +272,44 @@ fn row(
     }
 }
 
+/// CPU seconds (user + system) a process has used, its ended threads included.
+fn cpu_seconds(pid: &str) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // The fields after the command name, which is in parentheses and may hold spaces.
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map_or(Vec::new(), |(_, rest)| rest.split_whitespace().collect());
+    let ticks = |i: usize| fields.get(i).and_then(|v| v.parse::<f64>().ok());
+    // utime and stime, in USER_HZ, which Linux fixes at 100 for /proc on every architecture.
+    match (ticks(11), ticks(12)) {
+        (Some(user), Some(system)) => (user + system) / 100.0,
+        _ => f64::NAN,
+    }
+}
+
+/// Medians of one alternated scenario: the measurement, and the CPU seconds each run took in
+/// the registry's process and in this one (the client).
+struct Alternated {
+    berth: f64,
+    other: Option<f64>,
+    berth_cpu: (f64, f64),
+    other_cpu: Option<(f64, f64)>,
+}
+
+impl Alternated {
+    fn pair(&self) -> (f64, Option<f64>) {
+        (self.berth, self.other)
+    }
+}
+
 /// Alternates the registries `runs` times; `op` returns a measurement for one run.
-async fn alternate<F, Fut>(pair: &Pair, runs: usize, mut op: F) -> (f64, Option<f64>)
+async fn alternate<F, Fut>(pair: &Pair, runs: usize, mut op: F) -> Alternated
 where
     F: FnMut(&'static str, Api, usize) -> Fut,
     Fut: std::future::Future<Output = f64>,
 {
     let (mut b, mut d) = (Vec::new(), Vec::new());
+    let (mut b_cpu, mut d_cpu) = (Vec::new(), Vec::new());
     // One untimed run each first: the first run pays for things neither registry does in a
     // steady state (memory touched for the first time by this VM, cold page cache on a pull).
     for (who, api) in pair.apis() {
@@ -295,12 +326,74 @@ where
         for (who, api) in apis {
             // Flush the previous run's dirty pages so one registry's writes don't throttle the next.
             let _ = Command::new("sync").status();
-            let v = op(who, api, run).await;
-            eprintln!("  run {run} {who}: {v:.3}");
-            if who == "berth" { b.push(v) } else { d.push(v) }
+            let server = if who == "berth" {
+                pair.berth.pid()
+            } else {
+                pair.other.as_ref().map_or(0, Other::pid)
+            }
+            .to_string();
+            // The closure's synchronous part (preparing the blob and its digest) runs first,
+            // outside the CPU counted for the run.
+            let run_op = op(who, api, run);
+            let before = (cpu_seconds(&server), cpu_seconds("self"));
+            let v = run_op.await;
+            let cpu = (
+                cpu_seconds(&server) - before.0,
+                cpu_seconds("self") - before.1,
+            );
+            eprintln!(
+                "  run {run} {who}: {v:.3} (CPU s: server {:.2}, client {:.2})",
+                cpu.0, cpu.1
+            );
+            if who == "berth" {
+                b.push(v);
+                b_cpu.push(cpu);
+            } else {
+                d.push(v);
+                d_cpu.push(cpu);
+            }
         }
     }
-    (median(b), if d.is_empty() { None } else { Some(median(d)) })
+    let cpu_median = |v: Vec<(f64, f64)>| {
+        (
+            median(v.iter().map(|c| c.0).collect()),
+            median(v.iter().map(|c| c.1).collect()),
+        )
+    };
+    Alternated {
+        berth: median(b),
+        other: (!d.is_empty()).then(|| median(d)),
+        berth_cpu: cpu_median(b_cpu),
+        other_cpu: (!d_cpu.is_empty()).then(|| cpu_median(d_cpu)),
+    }
+}
+
+/// Two rows under a push: the CPU each registry and the client spent per GiB, and what that
+/// allows on this machine's cores at best (every core busy, nothing else running), as a share
+/// of the SHA-256 ceiling. When the bound is below a target, the target cannot be met here.
+fn cpu_rows(rows: &mut Vec<Row>, alt: &Alternated, gib: f64, sha_rate: f64) {
+    let per_gib = |c: (f64, f64)| format!("{:.2} + {:.2}", c.0 / gib, c.1 / gib);
+    rows.push(Row {
+        scenario: "  CPU core-seconds per GiB, server + client".into(),
+        berth: per_gib(alt.berth_cpu),
+        dist: alt.other_cpu.map_or(String::new(), per_gib),
+        ratio: "".into(),
+    });
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
+    let total = alt.berth_cpu.0 + alt.berth_cpu.1;
+    // A run shorter than a few clock ticks (the smoke test's) has no CPU figure to divide by.
+    let bound = if total > 0.0 {
+        let bound_mib = cores / (total / gib) * 1024.0;
+        format!("{:.0} %", bound_mib / sha_rate * 100.0)
+    } else {
+        "n/a".into()
+    };
+    rows.push(Row {
+        scenario: format!("  Berth's bound on {cores} cores / SHA-256 ceiling"),
+        berth: bound,
+        dist: "".into(),
+        ratio: "".into(),
+    });
 }
 
 /// Random bytes beyond the blob size, so that every blob can start at its own offset.
@@ -332,7 +425,7 @@ async fn chunked_rates(
     chunk: usize,
     prefix: &str,
     salt: usize,
-) -> (f64, Option<f64>) {
+) -> Alternated {
     let mib = (base.len() - BLOB_SLACK) as f64 / 1048576.0;
     alternate(pair, runs, |who, api, run| {
         let data = blob_for(base, who, run + salt);
@@ -349,13 +442,12 @@ async fn chunked_rates(
 
 /// POST, then one PUT carrying the whole blob: the monolithic upload both registries implement
 /// (distribution 2.8 has no single-POST upload).
-async fn monolithic_push(api: &Api, repo: &str, data: &Bytes) -> f64 {
-    let d = sha256(data);
+async fn monolithic_push(api: &Api, repo: &str, data: &Bytes, d: &str) -> f64 {
     let start = Instant::now();
     let loc = api.start_upload(repo).await;
     let r = api
         .client
-        .put(api.url(&Api::digest_url(&loc, &d)))
+        .put(api.url(&Api::digest_url(&loc, d)))
         .header("content-type", "application/octet-stream")
         .body(data.clone())
         .send()
@@ -506,11 +598,17 @@ async fn run_local(a: &Args, rows: &mut Vec<Row>) {
     let pair = Pair::start("filesystem", Beside::of(a));
     if a.wants("mono") {
         eprintln!("monolithic push");
-        let (b, d) = alternate(&pair, a.runs, |who, api, run| {
-            let data = blob_for(&base, who, run);
-            async move { mib / monolithic_push(&api, &format!("bench/mono{run}"), &data).await }
-        })
-        .await;
+        let alt =
+            alternate(&pair, a.runs, |who, api, run| {
+                let data = blob_for(&base, who, run);
+                // Hashed here, before the run's CPU is counted: the client's cost is its sending.
+                let digest = sha256(&data);
+                async move {
+                    mib / monolithic_push(&api, &format!("bench/mono{run}"), &data, &digest).await
+                }
+            })
+            .await;
+        let (b, d) = alt.pair();
         rows.push(row(
             format!("local monolithic push {mib:.0} MiB"),
             b,
@@ -524,11 +622,13 @@ async fn run_local(a: &Args, rows: &mut Vec<Row>) {
             dist: "".into(),
             ratio: "".into(),
         });
+        cpu_rows(rows, &alt, mib / 1024.0, sha_rate);
     }
 
     if a.wants("chunked") {
         eprintln!("chunked push");
-        let (b, d) = chunked_rates(&pair, a.runs, &base, a.chunk, "chunk", 100).await;
+        let alt = chunked_rates(&pair, a.runs, &base, a.chunk, "chunk", 100).await;
+        let (b, d) = alt.pair();
         rows.push(row(
             format!(
                 "local chunked push {mib:.0} MiB in {} MiB PATCHes",
@@ -545,18 +645,21 @@ async fn run_local(a: &Args, rows: &mut Vec<Row>) {
             dist: "".into(),
             ratio: "".into(),
         });
+        cpu_rows(rows, &alt, mib / 1024.0, sha_rate);
     }
 
     if a.wants("pull") {
         eprintln!("pull");
         for (who, api) in pair.apis() {
-            monolithic_push(&api, "bench/pull", &blob_for(&base, who, 1000)).await;
+            let data = blob_for(&base, who, 1000);
+            monolithic_push(&api, "bench/pull", &data, &sha256(&data)).await;
         }
         let (b, d) = alternate(&pair, a.runs, |who, api, _run| {
             let digest = sha256(&blob_for(&base, who, 1000));
             async move { mib / pull(&api, "bench/pull", &digest).await.0 }
         })
-        .await;
+        .await
+        .pair();
         rows.push(row(format!("local pull {mib:.0} MiB"), b, d, "MiB/s", true));
     }
 
@@ -656,7 +759,9 @@ async fn run_s3(a: &Args, rows: &mut Vec<Row>) {
     let base = random_base(a.size);
     let pair = Pair::start("s3", Beside::of(a));
     eprintln!("s3 chunked push");
-    let (b, d) = chunked_rates(&pair, a.runs, &base, a.chunk, "s3", 0).await;
+    let (b, d) = chunked_rates(&pair, a.runs, &base, a.chunk, "s3", 0)
+        .await
+        .pair();
     rows.push(row(
         format!("S3 (moto) chunked push {mib:.0} MiB"),
         b,
@@ -713,7 +818,9 @@ async fn main() {
         let pair = Pair::start(&a.backend, Beside::of(&a));
         let base = random_base(a.size);
         let mib = a.size as f64 / 1048576.0;
-        let (b, d) = chunked_rates(&pair, a.runs, &base, a.chunk, "push", 0).await;
+        let (b, d) = chunked_rates(&pair, a.runs, &base, a.chunk, "push", 0)
+            .await
+            .pair();
         rows.push(row(
             format!(
                 "{} chunked push {mib:.0} MiB in {} MiB PATCHes",
