@@ -118,6 +118,7 @@ impl BlockWriter {
     /// Appends `data`.
     pub(crate) fn write(&mut self, mut data: &[u8]) -> io::Result<()> {
         if self.direct.is_none() {
+            self.flush_plain()?;
             self.plain.write_all_at(data, self.pos)?;
             self.pos += data.len() as u64;
             return Ok(());
@@ -167,7 +168,7 @@ impl BlockWriter {
                     return Err(e);
                 }
                 // The device wants a larger alignment than ALIGN: stay correct, go buffered.
-                self.direct = None;
+                self.fall_back();
                 self.plain
                     .write_all_at(&self.storage[s..s + whole], self.pos)?;
             }
@@ -185,6 +186,22 @@ impl BlockWriter {
         Ok(())
     }
 
+    /// Stops direct writes; what the buffer holds goes out through the plain descriptor with
+    /// the next write (or at finish).
+    fn fall_back(&mut self) {
+        self.direct = None;
+    }
+
+    /// Writes what the buffer still holds through the plain descriptor (after a fall-back, the
+    /// bytes after the last whole block: without this they were skipped and the file had a hole).
+    fn flush_plain(&mut self) -> io::Result<()> {
+        if self.filled > 0 {
+            self.write_plain(0, self.filled)?;
+            self.filled = 0;
+        }
+        Ok(())
+    }
+
     fn write_plain(&mut self, from: usize, len: usize) -> io::Result<()> {
         let s = self.start + from;
         self.plain
@@ -197,9 +214,12 @@ impl BlockWriter {
     pub(crate) fn finish(mut self, sync: bool) -> io::Result<u64> {
         if self.direct.is_some() {
             self.drain(true)?;
-            if sync {
-                self.plain.sync_data()?;
-            }
+        }
+        self.flush_plain()?;
+        // Direct mode was taken at open (a buffer exists): the data must be durable even if a
+        // fall-back sent some of it through the page cache.
+        if sync && !self.storage.is_empty() {
+            self.plain.sync_data()?;
         }
         Ok(self.pos)
     }
@@ -283,6 +303,28 @@ mod tests {
             used.contains(&again.storage.as_ptr()),
             "a spare buffer was not reused"
         );
+    }
+
+    #[test]
+    fn bytes_buffered_when_direct_writes_stop_land_in_place() {
+        // A device refusing ALIGN-aligned direct writes (EINVAL) makes the writer fall back
+        // after a block; a resumed part at an unaligned offset leaves bytes in the buffer then.
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f");
+        let keep = 1_000_003usize;
+        std::fs::write(&path, pattern(keep, 1)).unwrap();
+        let data = pattern(BLOCK_BUFFER + 3 * ALIGN + 11, 5);
+        for split in [BLOCK_BUFFER, BLOCK_BUFFER + 2 * ALIGN, data.len()] {
+            let mut w = BlockWriter::open_at(&path, keep as u64, WriteMode::Direct).unwrap();
+            w.write(&data[..split]).unwrap();
+            assert!(w.filled > 0, "nothing left in the buffer at {split}");
+            w.fall_back();
+            w.write(&data[split..]).unwrap();
+            assert_eq!(w.finish(true).unwrap(), (keep + data.len()) as u64);
+            let on_disk = std::fs::read(&path).unwrap();
+            assert_eq!(on_disk.len(), keep + data.len(), "{split}");
+            assert!(on_disk[keep..] == data[..], "{split}");
+        }
     }
 
     #[test]
