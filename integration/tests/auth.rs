@@ -1,10 +1,10 @@
 //! Authentication and authorization end to end: htpasswd, token auth with Berth's own issuer,
 //! every route refused without credentials, scopes enforced, forged tokens refused, real clients.
 
-use std::path::Path;
 use std::process::Command;
 
 use integration::Berth;
+use integration::credentials::{TokenIssuer, htpasswd};
 use integration::http::{Api, error_code, header};
 use integration::layout::{sha256, write_image};
 use integration::tools::{run, skopeo_copy, tree};
@@ -45,21 +45,6 @@ fn route_table() -> Vec<(Method, String)> {
     .into_iter()
     .map(|(method, path)| (m(method), path))
     .collect()
-}
-
-fn htpasswd(dir: &Path, users: &[(&str, &str)]) -> std::path::PathBuf {
-    let text: String = users
-        .iter()
-        .map(|(u, p)| {
-            format!(
-                "{u}:{}\n",
-                bcrypt::hash(p, 5).unwrap().replacen("$2b$", "$2y$", 1)
-            )
-        })
-        .collect();
-    let path = dir.join("htpasswd");
-    std::fs::write(&path, text).unwrap();
-    path
 }
 
 fn basic(user: &str, password: &str) -> String {
@@ -153,22 +138,7 @@ struct TokenSetup {
 
 fn token_setup() -> TokenSetup {
     let dir = tempfile::tempdir().unwrap();
-    let private = dir.path().join("token-key.pem");
-    let public = dir.path().join("token-pub.pem");
-    let pem = run(Command::new("openssl").args([
-        "genpkey",
-        "-algorithm",
-        "EC",
-        "-pkeyopt",
-        "ec_paramgen_curve:P-256",
-    ]));
-    std::fs::write(&private, &pem.stdout).unwrap();
-    run(Command::new("openssl")
-        .args(["pkey", "-pubout", "-in"])
-        .arg(&private)
-        .arg("-out")
-        .arg(&public));
-    let users = htpasswd(
+    let issuer = TokenIssuer::new(
         dir.path(),
         &[("alice", "wonderland"), ("admin", "root-pass")],
     );
@@ -178,17 +148,10 @@ fn token_setup() -> TokenSetup {
     rootdirectory: {root}/data
   delete:
     enabled: true
-auth:
-  token:
-    service: berth-test
-    issuer: berth-test-issuer
-    rootcertbundle: {public}
-berth:
-  tokenserver:
-    privatekey: {private}
-    users: {users}
-    access:
-      - account: alice
+{auth}",
+        root = dir.path().display(),
+        auth = issuer.config_yaml(
+            "      - account: alice
         repository: team/*
         actions: [pull, push, delete]
       - account: anonymous
@@ -198,18 +161,15 @@ berth:
         repository: '*'
         actions: ['*']
         catalog: true
-",
-        root = dir.path().display(),
-        public = public.display(),
-        private = private.display(),
-        users = users.display()
+"
+        )
     );
     let berth = Berth::with_config(&yaml, &[]);
     let api = Api::new(&berth.url);
     TokenSetup {
         berth,
         api,
-        private_pem: pem.stdout,
+        private_pem: issuer.private_pem,
         _dir: dir,
     }
 }
