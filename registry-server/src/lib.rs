@@ -8,4 +8,5 @@ pub mod gc;
 pub mod malloc_settings;
 pub mod notify;
 pub mod observe;
+pub mod proxy;
 pub mod serve;

@@ -26,11 +26,14 @@ pub fn app(settings: Settings) -> Result<Arc<App>, ConfigError> {
     );
     // Delivery tasks start here: call inside the runtime.
     let notifier = crate::notify::Notifier::start(settings.notifications.clone());
+    let proxies = crate::proxy::Proxies::new(&settings.proxies)
+        .map_err(|e| crate::config::key_err("proxy", e.to_string()))?;
     Ok(Arc::new(App {
         registry,
         settings,
         metrics,
         notifier,
+        proxies,
     }))
 }
 

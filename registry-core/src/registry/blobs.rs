@@ -67,6 +67,17 @@ impl Registry {
             .await
     }
 
+    /// Links a blob that another repository already stored, if its bytes are anywhere in the
+    /// store; `false` when they are not. A pull-through cache fetches each blob once for all
+    /// repositories that share it.
+    pub async fn adopt_blob(&self, name: &RepositoryName, digest: &Digest) -> Result<bool> {
+        if !self.exists(&layout::blob_data(digest)).await? {
+            return Ok(false);
+        }
+        self.link_blob(name, digest).await?;
+        Ok(true)
+    }
+
     /// Removes a blob from a repository (its bytes go when garbage collection finds them unused).
     pub async fn delete_blob(&self, name: &RepositoryName, digest: &Digest) -> Result<()> {
         self.require_delete()?;

@@ -95,10 +95,7 @@ impl Registry {
             all_tags.push(t);
         }
         for tag in all_tags {
-            self.write_link(&layout::tag_index_link(name, tag, &digest), &digest)
-                .await?;
-            self.write_link(&layout::tag_current_link(name, tag), &digest)
-                .await?;
+            self.point_tag(name, tag, &digest).await?;
         }
         let subject = manifest.subject.as_ref().map(|s| s.digest.clone());
         if let Some(s) = &subject {
@@ -107,6 +104,53 @@ impl Registry {
         }
         self.add_to_catalog(name).await?;
         Ok(PutManifestOutcome { digest, subject })
+    }
+
+    /// Stores a manifest fetched from an upstream registry, under `tag` if given.
+    ///
+    /// Unlike a push, the blobs it names need not be here yet: a pull-through cache fetches
+    /// them when a client asks. The digest is the one the client asked for or the upstream
+    /// named, and the bytes must hash to it.
+    pub async fn cache_manifest(
+        &self,
+        name: &RepositoryName,
+        digest: &Digest,
+        body: Bytes,
+        tag: Option<&Tag>,
+    ) -> Result<ManifestContent> {
+        if body.len() > self.settings.max_manifest_bytes {
+            return Err(RegistryError::ManifestTooLarge {
+                limit: self.settings.max_manifest_bytes,
+            });
+        }
+        let computed = Digest::of(digest.algorithm(), &body);
+        if &computed != digest {
+            return Err(RegistryError::DigestInvalid(format!(
+                "the upstream's manifest hashes to {computed}, not {digest}"
+            )));
+        }
+        self.touch([digest]).await?;
+        let blob_key = layout::blob_data(digest);
+        if !self.exists(&blob_key).await? {
+            self.store
+                .put_bytes(&blob_key, body.clone(), PutCondition::Overwrite)
+                .await?;
+        }
+        self.write_link(&layout::manifest_revision_link(name, digest), digest)
+            .await?;
+        if let Some(t) = tag {
+            self.point_tag(name, t, digest).await?;
+        }
+        self.add_to_catalog(name).await?;
+        Ok(self.remember(digest.clone(), body))
+    }
+
+    /// Points `tag` at a manifest revision the repository holds (a cache following its upstream).
+    pub async fn point_tag(&self, name: &RepositoryName, tag: &Tag, digest: &Digest) -> Result<()> {
+        self.write_link(&layout::tag_index_link(name, tag, digest), digest)
+            .await?;
+        self.write_link(&layout::tag_current_link(name, tag), digest)
+            .await
     }
 
     /// The digest a reference currently names in the repository.
@@ -160,14 +204,19 @@ impl Registry {
             }
             Err(e) => return Err(e.into()),
         };
+        Ok(self.remember(digest, body))
+    }
+
+    /// Keeps a manifest's bytes in the in-memory cache (they never change for a digest).
+    fn remember(&self, digest: Digest, body: Bytes) -> ManifestContent {
         let media_type = sniff_media_type(&body);
         self.manifests
             .put(digest.clone(), body.clone(), media_type.clone());
-        Ok(ManifestContent {
+        ManifestContent {
             media_type,
             body,
             digest,
-        })
+        }
     }
 
     /// Deletes a tag (by tag reference) or a manifest revision and the tags that point at it.

@@ -61,7 +61,26 @@ pub(crate) async fn get(ctx: &Ctx, name: &str, digest: &str) -> ApiResult {
     let name = parse_name(name)?;
     let digest: Digest = digest.parse().map_err(RegistryError::from)?;
     let registry = &ctx.app.registry;
-    let info = registry.stat_blob(&name, &digest).await?;
+    let info = match registry.stat_blob(&name, &digest).await {
+        Err(RegistryError::BlobUnknown(_))
+            if let Some(remote) = ctx.app.proxies.remote_of(name.as_str()) =>
+        {
+            // Another cached repository may have fetched it already.
+            if !registry.adopt_blob(&name, &digest).await? {
+                return crate::proxy::blob(
+                    &ctx.app,
+                    &remote,
+                    &name,
+                    &digest,
+                    ctx.method == Method::HEAD,
+                    ctx.header("range"),
+                )
+                .await;
+            }
+            registry.stat_blob(&name, &digest).await?
+        }
+        other => other?,
+    };
     if ctx.method == Method::GET {
         ctx.notify(
             "pull",

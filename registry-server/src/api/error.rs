@@ -149,6 +149,24 @@ impl From<RegistryError> for ApiError {
     }
 }
 
+impl From<crate::proxy::UpstreamError> for ApiError {
+    fn from(e: crate::proxy::UpstreamError) -> Self {
+        use crate::proxy::UpstreamError as U;
+        tracing::warn!(error = %e, "upstream registry");
+        match e {
+            U::RateLimited(_) => ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "TOOMANYREQUESTS",
+                e.to_string(),
+            ),
+            // The upstream failed, not the client: 502, whatever the upstream said.
+            U::Unreachable(_) | U::Refused(_) | U::BadAnswer(_) => {
+                ApiError::new(StatusCode::BAD_GATEWAY, "UNKNOWN", e.to_string())
+            }
+        }
+    }
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let body = json!({ "errors": [{ "code": self.code, "message": self.message, "detail": self.detail }] });

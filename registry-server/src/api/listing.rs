@@ -49,6 +49,11 @@ fn with_link(
 pub(crate) async fn tags(ctx: &Ctx, name: &str) -> ApiResult {
     let name = parse_name(name)?;
     let n = page_size(ctx)?;
+    if let Some(remote) = ctx.app.proxies.remote_of(name.as_str())
+        && let Some(resp) = crate::proxy::tags(&remote, &name, Some(&ctx.query.encoded())).await?
+    {
+        return Ok(resp);
+    }
     let page = ctx
         .app
         .registry

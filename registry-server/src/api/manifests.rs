@@ -16,7 +16,12 @@ fn parse_reference(raw: &str) -> Result<Reference, ApiError> {
 pub(crate) async fn get(ctx: &Ctx, name: &str, reference: &str) -> ApiResult {
     let name = parse_name(name)?;
     let reference = parse_reference(reference)?;
-    let m = ctx.app.registry.get_manifest(&name, &reference).await?;
+    let m = match ctx.app.proxies.remote_of(name.as_str()) {
+        Some(remote) => {
+            crate::proxy::manifest(&ctx.app.registry, &remote, &name, &reference).await?
+        }
+        None => ctx.app.registry.get_manifest(&name, &reference).await?,
+    };
     if ctx.method == Method::GET {
         let tag = match &reference {
             Reference::Tag(t) => Some(t.as_str()),

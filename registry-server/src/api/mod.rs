@@ -33,6 +33,8 @@ pub struct App {
     pub metrics: Arc<crate::observe::Metrics>,
     /// Webhook notifications.
     pub notifier: crate::notify::Notifier,
+    /// Upstream registries cached here.
+    pub proxies: Arc<crate::proxy::Proxies>,
 }
 
 /// Builds the router serving the whole API.
@@ -69,6 +71,13 @@ async fn api_version_header(mut resp: Response) -> Response {
 pub(crate) struct Query(Vec<(String, String)>);
 
 impl Query {
+    /// The query as it came, to pass on to an upstream.
+    pub(crate) fn encoded(&self) -> String {
+        url::form_urlencoded::Serializer::new(String::new())
+            .extend_pairs(self.0.iter())
+            .finish()
+    }
+
     fn of(parts: &Parts) -> Query {
         let q = parts.uri.query().unwrap_or("");
         Query(
@@ -242,6 +251,21 @@ async fn dispatch(State(app): State<Arc<App>>, req: Request) -> Response {
             StatusCode::METHOD_NOT_ALLOWED,
             "UNSUPPORTED",
             "the registry is in read-only mode",
+        )
+        .into_response();
+    }
+    if writes
+        && let Some(remote) = route
+            .repository()
+            .and_then(|name| app.proxies.remote_of(name))
+    {
+        return ApiError::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "UNSUPPORTED",
+            format!(
+                "this repository is a pull-through cache of {}: push to the upstream",
+                remote.upstream.client().origin()
+            ),
         )
         .into_response();
     }

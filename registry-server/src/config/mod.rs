@@ -6,10 +6,12 @@
 mod auth;
 mod env;
 mod operations;
+mod proxy;
 mod storage;
 
 use auth::authorizer;
 use operations::{endpoints, gc_settings, purge_settings};
+pub use proxy::{PrefixedProxyConfig, ProxyConfig, UpstreamSettings};
 use storage::{azure_options, gcs_options, s3_options};
 
 use std::net::SocketAddr;
@@ -69,6 +71,8 @@ pub struct Config {
     pub auth: Option<AuthConfig>,
     /// Webhook notifications.
     pub notifications: Option<NotificationsConfig>,
+    /// Pull-through cache of one upstream registry (distribution's `proxy`).
+    pub proxy: Option<ProxyConfig>,
     /// Health checks (accepted for compatibility, unused).
     pub health: Option<Value>,
     /// Redis (accepted for compatibility, unused: Berth keeps no shared cache).
@@ -405,6 +409,8 @@ pub struct BerthConfig {
     pub tokenserver: Option<TokenServerConfig>,
     /// Scheduled online garbage collection.
     pub gc: Option<GcConfig>,
+    /// Pull-through caches of several upstreams, each under a repository prefix.
+    pub proxies: Vec<PrefixedProxyConfig>,
 }
 
 /// `berth.gc`.
@@ -548,6 +554,8 @@ pub struct Settings {
     pub gc: Option<GcSettings>,
     /// Webhook endpoints.
     pub notifications: Vec<crate::notify::EndpointSettings>,
+    /// Upstream registries this one caches, most specific prefix first.
+    pub proxies: Vec<UpstreamSettings>,
     /// Log level filter.
     pub log_level: String,
     /// Emit JSON logs.
@@ -789,6 +797,7 @@ fn validate(config: Config, warnings: &mut Vec<String>) -> Result<Settings, Conf
             .is_some_and(|r| r.enabled),
         gc: gc_settings(config.berth.gc.as_ref())?,
         notifications: endpoints(config.notifications.as_ref())?,
+        proxies: proxy::upstreams(config.proxy.as_ref(), &config.berth.proxies)?,
         purge: purge_settings(
             s.maintenance
                 .as_ref()

@@ -272,3 +272,75 @@ fn unknown_keys_warn() {
         "{w:?}"
     );
 }
+
+#[test]
+fn proxy_sections_become_upstreams_most_specific_first() {
+    let yaml = "
+storage:
+  filesystem:
+    rootdirectory: /tmp/x
+proxy:
+  remoteurl: https://registry-1.docker.io
+  username: bob
+  password: secret
+  ttl: 168h
+berth:
+  proxies:
+    - prefix: ghcr
+      remoteurl: https://ghcr.io
+    - prefix: /ghcr/team/
+      remoteurl: http://127.0.0.1:5001
+";
+    let (s, w) = load_str(yaml, &[]).unwrap();
+    assert!(w.is_empty(), "{w:?}");
+    let got: Vec<(Option<&str>, &str, bool)> = s
+        .proxies
+        .iter()
+        .map(|u| (u.prefix.as_deref(), u.url.as_str(), u.credentials.is_some()))
+        .collect();
+    assert_eq!(
+        got,
+        [
+            (Some("ghcr/team"), "http://127.0.0.1:5001/", false),
+            (Some("ghcr"), "https://ghcr.io/", false),
+            (None, "https://registry-1.docker.io/", true),
+        ]
+    );
+    // distribution's environment override names the same key.
+    let (s, _) = load_str(
+        "storage:\n  filesystem:\n    rootdirectory: /tmp/x\n",
+        &[("REGISTRY_PROXY_REMOTEURL", "http://127.0.0.1:6000")],
+    )
+    .unwrap();
+    assert_eq!(s.proxies.len(), 1);
+    assert_eq!(s.proxies[0].url.as_str(), "http://127.0.0.1:6000/");
+}
+
+#[test]
+fn bad_proxy_sections_name_their_key() {
+    let base = "storage:\n  filesystem:\n    rootdirectory: /tmp/x\n";
+    for (section, key) in [
+        ("proxy:\n  remoteurl: ''\n", "proxy.remoteurl"),
+        ("proxy:\n  remoteurl: ftp://x\n", "proxy.remoteurl"),
+        ("proxy:\n  remoteurl: https://x/v2/\n", "proxy.remoteurl"),
+        ("proxy:\n  remoteurl: https://x\n  username: u\n", "proxy"),
+        ("proxy:\n  remoteurl: https://x\n  ttl: soon\n", "proxy.ttl"),
+        (
+            "berth:\n  proxies:\n    - remoteurl: https://x\n",
+            "berth.proxies[0].prefix",
+        ),
+        (
+            "berth:\n  proxies:\n    - prefix: Bad_Prefix!\n      remoteurl: https://x\n",
+            "berth.proxies[0].prefix",
+        ),
+        (
+            "berth:\n  proxies:\n    - prefix: a\n      remoteurl: https://x\n    - prefix: a/\n      remoteurl: https://y\n",
+            "berth.proxies[1].prefix",
+        ),
+    ] {
+        match load_str(&format!("{base}{section}"), &[]) {
+            Err(ConfigError::Key { key: k, .. }) => assert_eq!(k, key, "{section}"),
+            other => panic!("{section}: {other:?}"),
+        }
+    }
+}

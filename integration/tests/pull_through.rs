@@ -1,0 +1,253 @@
+//! Pull-through caching end to end: Berth in front of a real upstream (CNCF distribution 2.8,
+//! or another Berth with token auth), pulled with skopeo; cached objects served from the store
+//! when the upstream is gone; pushes to cached repositories refused, others accepted.
+
+use std::path::Path;
+
+use integration::Berth;
+use integration::credentials::TokenIssuer;
+use integration::distribution::Distribution;
+use integration::http::{Api, error_code, header};
+use integration::layout::{Image, write_image};
+use integration::tools::{skopeo_copy, tree};
+use reqwest::Method;
+
+/// A Berth on local disk under `root` with `extra` configuration appended.
+fn berth(root: &Path, extra: &str) -> Berth {
+    Berth::with_config(
+        &format!(
+            "storage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\n{extra}",
+            root.display()
+        ),
+        &[],
+    )
+}
+
+/// Whether the blob's bytes are in Berth's store under `root`.
+fn stored(root: &Path, digest: &str) -> bool {
+    let hex = digest.trim_start_matches("sha256:");
+    root.join(format!(
+        "docker/registry/v2/blobs/sha256/{}/{hex}/data",
+        &hex[..2]
+    ))
+    .is_file()
+}
+
+/// Whether the blob's bytes reach the store within a few seconds: a blob is kept once its
+/// last byte has been verified, which may be just after the client has it.
+fn kept(root: &Path, digest: &str) -> bool {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while std::time::Instant::now() < deadline {
+        if stored(root, digest) {
+            return true;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    false
+}
+
+/// The blobs (by digest) of an OCI layout.
+type Blobs = std::collections::BTreeSet<String>;
+
+/// Pulls `reference` from `host` into a fresh OCI layout under `dir` and names its blobs.
+fn pull(host: &str, reference: &str, dir: &Path, extra: &[&str]) -> Blobs {
+    let dst = tempfile::tempdir_in(dir).unwrap();
+    skopeo_copy(
+        &format!("docker://{host}/{reference}"),
+        &format!("oci:{}:x", dst.path().display()),
+        extra,
+    );
+    tree(&dst.path().join("blobs")).into_keys().collect()
+}
+
+/// Pushes a two-layer image to `host/repo:tag` and returns it with its source layout's blobs.
+fn push_image(host: &str, repo: &str, dir: &Path, seed: u64, extra: &[&str]) -> (Image, Blobs) {
+    let src = dir.join(format!("src-{seed}"));
+    let image = write_image(&src, "v1", seed, &[1 << 20, 300_000]);
+    skopeo_copy(
+        &format!("oci:{}:v1", src.display()),
+        &format!("docker://{host}/{repo}:v1"),
+        extra,
+    );
+    (image, tree(&src.join("blobs")).into_keys().collect())
+}
+
+#[tokio::test]
+async fn caches_distribution_and_serves_the_cache_when_the_upstream_is_down() {
+    let work = tempfile::tempdir().unwrap();
+    let upstream = Distribution::filesystem(&work.path().join("upstream"));
+    let (image, source_blobs) = push_image(&upstream.host, "library/app", work.path(), 1, &[]);
+    let root = work.path().join("cache");
+    let cache = berth(
+        &root,
+        &format!("proxy:\n  remoteurl: http://{}\n", upstream.host),
+    );
+
+    let pulled = pull(&cache.host, "library/app:v1", work.path(), &[]);
+    assert_eq!(pulled, source_blobs, "pulled through the cache");
+    for d in image.layer_digests.iter().chain([&image.manifest_digest]) {
+        assert!(kept(&root, d), "{d} was not kept");
+    }
+    let api = Api::new(&cache.url);
+    let r = api
+        .send(Method::GET, "/v2/library/app/tags/list", &[], None)
+        .await;
+    assert_eq!(r.status(), 200);
+    let list: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(
+        list,
+        serde_json::json!({"name": "library/app", "tags": ["v1"]})
+    );
+
+    // A cache is read-only: pushes go to the upstream.
+    let r = api
+        .send(Method::POST, "/v2/library/app/blobs/uploads/", &[], None)
+        .await;
+    assert_eq!(r.status(), 405);
+    assert_eq!(error_code(r).await, "UNSUPPORTED");
+
+    // A tag the upstream moves is followed on the next pull.
+    let (moved, moved_blobs) = push_image(&upstream.host, "library/app", work.path(), 2, &[]);
+    assert_eq!(
+        pull(&cache.host, "library/app:v1", work.path(), &[]),
+        moved_blobs
+    );
+    assert!(kept(&root, &moved.manifest_digest));
+
+    // Upstream gone: what was cached is still served, by tag and by digest.
+    drop(upstream);
+    assert_eq!(
+        pull(&cache.host, "library/app:v1", work.path(), &[]),
+        moved_blobs
+    );
+    let by_digest = format!("library/app@{}", image.manifest_digest);
+    assert_eq!(
+        pull(&cache.host, &by_digest, work.path(), &[]),
+        source_blobs
+    );
+    // What was never cached cannot be: a 502 that says why, not a 404 or a 500.
+    let r = api
+        .send(Method::GET, "/v2/library/other/manifests/v1", &[], None)
+        .await;
+    assert_eq!(r.status(), 502);
+    let body = r.text().await.unwrap();
+    assert!(body.contains("upstream registry is unreachable"), "{body}");
+}
+
+#[tokio::test]
+async fn prefixed_upstreams_with_token_auth_beside_ordinary_repositories() {
+    let work = tempfile::tempdir().unwrap();
+    let issuer = TokenIssuer::new(
+        work.path(),
+        &[("mirror", "mirror-pass"), ("dev", "dev-pass")],
+    );
+    let upstream = berth(
+        &work.path().join("upstream"),
+        &issuer.config_yaml(
+            "      - account: dev
+        repository: '*'
+        actions: ['*']
+      - account: mirror
+        repository: team/*
+        actions: [pull]
+",
+        ),
+    );
+    let (image, source_blobs) = push_image(
+        &upstream.host,
+        "team/app",
+        work.path(),
+        3,
+        &["--dest-creds", "dev:dev-pass"],
+    );
+    let second = Distribution::filesystem(&work.path().join("second"));
+    let (_, second_blobs) = push_image(&second.host, "tools/cli", work.path(), 4, &[]);
+
+    let root = work.path().join("cache");
+    let cache = berth(
+        &root,
+        &format!(
+            "berth:\n  proxies:\n    - prefix: corp\n      remoteurl: http://{}\n      username: mirror\n      password: mirror-pass\n    - prefix: hub\n      remoteurl: http://{}\n",
+            upstream.host, second.host
+        ),
+    );
+    // The upstream's token realm, scope and account are what skopeo would have used.
+    assert_eq!(
+        pull(&cache.host, "corp/team/app:v1", work.path(), &[]),
+        source_blobs
+    );
+    assert_eq!(
+        pull(&cache.host, "hub/tools/cli:v1", work.path(), &[]),
+        second_blobs
+    );
+    for d in &image.layer_digests {
+        assert!(kept(&root, d), "{d} was not kept");
+    }
+
+    let api = Api::new(&cache.url);
+    // Outside every prefix the registry is an ordinary one.
+    let (_, own_blobs) = push_image(&cache.host, "mine/app", work.path(), 5, &[]);
+    assert_eq!(
+        pull(&cache.host, "mine/app:v1", work.path(), &[]),
+        own_blobs
+    );
+    let r = api
+        .send(Method::POST, "/v2/hub/tools/cli/blobs/uploads/", &[], None)
+        .await;
+    assert_eq!(r.status(), 405);
+
+    // A repository the mirror account may not read: the upstream refuses Berth, and the client
+    // learns that it is the upstream that failed.
+    let (_, _) = push_image(
+        &upstream.host,
+        "secret/app",
+        work.path(),
+        6,
+        &["--dest-creds", "dev:dev-pass"],
+    );
+    let r = api
+        .send(Method::GET, "/v2/corp/secret/app/manifests/v1", &[], None)
+        .await;
+    assert_eq!(r.status(), 502);
+    assert!(
+        r.text()
+            .await
+            .unwrap()
+            .contains("refused the configured credentials")
+    );
+    // Blobs not cached yet: a HEAD and a range are passed through without keeping anything.
+    let (other, other_blobs) = push_image(&second.host, "tools/other", work.path(), 7, &[]);
+    let layer = &other.layer_digests[0];
+    assert!(other_blobs.contains(&layer.replacen(':', "/", 1)));
+    let size = std::fs::metadata(
+        work.path()
+            .join("src-7/blobs")
+            .join(layer.replacen(':', "/", 1)),
+    )
+    .unwrap()
+    .len();
+    let path = format!("/v2/hub/tools/other/blobs/{layer}");
+    let r = api.send(Method::HEAD, &path, &[], None).await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(header(&r, "content-length"), Some(size.to_string()));
+    let r = api
+        .send(Method::GET, &path, &[("range", "bytes=0-9")], None)
+        .await;
+    assert_eq!(r.status(), 206);
+    assert_eq!(
+        header(&r, "docker-content-digest").as_deref(),
+        Some(layer.as_str())
+    );
+    assert_eq!(r.bytes().await.unwrap().len(), 10);
+    assert!(!stored(&root, layer), "a range request cached the blob");
+    let missing = integration::layout::sha256(b"nowhere");
+    let r = api
+        .send(
+            Method::HEAD,
+            &format!("/v2/hub/tools/other/blobs/{missing}"),
+            &[],
+            None,
+        )
+        .await;
+    assert_eq!(r.status(), 404, "a blob the upstream lacks");
+}

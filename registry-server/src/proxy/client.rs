@@ -1,0 +1,183 @@
+//! Requests to one upstream registry, answering its authentication challenges.
+//!
+//! Tokens are kept per scope until shortly before they expire: an optimisation only, each
+//! replica fetches its own, so nothing here needs sharing.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use reqwest::header::{ACCEPT, WWW_AUTHENTICATE};
+use reqwest::{Method, Response, StatusCode};
+
+use super::UpstreamError;
+use super::challenge::Challenge;
+use crate::config::UpstreamSettings;
+
+/// How long a token is used when its issuer does not say (the distribution token spec's 60 s).
+const DEFAULT_TOKEN_LIFETIME: Duration = Duration::from_secs(60);
+
+/// A client of one upstream registry.
+pub(crate) struct UpstreamClient {
+    settings: UpstreamSettings,
+    http: reqwest::Client,
+    /// Bearer tokens by scope, with the instant they stop being used.
+    tokens: Mutex<HashMap<String, (String, Instant)>>,
+    /// Whether the upstream asked for Basic credentials (then they go with every request).
+    basic: std::sync::atomic::AtomicBool,
+}
+
+impl UpstreamClient {
+    /// A client for `settings`.
+    pub(crate) fn new(settings: UpstreamSettings) -> Result<Self, UpstreamError> {
+        let http = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(10))
+            // Between two reads of a body, not for the whole of a multi-GiB layer.
+            .read_timeout(Duration::from_secs(60))
+            .user_agent(concat!(
+                "berth/",
+                env!("CARGO_PKG_VERSION"),
+                " (pull-through cache)"
+            ))
+            .build()
+            .map_err(|e| UpstreamError::Unreachable(e.to_string()))?;
+        Ok(UpstreamClient {
+            settings,
+            http,
+            tokens: Mutex::new(HashMap::new()),
+            basic: std::sync::atomic::AtomicBool::new(false),
+        })
+    }
+
+    /// The upstream's origin, for messages.
+    pub(crate) fn origin(&self) -> &url::Url {
+        &self.settings.url
+    }
+
+    /// Sends `method` to `path` (starting `/v2/`) for `repository` at the upstream, with
+    /// `accept` and extra `headers`, authenticating as the upstream asks. Redirects (to blob
+    /// storage) are followed; credentials are not sent to another host.
+    pub(crate) async fn send(
+        &self,
+        method: Method,
+        path: &str,
+        repository: &str,
+        accept: Option<&str>,
+        headers: &[(&str, &str)],
+    ) -> Result<Response, UpstreamError> {
+        let url = self
+            .settings
+            .url
+            .join(path)
+            .map_err(|e| UpstreamError::Unreachable(e.to_string()))?;
+        let scope = format!("repository:{repository}:pull");
+        let mut fresh_auth = false;
+        loop {
+            let mut req = self.http.request(method.clone(), url.clone());
+            if let Some(a) = accept {
+                req = req.header(ACCEPT, a);
+            }
+            for (k, v) in headers {
+                req = req.header(*k, *v);
+            }
+            if let Some(token) = self.token(&scope) {
+                req = req.bearer_auth(token);
+            } else if let Some((user, password)) = self.basic_credentials() {
+                req = req.basic_auth(user, Some(password));
+            }
+            let resp = req.send().await.map_err(unreachable)?;
+            if resp.status() != StatusCode::UNAUTHORIZED || fresh_auth {
+                return match resp.status() {
+                    StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => {
+                        Err(UpstreamError::Refused(self.origin().to_string()))
+                    }
+                    StatusCode::TOO_MANY_REQUESTS => {
+                        Err(UpstreamError::RateLimited(self.origin().to_string()))
+                    }
+                    _ => Ok(resp),
+                };
+            }
+            let challenge = resp
+                .headers()
+                .get(WWW_AUTHENTICATE)
+                .and_then(|v| v.to_str().ok())
+                .and_then(Challenge::parse)
+                .ok_or_else(|| UpstreamError::Refused(self.origin().to_string()))?;
+            self.answer(challenge, &scope).await?;
+            fresh_auth = true;
+        }
+    }
+
+    fn token(&self, scope: &str) -> Option<String> {
+        let tokens = self.tokens.lock().ok()?;
+        let (token, until) = tokens.get(scope)?;
+        (Instant::now() < *until).then(|| token.clone())
+    }
+
+    fn basic_credentials(&self) -> Option<&(String, String)> {
+        self.basic
+            .load(std::sync::atomic::Ordering::Relaxed)
+            .then_some(self.settings.credentials.as_ref())
+            .flatten()
+    }
+
+    /// Gets what a challenge asks for: Basic credentials, or a token from the realm.
+    async fn answer(&self, challenge: Challenge, scope: &str) -> Result<(), UpstreamError> {
+        let (realm, service, asked_scope) = match challenge {
+            Challenge::Basic => {
+                if self.settings.credentials.is_none() {
+                    return Err(UpstreamError::Refused(self.origin().to_string()));
+                }
+                self.basic.store(true, std::sync::atomic::Ordering::Relaxed);
+                return Ok(());
+            }
+            Challenge::Bearer {
+                realm,
+                service,
+                scope,
+            } => (realm, service, scope),
+        };
+        let mut req = self
+            .http
+            .get(&realm)
+            .query(&[("scope", asked_scope.as_deref().unwrap_or(scope))]);
+        if let Some(s) = &service {
+            req = req.query(&[("service", s)]);
+        }
+        if let Some((user, password)) = &self.settings.credentials {
+            req = req.basic_auth(user, Some(password));
+        }
+        let resp = req.send().await.map_err(unreachable)?;
+        if !resp.status().is_success() {
+            return Err(UpstreamError::Refused(self.origin().to_string()));
+        }
+        #[derive(serde::Deserialize)]
+        struct TokenAnswer {
+            token: Option<String>,
+            access_token: Option<String>,
+            expires_in: Option<u64>,
+        }
+        let answer: TokenAnswer = resp
+            .json()
+            .await
+            .map_err(|e| UpstreamError::BadAnswer(format!("token endpoint {realm}: {e}")))?;
+        let token = answer
+            .token
+            .or(answer.access_token)
+            .ok_or_else(|| UpstreamError::BadAnswer(format!("token endpoint {realm}: no token")))?;
+        let lifetime = answer
+            .expires_in
+            .map_or(DEFAULT_TOKEN_LIFETIME, Duration::from_secs);
+        // Renewed a little early, so that a token does not expire between use and arrival.
+        let until = Instant::now() + lifetime.mul_f32(0.9);
+        if let Ok(mut tokens) = self.tokens.lock() {
+            tokens.retain(|_, (_, u)| Instant::now() < *u);
+            tokens.insert(scope.to_owned(), (token, until));
+        }
+        Ok(())
+    }
+}
+
+fn unreachable(e: reqwest::Error) -> UpstreamError {
+    UpstreamError::Unreachable(e.to_string())
+}

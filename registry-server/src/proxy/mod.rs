@@ -1,0 +1,142 @@
+//! Pull-through caching: repositories whose manifests and blobs come from an upstream registry
+//! the first time a client asks, and from the store after that.
+//!
+//! distribution caches one upstream and turns the whole registry read-only; here any number of
+//! upstreams each serve the repositories under a prefix (`dockerhub/...`, `ghcr/...`), and
+//! repositories outside every prefix stay ordinary, pushable ones. Nothing is kept in process
+//! memory but bearer tokens: every replica serves every cached object from the shared store.
+
+mod challenge;
+mod client;
+mod pull;
+
+pub(crate) use pull::{blob, manifest, tags};
+
+use std::sync::Arc;
+
+use crate::config::UpstreamSettings;
+use client::UpstreamClient;
+
+/// Why the upstream could not provide what a client asked for.
+#[derive(Debug, thiserror::Error)]
+pub enum UpstreamError {
+    /// No connection, a timeout, or a 5xx.
+    #[error("the upstream registry is unreachable: {0}")]
+    Unreachable(String),
+    /// It refused Berth's credentials (or wants some and none are configured).
+    #[error("the upstream registry {0} refused the configured credentials")]
+    Refused(String),
+    /// It asks Berth to slow down.
+    #[error("the upstream registry {0} is rate-limiting this registry")]
+    RateLimited(String),
+    /// It answered something that is not what the distribution API says.
+    #[error("the upstream registry answered unexpectedly: {0}")]
+    BadAnswer(String),
+}
+
+impl UpstreamError {
+    /// Whether a stale cached copy may be served instead (the upstream is down or busy, not
+    /// saying the content is gone).
+    pub(crate) fn may_serve_cached(&self) -> bool {
+        matches!(
+            self,
+            UpstreamError::Unreachable(_) | UpstreamError::RateLimited(_)
+        )
+    }
+}
+
+/// One configured upstream.
+pub(crate) struct Upstream {
+    prefix: Option<String>,
+    client: UpstreamClient,
+}
+
+/// A local repository's counterpart at its upstream.
+pub(crate) struct Remote<'a> {
+    /// The client of the upstream.
+    pub(crate) upstream: &'a Upstream,
+    /// The repository's name there (the local name without the prefix).
+    pub(crate) name: String,
+}
+
+impl Upstream {
+    pub(crate) fn client(&self) -> &UpstreamClient {
+        &self.client
+    }
+}
+
+/// Every configured upstream, most specific prefix first.
+#[derive(Default)]
+pub struct Proxies {
+    upstreams: Vec<Upstream>,
+}
+
+impl Proxies {
+    /// Clients for `settings` (already ordered by the configuration).
+    pub fn new(settings: &[UpstreamSettings]) -> Result<Arc<Self>, UpstreamError> {
+        let upstreams = settings
+            .iter()
+            .map(|s| {
+                Ok(Upstream {
+                    prefix: s.prefix.clone(),
+                    client: UpstreamClient::new(s.clone())?,
+                })
+            })
+            .collect::<Result<_, UpstreamError>>()?;
+        Ok(Arc::new(Proxies { upstreams }))
+    }
+
+    /// The upstream serving local repository `name`, if any.
+    pub(crate) fn remote_of(&self, name: &str) -> Option<Remote<'_>> {
+        self.upstreams.iter().find_map(|u| {
+            let remote = match &u.prefix {
+                None => Some(name),
+                Some(p) => name.strip_prefix(p.as_str())?.strip_prefix('/'),
+            }?;
+            Some(Remote {
+                upstream: u,
+                name: remote.to_owned(),
+            })
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings(prefix: Option<&str>, port: u16) -> UpstreamSettings {
+        UpstreamSettings {
+            prefix: prefix.map(str::to_owned),
+            url: format!("http://127.0.0.1:{port}").parse().unwrap(),
+            credentials: None,
+        }
+    }
+
+    #[test]
+    fn repositories_map_to_the_most_specific_upstream() {
+        let p = Proxies::new(&[
+            settings(Some("hub/team"), 1),
+            settings(Some("hub"), 2),
+            settings(None, 3),
+        ])
+        .unwrap();
+        let pick = |n: &str| {
+            p.remote_of(n)
+                .map(|r| (r.upstream.client.origin().port(), r.name))
+        };
+        assert_eq!(pick("hub/team/app"), Some((Some(1), "app".into())));
+        assert_eq!(
+            pick("hub/library/alpine"),
+            Some((Some(2), "library/alpine".into()))
+        );
+        assert_eq!(pick("hubx/app"), Some((Some(3), "hubx/app".into())));
+        assert_eq!(pick("hub"), Some((Some(3), "hub".into())));
+        let only_prefixed = Proxies::new(&[settings(Some("ghcr"), 4)]).unwrap();
+        assert!(only_prefixed.remote_of("mine/app").is_none());
+        assert_eq!(
+            only_prefixed.remote_of("ghcr/o/r").map(|r| r.name),
+            Some("o/r".into())
+        );
+    }
+}
