@@ -251,3 +251,55 @@ async fn prefixed_upstreams_with_token_auth_beside_ordinary_repositories() {
         .await;
     assert_eq!(r.status(), 404, "a blob the upstream lacks");
 }
+
+/// Flips the first byte of a blob in a distribution-layout store under `root` (same size).
+fn tamper(root: &Path, digest: &str) {
+    let hex = digest.trim_start_matches("sha256:");
+    let path = root.join(format!(
+        "docker/registry/v2/blobs/sha256/{}/{hex}/data",
+        &hex[..2]
+    ));
+    let mut bytes = std::fs::read(&path).unwrap();
+    bytes[0] ^= 0xff;
+    std::fs::write(&path, bytes).unwrap();
+}
+
+#[tokio::test]
+async fn bytes_that_do_not_match_their_digest_are_never_kept() {
+    let work = tempfile::tempdir().unwrap();
+    let upstream_root = work.path().join("upstream");
+    let upstream = Distribution::filesystem(&upstream_root);
+    let (image, _) = push_image(&upstream.host, "team/app", work.path(), 8, &[]);
+    // The upstream's disk goes bad under a layer and under the manifest.
+    let layer = &image.layer_digests[0];
+    tamper(&upstream_root, layer);
+    tamper(&upstream_root, &image.manifest_digest);
+    let root = work.path().join("cache");
+    let cache = berth(
+        &root,
+        &format!("proxy:\n  remoteurl: http://{}\n", upstream.host),
+    );
+    let api = Api::new(&cache.url);
+
+    let r = api
+        .send(
+            Method::GET,
+            &format!("/v2/team/app/manifests/{}", image.manifest_digest),
+            &[],
+            None,
+        )
+        .await;
+    assert_eq!(r.status(), 502, "a manifest that is not its digest");
+    assert!(!stored(&root, &image.manifest_digest));
+
+    // The client gets the bytes as they come (it checks them itself); the store keeps nothing.
+    let path = format!("/v2/team/app/blobs/{layer}");
+    let r = api.send(Method::GET, &path, &[], None).await;
+    let got = r.bytes().await.map(|b| b.to_vec()).unwrap_or_default();
+    assert_ne!(integration::layout::sha256(&got), *layer);
+    std::thread::sleep(std::time::Duration::from_secs(1));
+    assert!(!stored(&root, layer), "corrupt bytes were kept");
+    let r = api.send(Method::HEAD, &path, &[], None).await;
+    assert_eq!(r.status(), 200, "still answered from the upstream");
+    assert!(!stored(&root, layer));
+}

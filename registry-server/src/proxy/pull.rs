@@ -142,22 +142,39 @@ async fn fetch_manifest(
         .await
         .and_then(found)?
         .ok_or_else(|| RegistryError::ManifestUnknown(reference.to_owned()))?;
-    let limit = registry.settings().max_manifest_bytes;
-    if resp.content_length().is_some_and(|n| n > limit as u64) {
-        return Err(RegistryError::ManifestTooLarge { limit }.into());
-    }
     let named = digest_header(&resp);
-    let body = resp
-        .bytes()
-        .await
-        .map_err(|e| UpstreamError::Unreachable(e.to_string()))?;
+    let body = read_at_most(resp, registry.settings().max_manifest_bytes).await?;
     // What the client asked for, else what the upstream named, else the bytes' SHA-256.
     let digest = match (expected, named) {
         (Some(d), _) => d.clone(),
         (None, Some(d)) => d,
         (None, None) => Digest::of(registry_core::digest::Algorithm::Sha256, &body),
     };
+    // A wrong digest is the upstream's fault, not the client's: a 502, not a 400.
+    if Digest::of(digest.algorithm(), &body) != digest {
+        return Err(
+            UpstreamError::BadAnswer(format!("the manifest it sent is not {digest}")).into(),
+        );
+    }
     Ok(registry.cache_manifest(name, &digest, body, tag).await?)
+}
+
+/// A manifest body, refused once it passes `limit` bytes (whatever Content-Length said).
+async fn read_at_most(resp: reqwest::Response, limit: usize) -> Result<Bytes, UpstreamError> {
+    let too_large = || UpstreamError::BadAnswer(format!("a manifest larger than {limit} bytes"));
+    if resp.content_length().is_some_and(|n| n > limit as u64) {
+        return Err(too_large());
+    }
+    let mut body = bytes::BytesMut::new();
+    let mut stream = resp.bytes_stream();
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.map_err(|e| UpstreamError::Unreachable(e.to_string()))?;
+        if body.len() + chunk.len() > limit {
+            return Err(too_large());
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body.freeze())
 }
 
 /// A blob the store lacks: answered from the upstream. A whole GET is streamed to the client
