@@ -303,3 +303,47 @@ async fn bytes_that_do_not_match_their_digest_are_never_kept() {
     assert_eq!(r.status(), 200, "still answered from the upstream");
     assert!(!stored(&root, layer));
 }
+
+#[tokio::test]
+async fn a_cache_on_s3_redirects_pulls_of_what_it_fetched() {
+    let work = tempfile::tempdir().unwrap();
+    let upstream = Distribution::filesystem(&work.path().join("upstream"));
+    let (image, source_blobs) = push_image(&upstream.host, "team/app", work.path(), 9, &[]);
+    let moto = integration::emulators::Moto::start();
+    moto.create_bucket("cache");
+    let cache = Berth::with_config(
+        &format!(
+            "storage:\n  {}proxy:\n  remoteurl: http://{}\n",
+            moto.storage_yaml("cache"),
+            upstream.host
+        ),
+        &[],
+    );
+    assert_eq!(
+        pull(&cache.host, "team/app:v1", work.path(), &[]),
+        source_blobs
+    );
+    drop(upstream);
+    // Once kept, a blob is a redirect to the bucket like any other; the upstream is not needed.
+    let api = Api::new(&cache.url);
+    let layer = &image.layer_digests[0];
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let r = loop {
+        let r = api
+            .send(
+                Method::GET,
+                &format!("/v2/team/app/blobs/{layer}"),
+                &[],
+                None,
+            )
+            .await;
+        if r.status() == 307 || std::time::Instant::now() > deadline {
+            break r;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    };
+    assert_eq!(r.status(), 307);
+    let url = header(&r, "location").unwrap();
+    let body = reqwest::get(url).await.unwrap().bytes().await.unwrap();
+    assert_eq!(integration::layout::sha256(&body), *layer);
+}
