@@ -51,6 +51,7 @@ fn every_storage_mode_renders_valid_objects() {
         json!({"storage": "azure", "azure": {"accountName": "acct", "container": "images"}, "secrets": {"azure": {"accountKey": "k"}}}),
         json!({"storage": "gcs", "gcs": {"bucket": "images"}, "secrets": {"gcs": {"keyfile": "{}"}}}),
         json!({"storage": "filesystem", "replicaCount": 1, "persistence": {"enabled": true}, "secrets": {"htpasswd": "a:$2y$05$abc"}}),
+        json!({"proxy": {"remoteUrl": "https://registry-1.docker.io", "username": "me"}, "secrets": {"proxyPassword": "tok"}}),
     ];
     for values in modes {
         let objects = render(&values).unwrap_or_else(|e| panic!("{values}: {e}"));
@@ -100,6 +101,30 @@ fn every_storage_mode_renders_valid_objects() {
         annotations["nginx.ingress.kubernetes.io/proxy-request-buffering"],
         "off"
     );
+    // A pull-through cache: the URL and account in the config, the password from the Secret.
+    let proxied = render(
+        &json!({"proxy": {"remoteUrl": "https://registry-1.docker.io", "username": "me"},
+        "secrets": {"proxyPassword": "tok"}}),
+    )
+    .unwrap();
+    let config = find(&proxied, "ConfigMap")["data"]["config.yml"]
+        .as_str()
+        .unwrap();
+    assert!(
+        config.contains("remoteurl: https://registry-1.docker.io"),
+        "{config}"
+    );
+    assert!(!config.contains("tok"), "{config}");
+    let env = &find(&proxied, "Deployment")["spec"]["template"]["spec"]["containers"][0]["env"];
+    assert!(
+        env.as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["name"] == "REGISTRY_PROXY_PASSWORD"
+                && e["valueFrom"]["secretKeyRef"]["key"] == "proxyPassword"),
+        "{env}"
+    );
+    assert!(render(&json!({"proxy": {"remoteUrl": "https://x/v2/"}})).is_err());
     let irsa = render(&json!({"storage": "s3", "s3": {"bucket": "images"},
         "serviceAccount": {"annotations": {"eks.amazonaws.com/role-arn": "arn:aws:iam::1:role/berth"}}})).unwrap();
     assert!(

@@ -37,7 +37,7 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
 
 {{- define "berth.hasSecret" -}}
 {{- $s := .Values.secrets -}}
-{{- if or $s.existingSecret $s.s3.accessKey $s.azure.accountKey $s.gcs.keyfile $s.htpasswd -}}true{{- end -}}
+{{- if or $s.existingSecret $s.s3.accessKey $s.azure.accountKey $s.gcs.keyfile $s.htpasswd $s.proxyPassword -}}true{{- end -}}
 {{- end -}}
 
 {{/* config.yml in distribution's shape; secrets come in as REGISTRY_* variables or files. */}}
@@ -64,6 +64,11 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
 {{- $config := dict "version" 0.1 "log" (dict "level" "info" "formatter" "json") "storage" $storage "http" (dict "addr" ":5000") -}}
 {{- if .Values.secrets.htpasswd -}}
 {{- $_ := set $config "auth" (dict "htpasswd" (dict "realm" "berth" "path" "/etc/berth/auth/htpasswd")) -}}
+{{- end -}}
+{{- if .Values.proxy.remoteUrl -}}
+{{- $proxy := dict "remoteurl" .Values.proxy.remoteUrl -}}
+{{- if .Values.proxy.username -}}{{- $_ := set $proxy "username" .Values.proxy.username -}}{{- end -}}
+{{- $_ := set $config "proxy" $proxy -}}
 {{- end -}}
 {{- $_ := set $config "berth" (dict "gc" (dict "enabled" .Values.gc.enabled "interval" .Values.gc.interval "grace" .Values.gc.grace "deleteuntagged" .Values.gc.deleteUntagged)) -}}
 {{- toYaml (mustMergeOverwrite $config .Values.configData) -}}
