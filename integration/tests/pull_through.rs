@@ -78,15 +78,40 @@ async fn caches_distribution_and_serves_the_cache_when_the_upstream_is_down() {
     let upstream = Distribution::filesystem(&work.path().join("upstream"));
     let (image, source_blobs) = push_image(&upstream.host, "library/app", work.path(), 1, &[]);
     let root = work.path().join("cache");
+    let (hook, events) = integration::listener::recording_listener(
+        (0..50)
+            .map(|_| integration::listener::response("200 OK", ""))
+            .collect(),
+    );
     let cache = berth(
         &root,
-        &format!("proxy:\n  remoteurl: http://{}\n", upstream.host),
+        &format!(
+            "proxy:\n  remoteurl: http://{}\nnotifications:\n  endpoints:\n    - name: hook\n      url: {hook}/events\n      timeout: 500ms\n      backoff: 100ms\n",
+            upstream.host
+        ),
     );
 
     let pulled = pull(&cache.host, "library/app:v1", work.path(), &[]);
     assert_eq!(pulled, source_blobs, "pulled through the cache");
     for d in image.layer_digests.iter().chain([&image.manifest_digest]) {
         assert!(kept(&root, d), "{d} was not kept");
+    }
+    // Pulls served straight from the upstream are pulls to webhook listeners too.
+    let mut pulled_digests = std::collections::BTreeSet::new();
+    while !image
+        .layer_digests
+        .iter()
+        .all(|d| pulled_digests.contains(d))
+    {
+        let req = events
+            .recv_timeout(std::time::Duration::from_secs(10))
+            .expect("no pull event for every layer");
+        let envelope: serde_json::Value = serde_json::from_slice(&req.body).unwrap();
+        for e in envelope["events"].as_array().unwrap() {
+            if e["action"] == "pull" {
+                pulled_digests.insert(e["target"]["digest"].as_str().unwrap().to_owned());
+            }
+        }
     }
     let api = Api::new(&cache.url);
     let r = api

@@ -67,7 +67,7 @@ pub(crate) async fn get(ctx: &Ctx, name: &str, digest: &str) -> ApiResult {
         {
             // Another cached repository may have fetched it already.
             if !registry.adopt_blob(&name, &digest).await? {
-                return crate::proxy::blob(
+                let resp = crate::proxy::blob(
                     &ctx.app,
                     &remote,
                     &name,
@@ -75,7 +75,24 @@ pub(crate) async fn get(ctx: &Ctx, name: &str, digest: &str) -> ApiResult {
                     ctx.method == Method::HEAD,
                     ctx.header("range"),
                 )
-                .await;
+                .await?;
+                if ctx.method == Method::GET {
+                    let size = resp
+                        .headers()
+                        .get("content-length")
+                        .and_then(|v| v.to_str().ok())
+                        .and_then(|v| v.parse().ok())
+                        .unwrap_or(0);
+                    ctx.notify(
+                        "pull",
+                        &name,
+                        "application/octet-stream",
+                        &digest,
+                        size,
+                        None,
+                    );
+                }
+                return Ok(resp);
             }
             registry.stat_blob(&name, &digest).await?
         }
