@@ -108,3 +108,105 @@ fn https_round_trip_and_certificate_reload() {
     }
     assert!(reloaded, "the new certificate was not picked up");
 }
+
+/// A CA and a server certificate for 127.0.0.1 signed by it (rustls, unlike curl, refuses a
+/// CA certificate as a server's own): (CA certificate, server certificate, server key).
+fn ca_and_server(dir: &Path) -> (std::path::PathBuf, std::path::PathBuf, std::path::PathBuf) {
+    let (ca, ca_key) = self_signed(dir, "ca");
+    let (cert, key, csr) = (
+        dir.join("server.crt"),
+        dir.join("server.key"),
+        dir.join("server.csr"),
+    );
+    run(Command::new("openssl")
+        .args([
+            "req",
+            "-new",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+        ])
+        .args(["-nodes", "-subj", "/CN=127.0.0.1", "-keyout"])
+        .arg(&key)
+        .arg("-out")
+        .arg(&csr));
+    let ext = dir.join("server.ext");
+    std::fs::write(
+        &ext,
+        "basicConstraints=CA:FALSE\nsubjectAltName=IP:127.0.0.1\n",
+    )
+    .unwrap();
+    run(Command::new("openssl")
+        .args(["x509", "-req", "-days", "1", "-in"])
+        .arg(&csr)
+        .arg("-CA")
+        .arg(&ca)
+        .arg("-CAkey")
+        .arg(&ca_key)
+        .arg("-CAcreateserial")
+        .arg("-extfile")
+        .arg(&ext)
+        .arg("-out")
+        .arg(&cert));
+    (ca, cert, key)
+}
+
+#[test]
+fn a_pull_through_cache_verifies_an_https_upstream() {
+    let dir = tempfile::tempdir().unwrap();
+    let (ca, cert, key) = ca_and_server(dir.path());
+    let upstream = Berth::with_config(
+        &format!(
+            "storage:\n  filesystem:\n    rootdirectory: {}/up\nhttp:\n  tls:\n    certificate: {}\n    key: {}\n",
+            dir.path().display(),
+            cert.display(),
+            key.display()
+        ),
+        &[],
+    );
+    let certs = dir.path().join("certs");
+    std::fs::create_dir_all(&certs).unwrap();
+    std::fs::copy(&ca, certs.join("ca.crt")).unwrap();
+    let src = dir.path().join("src");
+    write_image(&src, "v1", 91, &[1 << 20]);
+    run(Command::new("skopeo")
+        .args(["--insecure-policy", "copy", "--dest-cert-dir"])
+        .arg(&certs)
+        .arg(format!("oci:{}:v1", src.display()))
+        .arg(format!("docker://{}/tls/app:v1", upstream.host)));
+    let cache_yaml = |name: &str| {
+        format!(
+            "storage:\n  filesystem:\n    rootdirectory: {}/{name}\nproxy:\n  remoteurl: {}\n",
+            dir.path().display(),
+            upstream.url
+        )
+    };
+    // The upstream's CA given the way rustls' native roots take one: SSL_CERT_FILE.
+    let trusting = Berth::with_config(
+        &cache_yaml("trusting"),
+        &[("SSL_CERT_FILE", ca.to_str().unwrap())],
+    );
+    let dst = dir.path().join("dst");
+    let pulled = Command::new("skopeo")
+        .args(["--insecure-policy", "copy", "--src-tls-verify=false"])
+        .arg(format!("docker://{}/tls/app:v1", trusting.host))
+        .arg(format!("oci:{}:v1", dst.display()))
+        .status()
+        .unwrap();
+    assert!(pulled.success(), "{}", trusting.log());
+    assert_eq!(
+        tree(&src.join("blobs")),
+        tree(&dst.join("blobs")),
+        "{}",
+        trusting.log()
+    );
+    // Without it, the certificate is refused: the cache says the upstream failed.
+    let wary = Berth::with_config(&cache_yaml("wary"), &[]);
+    let out = Command::new("curl")
+        .args(["-s", "-o", "/dev/null", "-w", "%{http_code}"])
+        .arg(format!("{}/v2/tls/app/manifests/v1", wary.url))
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "502");
+}

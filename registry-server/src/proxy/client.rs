@@ -178,6 +178,15 @@ impl UpstreamClient {
     }
 }
 
+/// The error with its causes: reqwest's own message ("error sending request") hides whether it
+/// was DNS, a refused connection or a certificate, which is what an operator needs.
 fn unreachable(e: reqwest::Error) -> UpstreamError {
-    UpstreamError::Unreachable(e.to_string())
+    let mut text = e.to_string();
+    let mut source = std::error::Error::source(&e);
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    UpstreamError::Unreachable(text)
 }
