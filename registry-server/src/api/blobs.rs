@@ -3,7 +3,7 @@
 use axum::body::Body;
 use axum::http::{Method, StatusCode};
 use axum::response::{IntoResponse, Response};
-use registry_core::{Digest, RegistryError};
+use registry_core::{Digest, RegistryError, RepositoryName};
 
 use super::error::{ApiError, ApiResult};
 use super::{Ctx, empty, parse_name};
@@ -65,36 +65,10 @@ pub(crate) async fn get(ctx: &Ctx, name: &str, digest: &str) -> ApiResult {
         Err(RegistryError::BlobUnknown(_))
             if let Some(remote) = ctx.app.proxies.remote_of(name.as_str()) =>
         {
-            // Another cached repository may have fetched it already.
-            if !registry.adopt_blob(&name, &digest).await? {
-                let resp = crate::proxy::blob(
-                    &ctx.app,
-                    &remote,
-                    &name,
-                    &digest,
-                    ctx.method == Method::HEAD,
-                    ctx.header("range"),
-                )
-                .await?;
-                if ctx.method == Method::GET {
-                    let size = resp
-                        .headers()
-                        .get("content-length")
-                        .and_then(|v| v.to_str().ok())
-                        .and_then(|v| v.parse().ok())
-                        .unwrap_or(0);
-                    ctx.notify(
-                        "pull",
-                        &name,
-                        "application/octet-stream",
-                        &digest,
-                        size,
-                        None,
-                    );
-                }
-                return Ok(resp);
+            match from_upstream(ctx, &remote, &name, &digest).await? {
+                Some(resp) => return Ok(resp),
+                None => registry.stat_blob(&name, &digest).await?,
             }
-            registry.stat_blob(&name, &digest).await?
         }
         other => other?,
     };
@@ -169,6 +143,32 @@ pub(crate) async fn get(ctx: &Ctx, name: &str, digest: &str) -> ApiResult {
     }
     set_length_and_type(&mut resp, len);
     Ok(resp)
+}
+
+/// A blob a cached repository lacks: linked when another repository already fetched it (`None`:
+/// serve it from the store as usual), else answered from the upstream.
+async fn from_upstream(
+    ctx: &Ctx,
+    remote: &crate::proxy::Remote<'_>,
+    name: &RepositoryName,
+    digest: &Digest,
+) -> Result<Option<Response>, ApiError> {
+    if ctx.app.registry.adopt_blob(name, digest).await? {
+        return Ok(None);
+    }
+    let head = ctx.method == Method::HEAD;
+    let resp =
+        crate::proxy::blob(&ctx.app, remote, name, digest, head, ctx.header("range")).await?;
+    if !head {
+        let size = resp
+            .headers()
+            .get("content-length")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0);
+        ctx.notify("pull", name, "application/octet-stream", digest, size, None);
+    }
+    Ok(Some(resp))
 }
 
 /// Points a presigned URL at the public scheme, host and port, keeping path and signature.
