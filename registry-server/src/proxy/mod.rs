@@ -95,9 +95,24 @@ impl Proxies {
             }?;
             Some(Remote {
                 upstream: u,
-                name: remote.to_owned(),
+                name: upstream_name(u.client.origin(), remote),
             })
         })
+    }
+}
+
+/// Docker Hub keeps its official images under `library/`, and docker adds that for
+/// `docker.io/alpine`; a cache reached as `cache/dockerhub/alpine` does the same, so that both
+/// spellings work (as they do with docker against Docker Hub itself).
+fn upstream_name(origin: &url::Url, name: &str) -> String {
+    let docker_hub = matches!(
+        origin.host_str(),
+        Some("registry-1.docker.io" | "docker.io" | "index.docker.io" | "registry.hub.docker.com")
+    );
+    if docker_hub && !name.contains('/') {
+        format!("library/{name}")
+    } else {
+        name.to_owned()
     }
 }
 
@@ -132,6 +147,24 @@ mod tests {
         );
         assert_eq!(pick("hubx/app"), Some((Some(3), "hubx/app".into())));
         assert_eq!(pick("hub"), Some((Some(3), "hub".into())));
+        let hub = Proxies::new(&[UpstreamSettings {
+            prefix: Some("dockerhub".into()),
+            url: "https://registry-1.docker.io".parse().unwrap(),
+            credentials: None,
+        }])
+        .unwrap();
+        let hub_name = |n: &str| hub.remote_of(n).map(|r| r.name);
+        assert_eq!(hub_name("dockerhub/alpine"), Some("library/alpine".into()));
+        assert_eq!(
+            hub_name("dockerhub/library/alpine"),
+            Some("library/alpine".into())
+        );
+        assert_eq!(
+            hub_name("dockerhub/bitnami/redis"),
+            Some("bitnami/redis".into())
+        );
+        // Elsewhere a one-part name is what it is.
+        assert_eq!(pick("hubx"), Some((Some(3), "hubx".into())));
         let only_prefixed = Proxies::new(&[settings(Some("ghcr"), 4)]).unwrap();
         assert!(only_prefixed.remote_of("mine/app").is_none());
         assert_eq!(
