@@ -26,6 +26,10 @@ application/vnd.docker.distribution.manifest.v2+json";
 /// Chunks in flight between the upstream, the client and the store (bounded memory per pull).
 const TEE_QUEUE: usize = 4;
 
+/// Largest tags list taken from an upstream in one answer (about 200,000 tags): held in memory
+/// while it is rewritten, so an upstream cannot make it unbounded.
+const MAX_TAGS_LIST_BYTES: usize = 16 << 20;
+
 /// The upstream's answer when it exists (2xx), `None` for 404, an error otherwise.
 fn found(resp: reqwest::Response) -> Result<Option<reqwest::Response>, UpstreamError> {
     let status = resp.status();
@@ -159,9 +163,9 @@ async fn fetch_manifest(
     Ok(registry.cache_manifest(name, &digest, body, tag).await?)
 }
 
-/// A manifest body, refused once it passes `limit` bytes (whatever Content-Length said).
+/// A body, refused once it passes `limit` bytes (whatever Content-Length said).
 async fn read_at_most(resp: reqwest::Response, limit: usize) -> Result<Bytes, UpstreamError> {
-    let too_large = || UpstreamError::BadAnswer(format!("a manifest larger than {limit} bytes"));
+    let too_large = || UpstreamError::BadAnswer(format!("an answer larger than {limit} bytes"));
     if resp.content_length().is_some_and(|n| n > limit as u64) {
         return Err(too_large());
     }
@@ -316,9 +320,8 @@ pub(crate) async fn tags(
     struct TagList {
         tags: Option<Vec<String>>,
     }
-    let list: TagList = resp
-        .json()
-        .await
+    let body = read_at_most(resp, MAX_TAGS_LIST_BYTES).await?;
+    let list: TagList = serde_json::from_slice(&body)
         .map_err(|e| UpstreamError::BadAnswer(format!("tags list: {e}")))?;
     let mut out = axum::Json(serde_json::json!({
         "name": name.as_str(),
