@@ -165,18 +165,15 @@ struct Pair {
 impl Pair {
     fn start(backend: &str, beside: Beside) -> Pair {
         let dir = tempfile::tempdir().unwrap();
+        let local = |name: &str| {
+            format!(
+                "filesystem:\n    rootdirectory: {}/{name}\n",
+                dir.path().display()
+            )
+        };
         let (mut moto, mut azurite) = (None, None);
         let (berth_storage, dist_storage) = match backend {
-            "filesystem" => (
-                format!(
-                    "filesystem:\n    rootdirectory: {}/berth\n",
-                    dir.path().display()
-                ),
-                Some(format!(
-                    "filesystem:\n    rootdirectory: {}/dist",
-                    dir.path().display()
-                )),
-            ),
+            "filesystem" => (local("berth"), Some(local("dist"))),
             "s3" => {
                 let m = Moto::start();
                 m.create_bucket("berth");
@@ -216,10 +213,7 @@ impl Pair {
             Beside::Berth(bin) => {
                 let storage = match &moto {
                     Some(m) => m.storage_yaml("dist"),
-                    None => format!(
-                        "filesystem:\n    rootdirectory: {}/dist\n",
-                        dir.path().display()
-                    ),
+                    None => local("dist"),
                 };
                 Some(Other::Berth(Berth::with_config_of(
                     bin,
@@ -368,10 +362,27 @@ where
     }
 }
 
-/// Two rows under a push: the CPU each registry and the client spent per GiB, and what that
-/// allows on this machine's cores at best (every core busy, nothing else running), as a share
-/// of the SHA-256 ceiling. When the bound is below a target, the target cannot be met here.
-fn cpu_rows(rows: &mut Vec<Row>, alt: &Alternated, gib: f64, sha_rate: f64) {
+/// The rows of a push of `mib` MiB: the rates and their ratio, Berth's rate as a share of the
+/// SHA-256 ceiling (the `share` row), the CPU each registry and the client spent per GiB, and
+/// what that CPU allows on this machine's cores at best (every core busy, nothing else
+/// running), as a share of the ceiling. When the bound is below a target, the target cannot be
+/// met here.
+fn push_rows(
+    rows: &mut Vec<Row>,
+    scenario: String,
+    share: &str,
+    alt: &Alternated,
+    mib: f64,
+    sha_rate: f64,
+) {
+    rows.push(row(scenario, alt.berth, alt.other, "MiB/s", true));
+    rows.push(Row {
+        scenario: share.into(),
+        berth: format!("{:.0} %", alt.berth / sha_rate * 100.0),
+        dist: "".into(),
+        ratio: "".into(),
+    });
+    let gib = mib / 1024.0;
     let per_gib = |c: (f64, f64)| format!("{:.2} + {:.2}", c.0 / gib, c.1 / gib);
     rows.push(Row {
         scenario: "  CPU core-seconds per GiB, server + client".into(),
@@ -608,44 +619,30 @@ async fn run_local(a: &Args, rows: &mut Vec<Row>) {
                 }
             })
             .await;
-        let (b, d) = alt.pair();
-        rows.push(row(
+        push_rows(
+            rows,
             format!("local monolithic push {mib:.0} MiB"),
-            b,
-            d,
-            "MiB/s",
-            true,
-        ));
-        rows.push(Row {
-            scenario: "  Berth push / SHA-256 ceiling".into(),
-            berth: format!("{:.0} %", b / sha_rate * 100.0),
-            dist: "".into(),
-            ratio: "".into(),
-        });
-        cpu_rows(rows, &alt, mib / 1024.0, sha_rate);
+            "  Berth push / SHA-256 ceiling",
+            &alt,
+            mib,
+            sha_rate,
+        );
     }
 
     if a.wants("chunked") {
         eprintln!("chunked push");
         let alt = chunked_rates(&pair, a.runs, &base, a.chunk, "chunk", 100).await;
-        let (b, d) = alt.pair();
-        rows.push(row(
+        push_rows(
+            rows,
             format!(
                 "local chunked push {mib:.0} MiB in {} MiB PATCHes",
                 a.chunk >> 20
             ),
-            b,
-            d,
-            "MiB/s",
-            true,
-        ));
-        rows.push(Row {
-            scenario: "  Berth chunked push / SHA-256 ceiling".into(),
-            berth: format!("{:.0} %", b / sha_rate * 100.0),
-            dist: "".into(),
-            ratio: "".into(),
-        });
-        cpu_rows(rows, &alt, mib / 1024.0, sha_rate);
+            "  Berth chunked push / SHA-256 ceiling",
+            &alt,
+            mib,
+            sha_rate,
+        );
     }
 
     if a.wants("pull") {
