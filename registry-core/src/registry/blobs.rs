@@ -68,14 +68,20 @@ impl Registry {
     }
 
     /// Links a blob that another repository already stored, if its bytes are anywhere in the
-    /// store; `false` when they are not. A pull-through cache fetches each blob once for all
-    /// repositories that share it.
-    pub async fn adopt_blob(&self, name: &RepositoryName, digest: &Digest) -> Result<bool> {
-        if !self.exists(&layout::blob_data(digest)).await? {
-            return Ok(false);
-        }
+    /// store, and returns their metadata; `None` when they are not. A pull-through cache
+    /// fetches each blob once for all repositories that share it.
+    pub async fn adopt_blob(
+        &self,
+        name: &RepositoryName,
+        digest: &Digest,
+    ) -> Result<Option<ObjectInfo>> {
+        let info = match self.store.stat(&layout::blob_data(digest)).await {
+            Ok(info) => info,
+            Err(StorageError::NotFound(_)) => return Ok(None),
+            Err(e) => return Err(e.into()),
+        };
         self.link_blob(name, digest).await?;
-        Ok(true)
+        Ok(Some(info))
     }
 
     /// Removes a blob from a repository (its bytes go when garbage collection finds them unused).

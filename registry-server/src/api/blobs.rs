@@ -65,9 +65,10 @@ pub(crate) async fn get(ctx: &Ctx, name: &str, digest: &str) -> ApiResult {
         Err(RegistryError::BlobUnknown(_))
             if let Some(remote) = ctx.app.proxies.remote_of(name.as_str()) =>
         {
-            match from_upstream(ctx, &remote, &name, &digest).await? {
-                Some(resp) => return Ok(resp),
-                None => registry.stat_blob(&name, &digest).await?,
+            // Another cached repository may have fetched it already.
+            match registry.adopt_blob(&name, &digest).await? {
+                Some(info) => info,
+                None => return from_upstream(ctx, &remote, &name, &digest).await,
             }
         }
         other => other?,
@@ -145,17 +146,13 @@ pub(crate) async fn get(ctx: &Ctx, name: &str, digest: &str) -> ApiResult {
     Ok(resp)
 }
 
-/// A blob a cached repository lacks: linked when another repository already fetched it (`None`:
-/// serve it from the store as usual), else answered from the upstream.
+/// A blob of a cached repository that the store lacks, answered from the upstream.
 async fn from_upstream(
     ctx: &Ctx,
     remote: &crate::proxy::Remote<'_>,
     name: &RepositoryName,
     digest: &Digest,
-) -> Result<Option<Response>, ApiError> {
-    if ctx.app.registry.adopt_blob(name, digest).await? {
-        return Ok(None);
-    }
+) -> ApiResult {
     let head = ctx.method == Method::HEAD;
     let resp =
         crate::proxy::blob(&ctx.app, remote, name, digest, head, ctx.header("range")).await?;
@@ -168,7 +165,7 @@ async fn from_upstream(
             .unwrap_or(0);
         ctx.notify("pull", name, "application/octet-stream", digest, size, None);
     }
-    Ok(Some(resp))
+    Ok(resp)
 }
 
 /// Points a presigned URL at the public scheme, host and port, keeping path and signature.

@@ -180,7 +180,7 @@ impl UpstreamClient {
 
 /// The error with its causes: reqwest's own message ("error sending request") hides whether it
 /// was DNS, a refused connection or a certificate, which is what an operator needs.
-fn unreachable(e: reqwest::Error) -> UpstreamError {
+pub(super) fn unreachable(e: reqwest::Error) -> UpstreamError {
     let mut text = e.to_string();
     let mut source = std::error::Error::source(&e);
     while let Some(cause) = source {

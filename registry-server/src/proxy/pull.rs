@@ -154,13 +154,11 @@ async fn fetch_manifest(
         (None, Some(d)) => d,
         (None, None) => Digest::of(registry_core::digest::Algorithm::Sha256, &body),
     };
-    // A wrong digest is the upstream's fault, not the client's: a 502, not a 400.
-    if Digest::of(digest.algorithm(), &body) != digest {
-        return Err(
-            UpstreamError::BadAnswer(format!("the manifest it sent is not {digest}")).into(),
-        );
+    match registry.cache_manifest(name, &digest, body, tag).await {
+        // Bytes that are not their digest are the upstream's fault, not the client's: a 502.
+        Err(RegistryError::DigestInvalid(why)) => Err(UpstreamError::BadAnswer(why).into()),
+        other => Ok(other?),
     }
-    Ok(registry.cache_manifest(name, &digest, body, tag).await?)
 }
 
 /// A body, refused once it passes `limit` bytes (whatever Content-Length said).
@@ -172,7 +170,7 @@ async fn read_at_most(resp: reqwest::Response, limit: usize) -> Result<Bytes, Up
     let mut body = bytes::BytesMut::new();
     let mut stream = resp.bytes_stream();
     while let Some(chunk) = stream.next().await {
-        let chunk = chunk.map_err(|e| UpstreamError::Unreachable(e.to_string()))?;
+        let chunk = chunk.map_err(super::client::unreachable)?;
         if body.len() + chunk.len() > limit {
             return Err(too_large());
         }
