@@ -23,14 +23,18 @@ fn berth(root: &Path, extra: &str) -> Berth {
     )
 }
 
-/// Whether the blob's bytes are in Berth's store under `root`.
-fn stored(root: &Path, digest: &str) -> bool {
+/// Where distribution's layout keeps a blob's bytes under `root` (Berth's and the upstream's).
+fn blob_file(root: &Path, digest: &str) -> std::path::PathBuf {
     let hex = digest.trim_start_matches("sha256:");
     root.join(format!(
         "docker/registry/v2/blobs/sha256/{}/{hex}/data",
         &hex[..2]
     ))
-    .is_file()
+}
+
+/// Whether the blob's bytes are in Berth's store under `root`.
+fn stored(root: &Path, digest: &str) -> bool {
+    blob_file(root, digest).is_file()
 }
 
 /// Whether the blob's bytes reach the store within a few seconds: a blob is kept once its
@@ -279,11 +283,7 @@ async fn prefixed_upstreams_with_token_auth_beside_ordinary_repositories() {
 
 /// Flips the first byte of a blob in a distribution-layout store under `root` (same size).
 fn tamper(root: &Path, digest: &str) {
-    let hex = digest.trim_start_matches("sha256:");
-    let path = root.join(format!(
-        "docker/registry/v2/blobs/sha256/{}/{hex}/data",
-        &hex[..2]
-    ));
+    let path = blob_file(root, digest);
     let mut bytes = std::fs::read(&path).unwrap();
     bytes[0] ^= 0xff;
     std::fs::write(&path, bytes).unwrap();
