@@ -330,6 +330,64 @@ async fn bytes_that_do_not_match_their_digest_are_never_kept() {
 }
 
 #[tokio::test]
+async fn many_clients_of_one_uncached_blob_make_one_copy_in_the_store() {
+    let work = tempfile::tempdir().unwrap();
+    let upstream = Distribution::filesystem(&work.path().join("upstream"));
+    // Larger than every socket and queue buffer in between, so a client that reads nothing
+    // holds the copy in the middle.
+    let data: Vec<u8> = (0..48u32 << 20)
+        .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
+        .collect();
+    let digest = Api::new(&format!("http://{}", upstream.host))
+        .push_blob("team/big", &data)
+        .await;
+    let root = work.path().join("cache");
+    let cache = Berth::with_config(
+        &format!(
+            "storage:\n  filesystem:\n    rootdirectory: {}\nproxy:\n  remoteurl: http://{}\n",
+            root.display(),
+            upstream.host
+        ),
+        &[("RUST_LOG", "info")],
+    );
+    let url = format!("{}/v2/team/big/blobs/{digest}", cache.url);
+    let client = reqwest::Client::new();
+
+    let first = client.get(&url).send().await.unwrap();
+    assert_eq!(first.status(), 200);
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    assert!(!stored(&root, &digest), "the first copy cannot be done yet");
+    // Meanwhile two more pulls of it: passed through, whole and correct, with no copy of
+    // their own.
+    for _ in 0..2 {
+        let r = client.get(&url).send().await.unwrap();
+        assert_eq!(r.status(), 200);
+        let body = r.bytes().await.unwrap();
+        assert_eq!(integration::layout::sha256(&body), digest);
+    }
+    let body = first.bytes().await.unwrap();
+    assert_eq!(integration::layout::sha256(&body), digest);
+    assert!(kept(&root, &digest));
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    let copies = cache
+        .log()
+        .matches("cached a blob from the upstream")
+        .count();
+    assert_eq!(copies, 1, "one copy into the store: {}", cache.log());
+
+    // Once it is there, pulls come from the store.
+    let r = client.get(&url).send().await.unwrap();
+    assert_eq!(r.bytes().await.unwrap().len(), data.len());
+    assert_eq!(
+        cache
+            .log()
+            .matches("cached a blob from the upstream")
+            .count(),
+        1
+    );
+}
+
+#[tokio::test]
 async fn a_cache_on_s3_redirects_pulls_of_what_it_fetched() {
     let work = tempfile::tempdir().unwrap();
     let upstream = Distribution::filesystem(&work.path().join("upstream"));

@@ -4,10 +4,12 @@
 //! distribution caches one upstream and turns the whole registry read-only; here any number of
 //! upstreams each serve the repositories under a prefix (`dockerhub/...`, `ghcr/...`), and
 //! repositories outside every prefix stay ordinary, pushable ones. Nothing is kept in process
-//! memory but bearer tokens: every replica serves every cached object from the shared store.
+//! memory but bearer tokens and which blobs are being copied now: every replica serves every
+//! cached object from the shared store.
 
 mod challenge;
 mod client;
+mod copies;
 mod pull;
 
 pub(crate) use pull::{blob, manifest, tags};
@@ -69,6 +71,7 @@ impl Upstream {
 #[derive(Default)]
 pub struct Proxies {
     upstreams: Vec<Upstream>,
+    copies: copies::BlobCopies,
 }
 
 impl Proxies {
@@ -83,7 +86,10 @@ impl Proxies {
                 })
             })
             .collect::<Result<_, UpstreamError>>()?;
-        Ok(Arc::new(Proxies { upstreams }))
+        Ok(Arc::new(Proxies {
+            upstreams,
+            copies: copies::BlobCopies::default(),
+        }))
     }
 
     /// The upstream serving local repository `name`, if any.

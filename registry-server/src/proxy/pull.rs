@@ -26,6 +26,11 @@ application/vnd.docker.distribution.manifest.v2+json";
 /// Chunks in flight between the upstream, the client and the store (bounded memory per pull).
 const TEE_QUEUE: usize = 4;
 
+/// How long the copy into the store waits for a client that takes nothing: after that the
+/// client is cut off and the copy goes on, so that one stuck client cannot hold a blob's copy
+/// (and every other pull of it, passed through meanwhile) forever.
+const CLIENT_STALL: std::time::Duration = std::time::Duration::from_secs(60);
+
 /// Largest tags list taken from an upstream in one answer (about 200,000 tags): held in memory
 /// while it is rewritten, so an upstream cannot make it unbounded.
 const MAX_TAGS_LIST_BYTES: usize = 16 << 20;
@@ -180,8 +185,9 @@ async fn read_at_most(resp: reqwest::Response, limit: usize) -> Result<Bytes, Up
 }
 
 /// A blob the store lacks: answered from the upstream. A whole GET is streamed to the client
-/// and into the store at once (verified against its digest before it is kept); a HEAD or a
-/// range is passed through without caching.
+/// and into the store at once (verified against its digest before it is kept), unless another
+/// request of this process is copying the same blob already; a HEAD or a range is passed
+/// through without caching.
 pub(crate) async fn blob(
     app: &Arc<App>,
     remote: &Remote<'_>,
@@ -211,30 +217,33 @@ pub(crate) async fn blob(
         .header("content-type", "application/octet-stream")
         .header("docker-content-digest", digest.to_string())
         .header("etag", format!("\"{digest}\""));
-    let body = if head {
-        Body::empty()
-    } else if range.is_some() || status != StatusCode::OK {
-        Body::from_stream(resp.bytes_stream())
-    } else {
-        Body::from_stream(tee_into_store(
+    let claim = (!head && range.is_none() && status == StatusCode::OK)
+        .then(|| app.proxies.copies.claim(digest))
+        .flatten();
+    let body = match claim {
+        _ if head => Body::empty(),
+        Some(claim) => Body::from_stream(tee_into_store(
             app.clone(),
             name.clone(),
             digest.clone(),
             resp,
-        ))
+            claim,
+        )),
+        None => Body::from_stream(resp.bytes_stream()),
     };
     out.body(body)
         .map_err(|e| ApiError::from(UpstreamError::BadAnswer(e.to_string())))
 }
 
 /// The upstream body for the client, while the same chunks go into the store. The copy keeps
-/// going if the client leaves, so that the next pull finds the blob; it is kept only if the
-/// bytes hash to `digest`.
+/// going if the client leaves or stalls, so that the next pull finds the blob; it is kept only
+/// if the bytes hash to `digest`. `claim` is held until the copy has ended.
 fn tee_into_store(
     app: Arc<App>,
     name: RepositoryName,
     digest: Digest,
     resp: reqwest::Response,
+    claim: super::copies::CopyClaim,
 ) -> futures::channel::mpsc::Receiver<Result<Bytes, std::io::Error>> {
     let (mut to_client, for_client) = futures::channel::mpsc::channel(TEE_QUEUE);
     let (mut to_store, for_store) = futures::channel::mpsc::channel(TEE_QUEUE);
@@ -252,8 +261,18 @@ fn tee_into_store(
         while let Some(chunk) = upstream.next().await {
             match chunk {
                 Ok(b) => {
-                    if client_open && to_client.send(Ok(b.clone())).await.is_err() {
-                        client_open = false;
+                    if client_open {
+                        match tokio::time::timeout(CLIENT_STALL, to_client.send(Ok(b.clone())))
+                            .await
+                        {
+                            Ok(Ok(())) => {}
+                            Ok(Err(_)) => client_open = false,
+                            Err(_) => {
+                                tracing::warn!(%digest, "a client took nothing for {CLIENT_STALL:?}: cut off, the blob's copy into the store goes on");
+                                client_open = false;
+                                to_client.close_channel();
+                            }
+                        }
                     }
                     if store_open && to_store.send(Ok(b)).await.is_err() {
                         store_open = false;
@@ -282,6 +301,7 @@ fn tee_into_store(
             }
             Err(e) => tracing::warn!(error = %e, "blob caching task failed"),
         }
+        drop(claim);
     });
     for_client
 }
