@@ -3,6 +3,7 @@
 
 mod block_writer;
 mod mapped_read;
+mod trash;
 mod writer_fence;
 
 pub use block_writer::WriteMode;
@@ -146,6 +147,7 @@ where
 pub struct LocalDriver {
     root: PathBuf,
     write_mode: WriteMode,
+    trash: trash::Trash,
 }
 
 fn io_err(key: &str, e: std::io::Error) -> StorageError {
@@ -235,7 +237,12 @@ impl LocalDriver {
     ) -> std::io::Result<Self> {
         let root = root.into();
         std::fs::create_dir_all(&root)?;
-        Ok(LocalDriver { root, write_mode })
+        let trash = trash::Trash::open(&root);
+        Ok(LocalDriver {
+            root,
+            write_mode,
+            trash,
+        })
     }
 
     /// Maps a key to a path, refusing anything that could leave the root.
@@ -273,6 +280,19 @@ impl LocalDriver {
             }
             dir = d.parent();
         }
+    }
+
+    /// Runs a removal through the trash on a blocking thread (stat and rename, never the
+    /// freeing itself).
+    async fn off_thread(
+        &self,
+        path: &Path,
+        remove: fn(&trash::Trash, &Path) -> std::io::Result<()>,
+    ) -> std::io::Result<()> {
+        let (trash, path) = (self.trash.clone(), path.to_owned());
+        tokio::task::spawn_blocking(move || remove(&trash, &path))
+            .await
+            .unwrap_or_else(|e| Err(std::io::Error::other(e)))
     }
 
     /// A removal of something already gone succeeds; a real one prunes the emptied parents.
@@ -434,13 +454,13 @@ impl StorageDriver for LocalDriver {
 
     async fn delete(&self, key: &str) -> Result<(), StorageError> {
         let path = self.path(key)?;
-        let removed = tokio::fs::remove_file(&path).await;
+        let removed = self.off_thread(&path, trash::Trash::remove_file).await;
         self.after_removal(removed, &path, key).await
     }
 
     async fn delete_prefix(&self, prefix: &str) -> Result<(), StorageError> {
         let path = self.path(prefix)?;
-        let removed = tokio::fs::remove_dir_all(&path).await;
+        let removed = self.off_thread(&path, trash::Trash::remove_dir_all).await;
         self.after_removal(removed, &path, prefix).await
     }
 
@@ -655,7 +675,7 @@ impl StorageDriver for LocalDriver {
     ) -> Result<(), StorageError> {
         let mp = Self::multipart_path(&self.path(key)?, handle)?;
         let _ = writer_fence::remove(&mp);
-        match tokio::fs::remove_file(&mp).await {
+        match self.off_thread(&mp, trash::Trash::remove_file).await {
             Err(e) if e.kind() != ErrorKind::NotFound => Err(io_err(key, e)),
             _ => Ok(()),
         }
