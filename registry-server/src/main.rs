@@ -139,7 +139,13 @@ fn run_gc(
             return ExitCode::from(2);
         }
     };
-    match runtime.block_on(app.registry.collect_garbage(&options)) {
+    let collected = runtime.block_on(async {
+        let report = app.registry.collect_garbage(&options).await;
+        // The space is free when the command returns, not at the next start.
+        app.registry.store().settle().await;
+        report
+    });
+    match collected {
         Ok(Some(report)) => {
             println!(
                 "{}",

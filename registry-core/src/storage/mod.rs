@@ -256,6 +256,10 @@ pub trait StorageDriver: Send + Sync + Debug + 'static {
         key: &str,
         handle: &MultipartHandle,
     ) -> Result<(), StorageError>;
+
+    /// Waits until what earlier deletes removed is actually freed, for a process about to exit
+    /// (local disk frees large files in the background; elsewhere there is nothing to wait for).
+    async fn settle(&self) {}
 }
 
 pub mod suite;

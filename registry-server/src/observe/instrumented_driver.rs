@@ -180,4 +180,8 @@ impl StorageDriver for InstrumentedDriver {
             self.inner.abort_multipart(key, handle)
         )
     }
+
+    async fn settle(&self) {
+        self.inner.settle().await
+    }
 }

@@ -680,6 +680,11 @@ impl StorageDriver for LocalDriver {
             _ => Ok(()),
         }
     }
+
+    async fn settle(&self) {
+        let trash = self.trash.clone();
+        let _ = tokio::task::spawn_blocking(move || trash.settle()).await;
+    }
 }
 
 #[cfg(test)]

@@ -20,28 +20,52 @@ const LARGE_FILE: u64 = 8 << 20;
 #[derive(Debug, Clone)]
 pub(crate) struct Trash {
     dir: PathBuf,
-    reaper: Option<mpsc::Sender<PathBuf>>,
+    reaper: Option<mpsc::Sender<Job>>,
+}
+
+/// Work for the thread, done in order.
+#[derive(Debug)]
+enum Job {
+    /// Free this path (a file or a directory) in the trash.
+    Free(PathBuf),
+    /// Answer once everything queued before is done.
+    Barrier(mpsc::Sender<()>),
 }
 
 impl Trash {
     /// The trash of `root`; starts the thread and queues whatever an earlier process left.
     pub(crate) fn open(root: &Path) -> Trash {
         let dir = root.join(TRASH_DIR);
-        let (tx, rx) = mpsc::channel::<PathBuf>();
+        let (tx, rx) = mpsc::channel::<Job>();
         let started = std::thread::Builder::new()
             .name("berth-trash".into())
             .spawn(move || {
-                for path in rx {
-                    free(&path);
+                for job in rx {
+                    match job {
+                        Job::Free(path) => free(&path),
+                        Job::Barrier(done) => {
+                            let _ = done.send(());
+                        }
+                    }
                 }
             });
         let reaper = started.ok().map(|_| tx);
         if let (Some(tx), Ok(entries)) = (&reaper, std::fs::read_dir(&dir)) {
             for e in entries.flatten() {
-                let _ = tx.send(e.path());
+                let _ = tx.send(Job::Free(e.path()));
             }
         }
         Trash { dir, reaper }
+    }
+
+    /// Blocks until everything removed so far is freed.
+    pub(crate) fn settle(&self) {
+        let (done, finished) = mpsc::channel();
+        if let Some(tx) = &self.reaper
+            && tx.send(Job::Barrier(done)).is_ok()
+        {
+            let _ = finished.recv();
+        }
     }
 
     /// Removes the file at `path`: a large one is renamed away and freed later.
@@ -78,7 +102,7 @@ impl Trash {
             std::fs::create_dir_all(&self.dir)?;
             std::fs::rename(path, &target)
         });
-        moved.is_ok() && tx.send(target).is_ok()
+        moved.is_ok() && tx.send(Job::Free(target)).is_ok()
     }
 }
 
@@ -99,6 +123,7 @@ fn free(path: &Path) {
 mod tests {
     use super::*;
 
+    /// Whether `dir` becomes empty (or absent) within a few seconds.
     fn emptied(dir: &Path) -> bool {
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
         while std::time::Instant::now() < deadline {
@@ -131,8 +156,10 @@ mod tests {
         for p in [&large, &small, &dir] {
             assert!(!p.exists(), "{} still there", p.display());
         }
-        assert!(root.path().join(TRASH_DIR).is_dir(), "nothing was deferred");
-        assert!(emptied(&root.path().join(TRASH_DIR)));
+        let dir_of_trash = root.path().join(TRASH_DIR);
+        assert!(dir_of_trash.is_dir(), "nothing was deferred");
+        trash.settle();
+        assert_eq!(std::fs::read_dir(&dir_of_trash).unwrap().count(), 0);
         // Gone is NotFound, as for a removal in place; a file is not a directory.
         assert_eq!(
             trash.remove_file(&large).unwrap_err().kind(),
