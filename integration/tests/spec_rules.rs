@@ -146,6 +146,11 @@ async fn chunked_upload_with_status_and_out_of_order_chunk() {
         .await;
     assert_eq!(r.status(), 202);
     assert_eq!(header(&r, "range").as_deref(), Some("0-9"));
+    assert_eq!(
+        header(&r, "connection"),
+        None,
+        "a body read whole keeps the connection"
+    );
     let loc = header(&r, "location").unwrap();
     // A chunk that does not start at the current offset: 416 with where to resume.
     let r = f
@@ -159,6 +164,8 @@ async fn chunked_upload_with_status_and_out_of_order_chunk() {
         .await;
     assert_eq!(r.status(), 416);
     assert_eq!(header(&r, "range").as_deref(), Some("0-9"));
+    // Its body was never read, so the connection cannot carry the client's next request.
+    assert_eq!(header(&r, "connection").as_deref(), Some("close"));
     assert!(
         header(&r, "location")
             .unwrap()

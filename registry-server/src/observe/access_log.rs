@@ -39,12 +39,22 @@ pub async fn observe(State(app): State<Arc<App>>, req: Request, next: Next) -> R
 
     let metrics = app.metrics.clone();
     let (parts, body) = req.into_parts();
-    let counter = metrics.clone();
-    let body = Body::from_stream(body.into_data_stream().inspect(move |c| {
-        if let Ok(b) = c {
-            counter.add_bytes_in(b.len() as u64);
-        }
-    }));
+    let announced = announced_body(&parts.headers);
+    let progress = Arc::new(BodyProgress::default());
+    let (counter, seen, ended) = (metrics.clone(), progress.clone(), progress.clone());
+    let body = Body::from_stream(
+        body.into_data_stream()
+            .inspect(move |c| {
+                if let Ok(b) = c {
+                    counter.add_bytes_in(b.len() as u64);
+                    seen.bytes.fetch_add(b.len() as u64, Ordering::Relaxed);
+                }
+            })
+            .chain(futures::stream::poll_fn(move |_| {
+                ended.ended.store(true, Ordering::Relaxed);
+                std::task::Poll::Ready(None)
+            })),
+    );
     if uploading {
         metrics.upload_in_flight(1);
     }
@@ -76,7 +86,42 @@ pub async fn observe(State(app): State<Arc<App>>, req: Request, next: Next) -> R
     if let Ok(v) = HeaderValue::from_str(&request_id) {
         resp.headers_mut().insert("x-request-id", v);
     }
+    if progress.left_unread(announced) {
+        // The rest of the body will not be read, so the connection cannot carry another
+        // request; saying so keeps a client from sending its next one down it.
+        resp.headers_mut()
+            .insert("connection", HeaderValue::from_static("close"));
+    }
     resp
+}
+
+/// What a request announced about its body: `Some(length)`, `Some(u64::MAX)` when chunked,
+/// `None` when it has none.
+fn announced_body(headers: &axum::http::HeaderMap) -> Option<u64> {
+    if headers.contains_key("transfer-encoding") {
+        return Some(u64::MAX);
+    }
+    headers
+        .get("content-length")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok())
+        .filter(|n| *n > 0)
+}
+
+/// How far a handler read its request body.
+#[derive(Default)]
+struct BodyProgress {
+    bytes: AtomicU64,
+    ended: std::sync::atomic::AtomicBool,
+}
+
+impl BodyProgress {
+    /// Whether a body was announced and the handler answered without reading all of it.
+    fn left_unread(&self, announced: Option<u64>) -> bool {
+        announced.is_some_and(|n| {
+            !self.ended.load(Ordering::Relaxed) && self.bytes.load(Ordering::Relaxed) < n
+        })
+    }
 }
 
 /// A fresh request id: this process's random 64-bit prefix and a counter, 32 hex digits.
@@ -94,6 +139,29 @@ fn next_request_id() -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_body_counts_as_read_at_its_length_or_its_end() {
+        let mut headers = axum::http::HeaderMap::new();
+        assert_eq!(announced_body(&headers), None);
+        headers.insert("content-length", HeaderValue::from_static("0"));
+        assert_eq!(announced_body(&headers), None);
+        headers.insert("content-length", HeaderValue::from_static("10"));
+        let announced = announced_body(&headers);
+        let p = BodyProgress::default();
+        assert!(!p.left_unread(None), "no body, nothing unread");
+        assert!(p.left_unread(announced));
+        p.bytes.store(10, Ordering::Relaxed);
+        assert!(!p.left_unread(announced));
+        headers.insert("transfer-encoding", HeaderValue::from_static("chunked"));
+        let chunked = announced_body(&headers);
+        assert!(
+            p.left_unread(chunked),
+            "chunked: only its end says it was read"
+        );
+        p.ended.store(true, Ordering::Relaxed);
+        assert!(!p.left_unread(chunked));
+    }
 
     #[test]
     fn request_ids_are_distinct_and_keep_the_uuid_shape() {
