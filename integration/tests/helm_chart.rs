@@ -103,7 +103,7 @@ fn every_storage_mode_renders_valid_objects() {
     );
     // A pull-through cache: the URL and account in the config, the password from the Secret.
     let proxied = render(
-        &json!({"proxy": {"remoteUrl": "https://registry-1.docker.io", "username": "me"},
+        &json!({"proxy": {"remoteUrl": "https://registry-1.docker.io", "username": "me", "ttl": "72h"},
         "secrets": {"proxyPassword": "tok"}}),
     )
     .unwrap();
@@ -115,6 +115,7 @@ fn every_storage_mode_renders_valid_objects() {
         "{config}"
     );
     assert!(!config.contains("tok"), "{config}");
+    assert!(config.contains("ttl: 72h"), "{config}");
     let env = &find(&proxied, "Deployment")["spec"]["template"]["spec"]["containers"][0]["env"];
     assert!(
         env.as_array()
@@ -125,6 +126,12 @@ fn every_storage_mode_renders_valid_objects() {
         "{env}"
     );
     assert!(render(&json!({"proxy": {"remoteUrl": "https://x/v2/"}})).is_err());
+    assert!(render(&json!({"proxy": {"remoteUrl": "https://x", "ttl": "a week"}})).is_err());
+    let forever = render(&json!({"proxy": {"remoteUrl": "https://x", "ttl": 0}})).unwrap();
+    let config = find(&forever, "ConfigMap")["data"]["config.yml"]
+        .as_str()
+        .unwrap();
+    assert!(config.contains("ttl: \"0\""), "{config}");
     let irsa = render(&json!({"storage": "s3", "s3": {"bucket": "images"},
         "serviceAccount": {"annotations": {"eks.amazonaws.com/role-arn": "arn:aws:iam::1:role/berth"}}})).unwrap();
     assert!(

@@ -388,6 +388,51 @@ async fn many_clients_of_one_uncached_blob_make_one_copy_in_the_store() {
 }
 
 #[tokio::test]
+async fn what_nobody_pulls_within_the_ttl_leaves_the_cache() {
+    let work = tempfile::tempdir().unwrap();
+    let upstream = Distribution::filesystem(&work.path().join("upstream"));
+    let (cold, _) = push_image(&upstream.host, "library/cold", work.path(), 21, &[]);
+    let (hot, _) = push_image(&upstream.host, "library/hot", work.path(), 22, &[]);
+    let root = work.path().join("cache");
+    let cache = berth(
+        &root,
+        &format!(
+            "proxy:\n  remoteurl: http://{}\n  ttl: 2s\nberth:\n  gc:\n    enabled: true\n    interval: 1s\n    grace: 0s\n",
+            upstream.host
+        ),
+    );
+    let api = Api::new(&cache.url);
+    for repo in ["library/cold", "library/hot"] {
+        pull(&cache.host, &format!("{repo}:v1"), work.path(), &[]);
+    }
+    for d in cold.layer_digests.iter().chain(&hot.layer_digests) {
+        assert!(kept(&root, d), "{d} was not cached");
+    }
+
+    // hot is pulled all along (a manifest GET is a pull); cold is not, and goes.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while cold.layer_digests.iter().any(|d| stored(&root, d)) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "cold was never expired: {}",
+            cache.log()
+        );
+        let r = api
+            .send(Method::GET, "/v2/library/hot/manifests/v1", &[], None)
+            .await;
+        assert_eq!(r.status(), 200);
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    }
+    assert!(!stored(&root, &cold.manifest_digest));
+    for d in hot.layer_digests.iter().chain([&hot.manifest_digest]) {
+        assert!(stored(&root, d), "{d} of the pulled image went");
+    }
+    // The next pull of cold fetches it again.
+    pull(&cache.host, "library/cold:v1", work.path(), &[]);
+    assert!(kept(&root, &cold.layer_digests[0]));
+}
+
+#[tokio::test]
 async fn a_cache_on_s3_redirects_pulls_of_what_it_fetched() {
     let work = tempfile::tempdir().unwrap();
     let upstream = Distribution::filesystem(&work.path().join("upstream"));

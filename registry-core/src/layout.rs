@@ -152,6 +152,20 @@ pub fn touched_prefix() -> String {
     format!("{ROOT}/berth/touched/")
 }
 
+/// When a client last pulled `reference` (a tag, or a digest as `algorithm/hex`) of a cached
+/// repository. `_tags` and `_revisions` cannot be repository name components, so one
+/// repository's markers never collide with another's.
+pub fn cache_use_marker(name: &RepositoryName, reference: &crate::Reference) -> String {
+    match reference {
+        crate::Reference::Tag(t) => format!("{ROOT}/berth/cache-used/{name}/_tags/{t}"),
+        crate::Reference::Digest(d) => format!(
+            "{ROOT}/berth/cache-used/{name}/_revisions/{}/{}",
+            d.algorithm(),
+            d.hex()
+        ),
+    }
+}
+
 /// The lease that lets one process at a time collect garbage.
 pub fn gc_lease() -> String {
     format!("{ROOT}/berth/gc-lease")

@@ -3,6 +3,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use registry_core::registry::CacheExpiry;
 use registry_core::registry::gc::GcOptions;
 
 use crate::api::App;
@@ -11,8 +12,13 @@ use crate::config::GcSettings;
 /// A collector that outlives this without renewing has died; its lease is taken over.
 const LEASE_TTL: Duration = Duration::from_secs(6 * 3600);
 
-/// Options for one run by this process.
-pub fn options(grace: Duration, dry_run: bool, delete_untagged: bool) -> GcOptions {
+/// Options for one run by this process; `cache_expiry` from [`crate::proxy::expiry_rules`].
+pub fn options(
+    grace: Duration,
+    dry_run: bool,
+    delete_untagged: bool,
+    cache_expiry: Vec<CacheExpiry>,
+) -> GcOptions {
     let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "berth".into());
     GcOptions {
         grace,
@@ -20,6 +26,7 @@ pub fn options(grace: Duration, dry_run: bool, delete_untagged: bool) -> GcOptio
         delete_untagged,
         holder: format!("{host}/{}", std::process::id()),
         lease_ttl: LEASE_TTL,
+        cache_expiry,
     }
 }
 
@@ -29,7 +36,12 @@ pub async fn schedule(app: Arc<App>, s: GcSettings) {
         tokio::time::sleep(s.interval).await;
         match app
             .registry
-            .collect_garbage(&options(s.grace, s.dry_run, s.delete_untagged))
+            .collect_garbage(&options(
+                s.grace,
+                s.dry_run,
+                s.delete_untagged,
+                crate::proxy::expiry_rules(&app.settings.proxies),
+            ))
             .await
         {
             Ok(Some(r)) => {

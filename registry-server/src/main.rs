@@ -118,10 +118,11 @@ fn main() -> ExitCode {
                 );
                 return ExitCode::from(2);
             };
+            let expiry = registry_server::proxy::expiry_rules(&settings.proxies);
             run_gc(
                 &runtime,
                 settings,
-                registry_server::gc::options(grace, cli.dry_run, cli.delete_untagged),
+                registry_server::gc::options(grace, cli.dry_run, cli.delete_untagged, expiry),
             )
         }
     }

@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use futures::{StreamExt, stream};
+use registry_core::registry::CacheExpiry;
 use registry_core::registry::gc::GcOptions;
 use registry_core::storage::{ByteStream, PutCondition, StorageError};
 use registry_core::{
@@ -23,6 +24,7 @@ fn opts(grace: Duration) -> GcOptions {
         holder: "test".into(),
         lease_ttl: Duration::from_secs(600),
         delete_untagged: false,
+        cache_expiry: Vec::new(),
     }
 }
 
@@ -35,12 +37,22 @@ async fn push_blob(r: &Registry, name: &RepositoryName, data: &[u8]) -> Digest {
 /// Pushes a config and a layer and tags an image manifest naming them `v1`.
 /// Returns (layer, config, manifest) digests.
 async fn push_image(r: &Registry, name: &RepositoryName) -> (Digest, Digest, Digest) {
-    let layer = push_blob(r, name, b"layer bytes").await;
+    push_image_of(r, name, b"layer bytes").await
+}
+
+/// As [`push_image`], with a layer of its own.
+async fn push_image_of(
+    r: &Registry,
+    name: &RepositoryName,
+    layer: &[u8],
+) -> (Digest, Digest, Digest) {
+    let size = layer.len();
+    let layer = push_blob(r, name, layer).await;
     let config = push_blob(r, name, b"{}").await;
     let body = serde_json::json!({
         "schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
         "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": config, "size": 2},
-        "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": layer, "size": 11}],
+        "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": layer, "size": size}],
     })
     .to_string();
     let out = r
@@ -183,4 +195,89 @@ async fn memory() {
 async fn local_disk() {
     let dir = tempfile::tempdir().unwrap();
     scenario(Arc::new(LocalDriver::new(dir.path()).unwrap())).await;
+}
+
+/// Cached repositories lose what nobody pulled within their TTL; others keep everything.
+async fn expiry_scenario(store: Arc<dyn StorageDriver>) {
+    let r = Registry::new(store, RegistrySettings::default());
+    let repo = |n: &str| n.parse::<RepositoryName>().unwrap();
+    let (cold, hot, kept, mine) = (
+        repo("hub/cold"),
+        repo("hub/hot"),
+        repo("keep/app"),
+        repo("mine/app"),
+    );
+    let (cold_layer, _, cold_manifest) = push_image_of(&r, &cold, b"cold layer").await;
+    let mut layers = Vec::new();
+    for (name, bytes) in [(&hot, "hot"), (&kept, "kept"), (&mine, "mine")] {
+        layers.push(push_image_of(&r, name, bytes.as_bytes()).await.0);
+    }
+    let ttl = Duration::from_millis(300);
+    let o = GcOptions {
+        cache_expiry: vec![
+            CacheExpiry {
+                prefix: Some("keep".into()),
+                ttl: None,
+            },
+            CacheExpiry {
+                prefix: Some("hub".into()),
+                ttl: Some(ttl),
+            },
+        ],
+        ..opts(Duration::ZERO)
+    };
+    let v1 = Reference::Tag("v1".parse().unwrap());
+
+    // Content without a marker (cached before expiry existed) starts its clock now.
+    let first = r.collect_garbage(&o).await.unwrap().unwrap();
+    assert!(first.expired.is_empty(), "{first:?}");
+    tokio::time::sleep(ttl + Duration::from_millis(100)).await;
+    r.note_cache_use(&hot, &v1).await.unwrap();
+
+    let dry = r
+        .collect_garbage(&GcOptions {
+            dry_run: true,
+            ..o.clone()
+        })
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        dry.expired,
+        vec![
+            "hub/cold:v1".to_owned(),
+            format!("hub/cold@{cold_manifest}")
+        ]
+    );
+    assert!(
+        r.get_manifest(&cold, &v1).await.is_ok(),
+        "a dry run removes nothing"
+    );
+
+    let report = r.collect_garbage(&o).await.unwrap().unwrap();
+    assert_eq!(report.expired, dry.expired);
+    assert!(
+        report.swept.contains(&cold_layer.to_string()),
+        "the expired image's layer goes in the same collection: {report:?}"
+    );
+    for l in &layers {
+        assert!(!report.swept.contains(&l.to_string()), "{l} swept");
+    }
+    assert!(r.get_manifest(&cold, &v1).await.is_err());
+    let by_digest = Reference::Digest(cold_manifest);
+    assert!(r.get_manifest(&cold, &by_digest).await.is_err());
+    for name in [&hot, &kept, &mine] {
+        assert!(r.get_manifest(name, &v1).await.is_ok(), "{name} lost v1");
+    }
+}
+
+#[tokio::test]
+async fn cache_expiry_in_memory() {
+    expiry_scenario(Arc::new(memory_driver(1 << 20))).await;
+}
+
+#[tokio::test]
+async fn cache_expiry_on_local_disk() {
+    let dir = tempfile::tempdir().unwrap();
+    expiry_scenario(Arc::new(LocalDriver::new(dir.path()).unwrap())).await;
 }

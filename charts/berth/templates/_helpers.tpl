@@ -68,6 +68,7 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
 {{- if .Values.proxy.remoteUrl -}}
 {{- $proxy := dict "remoteurl" .Values.proxy.remoteUrl -}}
 {{- if .Values.proxy.username -}}{{- $_ := set $proxy "username" .Values.proxy.username -}}{{- end -}}
+{{- if ne (toString .Values.proxy.ttl) "" -}}{{- $_ := set $proxy "ttl" (toString .Values.proxy.ttl) -}}{{- end -}}
 {{- $_ := set $config "proxy" $proxy -}}
 {{- end -}}
 {{- $_ := set $config "berth" (dict "gc" (dict "enabled" .Values.gc.enabled "interval" .Values.gc.interval "grace" .Values.gc.grace "deleteuntagged" .Values.gc.deleteUntagged)) -}}

@@ -35,6 +35,9 @@ pub struct GcOptions {
     pub lease_ttl: Duration,
     /// Also remove manifest revisions no tag reaches (through an index or as a referrer).
     pub delete_untagged: bool,
+    /// Pull-through caches whose tags and revisions expire when nobody pulls them (most
+    /// specific prefix first).
+    pub cache_expiry: Vec<super::CacheExpiry>,
 }
 
 /// What a collection found and did.
@@ -52,6 +55,9 @@ pub struct GcReport {
     pub swept: Vec<String>,
     /// Untagged manifest revisions removed, as `repository@digest`.
     pub untagged: Vec<String>,
+    /// Cached tags (`repository:tag`) and revisions (`repository@digest`) nobody pulled within
+    /// their cache's TTL, removed.
+    pub expired: Vec<String>,
     /// Bytes those blobs held.
     pub bytes: u64,
 }
@@ -111,7 +117,7 @@ impl Registry {
         ))
     }
 
-    async fn revisions(&self, name: &RepositoryName) -> Result<Vec<Digest>> {
+    pub(super) async fn revisions(&self, name: &RepositoryName) -> Result<Vec<Digest>> {
         let mut out = Vec::new();
         let prefix = layout::manifest_revisions_prefix(name);
         for alg in self.store.list(&prefix).await?.prefixes {
@@ -246,6 +252,9 @@ impl Registry {
     async fn collect(&self, o: &GcOptions, start: SystemTime) -> Result<GcReport> {
         let cutoff = start.checked_sub(o.grace).unwrap_or(SystemTime::UNIX_EPOCH);
         let mut report = GcReport::default();
+        // First, so that what expires is swept in this same collection.
+        self.expire_cached(&o.cache_expiry, start, o.dry_run, &mut report)
+            .await?;
         let marked = self.mark(o, cutoff, &mut report).await?;
         let blobs: Vec<String> = self
             .store

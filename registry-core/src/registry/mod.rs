@@ -1,6 +1,7 @@
 //! Registry operations (blobs, uploads, manifests, tags, referrers, catalog) over a storage driver.
 
 mod blobs;
+mod cache_expiry;
 mod catalog;
 pub mod gc;
 mod manifest_cache;
@@ -16,6 +17,7 @@ use crate::error::{RegistryError, Result};
 use crate::storage::{PutCondition, StorageDriver, StorageError};
 use crate::upload::UploadSessions;
 
+pub use cache_expiry::CacheExpiry;
 pub use manifests::{ManifestContent, PutManifestOutcome};
 pub use tags::Page;
 

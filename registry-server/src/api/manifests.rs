@@ -18,7 +18,9 @@ pub(crate) async fn get(ctx: &Ctx, name: &str, reference: &str) -> ApiResult {
     let reference = parse_reference(reference)?;
     let m = match ctx.app.proxies.remote_of(name.as_str()) {
         Some(remote) => {
-            crate::proxy::manifest(&ctx.app.registry, &remote, &name, &reference).await?
+            let m = crate::proxy::manifest(&ctx.app.registry, &remote, &name, &reference).await?;
+            crate::proxy::note_use(&ctx.app, &remote, &name, &reference);
+            m
         }
         None => ctx.app.registry.get_manifest(&name, &reference).await?,
     };

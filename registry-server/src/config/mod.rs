@@ -779,6 +779,7 @@ fn validate(config: Config, warnings: &mut Vec<String>) -> Result<Settings, Conf
             "must be at least 4194304 (4 MiB), as the OCI spec requires",
         ));
     }
+    let proxies = proxy::upstreams(config.proxy.as_ref(), &config.berth.proxies)?;
     Ok(Settings {
         tls,
         addr: parse_addr(config.http.addr.as_deref().unwrap_or(":5000"))?,
@@ -795,9 +796,12 @@ fn validate(config: Config, warnings: &mut Vec<String>) -> Result<Settings, Conf
             .as_ref()
             .and_then(|m| m.readonly.as_ref())
             .is_some_and(|r| r.enabled),
-        gc: gc_settings(config.berth.gc.as_ref())?,
+        gc: gc_settings(
+            config.berth.gc.as_ref(),
+            proxies.iter().any(|u| u.ttl.is_some()),
+        )?,
         notifications: endpoints(config.notifications.as_ref())?,
-        proxies: proxy::upstreams(config.proxy.as_ref(), &config.berth.proxies)?,
+        proxies,
         purge: purge_settings(
             s.maintenance
                 .as_ref()

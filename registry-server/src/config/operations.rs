@@ -55,10 +55,24 @@ pub(super) fn duration_key(
     })
 }
 
-pub(super) fn gc_settings(c: Option<&GcConfig>) -> Result<Option<GcSettings>, ConfigError> {
-    let Some(c) = c.filter(|c| c.enabled) else {
-        return Ok(None);
+/// `berth.gc`; a cache whose content expires needs collections to expire it, so one with a TTL
+/// turns the schedule on when the section is absent (an explicit `enabled: false` stays off).
+pub(super) fn gc_settings(
+    c: Option<&GcConfig>,
+    caches_expire: bool,
+) -> Result<Option<GcSettings>, ConfigError> {
+    let implied = GcConfig {
+        enabled: true,
+        ..GcConfig::default()
     };
+    let c = match c {
+        None if caches_expire => &implied,
+        None => return Ok(None),
+        Some(c) => c,
+    };
+    if !c.enabled {
+        return Ok(None);
+    }
     Ok(Some(GcSettings {
         interval: duration_key(&c.interval, "24h", "berth.gc.interval")?,
         grace: duration_key(&c.grace, "2h", "berth.gc.grace")?,

@@ -1,7 +1,10 @@
 //! `proxy` (distribution's pull-through cache of one upstream) and `berth.proxies` (several
 //! upstreams, each serving the repositories under a prefix).
 
+use std::time::Duration;
+
 use serde::Deserialize;
+use serde_yaml_ng::Value;
 
 use super::{ConfigError, key_err, parse_duration};
 
@@ -15,9 +18,9 @@ pub struct ProxyConfig {
     pub username: Option<String>,
     /// Its password or access token.
     pub password: Option<String>,
-    /// Accepted for compatibility with distribution 3 (cached blobs never expire here:
-    /// garbage collection removes what no tag reaches).
-    pub ttl: Option<String>,
+    /// How long cached tags and manifests live after their last pull; their blobs go with
+    /// the next garbage collection. Default 168h (distribution's week); `0` keeps them forever.
+    pub ttl: Option<Value>,
 }
 
 /// `berth.proxies[]`: repositories under `prefix/` are a cache of `remoteurl`.
@@ -33,6 +36,8 @@ pub struct PrefixedProxyConfig {
     pub username: Option<String>,
     /// Its password or access token.
     pub password: Option<String>,
+    /// As `proxy.ttl`.
+    pub ttl: Option<Value>,
 }
 
 /// One upstream registry and the repositories it serves.
@@ -45,6 +50,37 @@ pub struct UpstreamSettings {
     pub url: url::Url,
     /// Account and password at the upstream.
     pub credentials: Option<(String, String)>,
+    /// Cached content not pulled for this long is removed; `None`: never.
+    pub ttl: Option<Duration>,
+}
+
+/// What caches keep when the configuration says nothing: distribution's fixed week.
+const DEFAULT_TTL: Duration = Duration::from_secs(168 * 3600);
+
+/// A TTL as written: a duration like `72h`, or `0` (a YAML number or string) for "forever".
+fn cache_ttl(raw: Option<&Value>, key: &str) -> Result<Option<Duration>, ConfigError> {
+    let text = match raw {
+        None => return Ok(Some(DEFAULT_TTL)),
+        Some(Value::Number(n)) if n.as_u64() == Some(0) => return Ok(None),
+        Some(Value::String(t)) => t.trim(),
+        Some(other) => {
+            return Err(key_err(
+                key,
+                format!("{other:?} is not a duration like 72h (or 0 for never)"),
+            ));
+        }
+    };
+    if text == "0" {
+        return Ok(None);
+    }
+    match parse_duration(text) {
+        Some(d) if d.is_zero() => Ok(None),
+        Some(d) => Ok(Some(d)),
+        None => Err(key_err(
+            key,
+            format!("{text:?} is not a duration like 72h (or 0 for never)"),
+        )),
+    }
 }
 
 fn upstream_url(raw: Option<&str>, key: &str) -> Result<url::Url, ConfigError> {
@@ -115,19 +151,16 @@ pub(super) fn upstreams(
             prefix: Some(prefix.to_owned()),
             url: upstream_url(p.remoteurl.as_deref(), &format!("{key}.remoteurl"))?,
             credentials: credentials(&p.username, &p.password, &key)?,
+            ttl: cache_ttl(p.ttl.as_ref(), &format!("{key}.ttl"))?,
         });
     }
     out.sort_by_key(|u| std::cmp::Reverse(u.prefix.as_ref().map_or(0, String::len)));
     if let Some(p) = proxy {
-        if let Some(ttl) = &p.ttl
-            && parse_duration(ttl).is_none()
-        {
-            return Err(key_err("proxy.ttl", format!("{ttl:?} is not a duration")));
-        }
         out.push(UpstreamSettings {
             prefix: None,
             url: upstream_url(p.remoteurl.as_deref(), "proxy.remoteurl")?,
             credentials: credentials(&p.username, &p.password, "proxy")?,
+            ttl: cache_ttl(p.ttl.as_ref(), "proxy.ttl")?,
         });
     }
     Ok(out)

@@ -288,8 +288,10 @@ berth:
   proxies:
     - prefix: ghcr
       remoteurl: https://ghcr.io
+      ttl: 0
     - prefix: /ghcr/team/
       remoteurl: http://127.0.0.1:5001
+      ttl: 30m
 ";
     let (s, w) = load_str(yaml, &[]).unwrap();
     assert!(w.is_empty(), "{w:?}");
@@ -306,6 +308,13 @@ berth:
             (None, "https://registry-1.docker.io/", true),
         ]
     );
+    // Cached content lives a week after its last pull unless told otherwise; 0 is forever.
+    let hours = |h: u64| Some(std::time::Duration::from_secs(h * 3600));
+    let ttls: Vec<_> = s.proxies.iter().map(|u| u.ttl).collect();
+    assert_eq!(
+        ttls,
+        [Some(std::time::Duration::from_secs(1800)), None, hours(168)]
+    );
     // distribution's environment override names the same key.
     let (s, _) = load_str(
         "storage:\n  filesystem:\n    rootdirectory: /tmp/x\n",
@@ -314,6 +323,7 @@ berth:
     .unwrap();
     assert_eq!(s.proxies.len(), 1);
     assert_eq!(s.proxies[0].url.as_str(), "http://127.0.0.1:6000/");
+    assert_eq!(s.proxies[0].ttl, hours(168), "the default");
 }
 
 #[test]
@@ -330,6 +340,10 @@ fn bad_proxy_sections_name_their_key() {
             "berth.proxies[0].prefix",
         ),
         (
+            "berth:\n  proxies:\n    - prefix: a\n      remoteurl: https://x\n      ttl: 2 days\n",
+            "berth.proxies[0].ttl",
+        ),
+        (
             "berth:\n  proxies:\n    - prefix: Bad_Prefix!\n      remoteurl: https://x\n",
             "berth.proxies[0].prefix",
         ),
@@ -343,4 +357,16 @@ fn bad_proxy_sections_name_their_key() {
             other => panic!("{section}: {other:?}"),
         }
     }
+}
+
+#[test]
+fn a_cache_that_expires_collects_on_a_schedule_unless_told_not_to() {
+    let base = "storage:\n  filesystem:\n    rootdirectory: /tmp/x\n";
+    let gc = |extra: &str| load_str(&format!("{base}{extra}"), &[]).unwrap().0.gc;
+    assert!(gc("").is_none(), "no cache, no schedule unless asked");
+    let implied = gc("proxy:\n  remoteurl: https://x\n").expect("expiry needs collections");
+    assert_eq!(implied.interval, std::time::Duration::from_secs(24 * 3600));
+    assert!(!implied.delete_untagged);
+    assert!(gc("proxy:\n  remoteurl: https://x\n  ttl: 0\n").is_none());
+    assert!(gc("proxy:\n  remoteurl: https://x\nberth:\n  gc:\n    enabled: false\n").is_none());
 }

@@ -11,11 +11,16 @@ mod challenge;
 mod client;
 mod copies;
 mod pull;
+mod uses;
 
 pub(crate) use pull::{blob, manifest, tags};
 
 use std::sync::Arc;
 
+use registry_core::registry::CacheExpiry;
+use registry_core::{Reference, RepositoryName};
+
+use crate::api::App;
 use crate::config::UpstreamSettings;
 use client::UpstreamClient;
 
@@ -51,6 +56,7 @@ impl UpstreamError {
 pub(crate) struct Upstream {
     prefix: Option<String>,
     client: UpstreamClient,
+    ttl: Option<std::time::Duration>,
 }
 
 /// A local repository's counterpart at its upstream.
@@ -72,6 +78,7 @@ impl Upstream {
 pub struct Proxies {
     upstreams: Vec<Upstream>,
     copies: copies::BlobCopies,
+    uses: uses::RecentUses,
 }
 
 impl Proxies {
@@ -83,12 +90,14 @@ impl Proxies {
                 Ok(Upstream {
                     prefix: s.prefix.clone(),
                     client: UpstreamClient::new(s.clone())?,
+                    ttl: s.ttl,
                 })
             })
             .collect::<Result<_, UpstreamError>>()?;
         Ok(Arc::new(Proxies {
             upstreams,
             copies: copies::BlobCopies::default(),
+            uses: uses::RecentUses::default(),
         }))
     }
 
@@ -105,6 +114,43 @@ impl Proxies {
             })
         })
     }
+}
+
+/// The expiry rule of each upstream, in the order repositories are matched to upstreams.
+pub fn expiry_rules(settings: &[UpstreamSettings]) -> Vec<CacheExpiry> {
+    settings
+        .iter()
+        .map(|s| CacheExpiry {
+            prefix: s.prefix.clone(),
+            ttl: s.ttl,
+        })
+        .collect()
+}
+
+/// Notes, off the request, that a client pulled `reference` of the cached repository `name`
+/// (for expiry; nothing to note when the cache keeps content forever).
+pub(crate) fn note_use(
+    app: &Arc<App>,
+    remote: &Remote<'_>,
+    name: &RepositoryName,
+    reference: &Reference,
+) {
+    let Some(ttl) = remote.upstream.ttl else {
+        return;
+    };
+    if !app
+        .proxies
+        .uses
+        .due(&format!("{name}\0{reference}"), uses::refresh_every(ttl))
+    {
+        return;
+    }
+    let (app, name, reference) = (app.clone(), name.clone(), reference.clone());
+    tokio::spawn(async move {
+        if let Err(e) = app.registry.note_cache_use(&name, &reference).await {
+            tracing::warn!(repository = %name, %reference, error = %e, "could not note a pull of cached content");
+        }
+    });
 }
 
 /// Docker Hub keeps its official images under `library/`, and docker adds that for
@@ -131,6 +177,7 @@ mod tests {
             prefix: prefix.map(str::to_owned),
             url: format!("http://127.0.0.1:{port}").parse().unwrap(),
             credentials: None,
+            ttl: None,
         }
     }
 
@@ -157,6 +204,7 @@ mod tests {
             prefix: Some("dockerhub".into()),
             url: "https://registry-1.docker.io".parse().unwrap(),
             credentials: None,
+            ttl: None,
         }])
         .unwrap();
         let hub_name = |n: &str| hub.remote_of(n).map(|r| r.name);
