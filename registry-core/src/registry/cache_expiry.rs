@@ -84,8 +84,9 @@ impl Registry {
     }
 
     /// Removes, from every repository a rule covers (the first that does; a rule without a
-    /// TTL keeps its repositories), the tags and revisions not pulled within its TTL. Content with no marker (cached before markers
-    /// existed) starts its clock now, except a revision only an expiring tag pointed at.
+    /// TTL keeps its repositories), the tags and revisions not pulled within its TTL. Content
+    /// with no marker (cached before markers existed) starts its clock now, except a revision
+    /// only an expiring tag pointed at.
     pub(super) async fn expire_cached(
         &self,
         rules: &[CacheExpiry],
