@@ -324,6 +324,18 @@ berth:
     assert_eq!(s.proxies.len(), 1);
     assert_eq!(s.proxies[0].url.as_str(), "http://127.0.0.1:6000/");
     assert_eq!(s.proxies[0].ttl, hours(168), "the default");
+    let (s, _) = load_str(
+        "storage:\n  filesystem:\n    rootdirectory: /tmp/x\n",
+        &[
+            ("REGISTRY_PROXY_REMOTEURL", "http://127.0.0.1:6000"),
+            ("REGISTRY_PROXY_TTL", "0"),
+        ],
+    )
+    .unwrap();
+    assert_eq!(
+        s.proxies[0].ttl, None,
+        "0 from the environment is forever too"
+    );
 }
 
 #[test]
