@@ -3,6 +3,7 @@
 
 mod block_writer;
 mod mapped_read;
+mod small_reads;
 mod trash;
 mod writer_fence;
 
@@ -148,6 +149,7 @@ pub struct LocalDriver {
     root: PathBuf,
     write_mode: WriteMode,
     trash: trash::Trash,
+    small_reads: std::sync::Arc<small_reads::SmallReads>,
 }
 
 fn io_err(key: &str, e: std::io::Error) -> StorageError {
@@ -242,6 +244,7 @@ impl LocalDriver {
             root,
             write_mode,
             trash,
+            small_reads: Default::default(),
         })
     }
 
@@ -387,15 +390,24 @@ impl StorageDriver for LocalDriver {
         // Links and upload state are a few dozen bytes in directories the page cache holds:
         // read them on the request task, as nginx reads files on its event loop. A hop to the
         // blocking pool costs two thread wake-ups, more than the read, and sits on every
-        // manifest GET by tag. Anything larger goes to the blocking pool.
-        let mut file = std::fs::File::open(&path).map_err(|e| io_err(key, e))?;
-        let meta = file.metadata().map_err(|e| io_err(key, e))?;
-        if meta.is_dir() {
+        // manifest GET by tag. Anything larger goes to the blocking pool. A file read before
+        // and not replaced since is answered from memory after one stat (small_reads.rs).
+        let seen = std::fs::metadata(&path).map_err(|e| io_err(key, e))?;
+        if seen.is_dir() {
             return Err(StorageError::NotFound(key.to_owned()));
         }
+        let stamp = small_reads::Stamp::of(&seen);
+        if let Some(bytes) = self.small_reads.get(&path, stamp) {
+            return Ok((bytes, info_of(&seen)));
+        }
+        let mut file = std::fs::File::open(&path).map_err(|e| io_err(key, e))?;
+        let meta = file.metadata().map_err(|e| io_err(key, e))?;
         if meta.len() <= INLINE_READ {
-            let buf = read_stat_sized(&mut file, meta.len()).map_err(|e| io_err(key, e))?;
-            return Ok((buf.into(), info_of(&meta)));
+            let buf =
+                Bytes::from(read_stat_sized(&mut file, meta.len()).map_err(|e| io_err(key, e))?);
+            self.small_reads
+                .put(&path, small_reads::Stamp::of(&meta), buf.clone());
+            return Ok((buf, info_of(&meta)));
         }
         let owned_key = key.to_owned();
         tokio::task::spawn_blocking(move || -> Result<(Bytes, ObjectInfo), StorageError> {
@@ -769,6 +781,37 @@ mod tests {
             }
         }
         found
+    }
+
+    #[tokio::test]
+    async fn small_reads_see_every_rewrite_by_any_replica() {
+        let dir = tempfile::tempdir().unwrap();
+        let (a, b) = (
+            LocalDriver::new(dir.path()).unwrap(),
+            LocalDriver::new(dir.path()).unwrap(),
+        );
+        let key = "repo/_manifests/tags/v1/current/link";
+        // Tag links all have the same length, so only the file's identity can tell them apart.
+        for (writer, text) in [
+            (&a, "sha256:1111"),
+            (&a, "sha256:2222"),
+            (&b, "sha256:3333"),
+        ] {
+            writer
+                .put_bytes(key, Bytes::from(text), PutCondition::Overwrite)
+                .await
+                .unwrap();
+            for reader in [&a, &b] {
+                for _ in 0..2 {
+                    assert_eq!(reader.read_small(key).await.unwrap().0, text.as_bytes());
+                }
+            }
+        }
+        b.delete(key).await.unwrap();
+        assert!(matches!(
+            a.read_small(key).await,
+            Err(StorageError::NotFound(_))
+        ));
     }
 
     #[tokio::test]
