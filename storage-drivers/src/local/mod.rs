@@ -240,11 +240,12 @@ impl LocalDriver {
         let root = root.into();
         std::fs::create_dir_all(&root)?;
         let trash = trash::Trash::open(&root);
+        let small_reads = std::sync::Arc::new(small_reads::SmallReads::for_root(&root));
         Ok(LocalDriver {
             root,
             write_mode,
+            small_reads,
             trash,
-            small_reads: Default::default(),
         })
     }
 
