@@ -88,8 +88,9 @@ impl Trash {
         std::fs::remove_dir_all(path)
     }
 
-    /// Moves `path` into the trash and queues it; false when it must be removed in place
-    /// (no thread, or a rename the filesystem refuses, such as across a mount point).
+    /// Moves `path` into the trash and queues it (or frees it here if the thread is gone);
+    /// false when it must be removed in place (no thread, or a rename the filesystem refuses,
+    /// such as across a mount point).
     fn defer(&self, path: &Path) -> bool {
         let Some(tx) = &self.reaper else { return false };
         let target = self.dir.join(uuid::Uuid::new_v4().simple().to_string());
@@ -102,7 +103,15 @@ impl Trash {
             std::fs::create_dir_all(&self.dir)?;
             std::fs::rename(path, &target)
         });
-        moved.is_ok() && tx.send(Job::Free(target)).is_ok()
+        if moved.is_err() {
+            return false;
+        }
+        if let Err(mpsc::SendError(job)) = tx.send(Job::Free(target))
+            && let Job::Free(target) = job
+        {
+            free(&target);
+        }
+        true
     }
 }
 
