@@ -424,6 +424,18 @@ async fn what_nobody_pulls_within_the_ttl_leaves_the_cache() {
         tokio::time::sleep(std::time::Duration::from_millis(300)).await;
     }
     assert!(!stored(&root, &cold.manifest_digest));
+    let metrics = api
+        .send(Method::GET, "/metrics", &[], None)
+        .await
+        .text()
+        .await
+        .unwrap();
+    let expired: u64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("berth_cache_expired_total "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0);
+    assert!(expired >= 2, "the tag and its manifest: {metrics}");
     for d in hot.layer_digests.iter().chain([&hot.manifest_digest]) {
         assert!(stored(&root, d), "{d} of the pulled image went");
     }

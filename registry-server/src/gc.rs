@@ -45,12 +45,14 @@ pub async fn schedule(app: Arc<App>, s: GcSettings) {
             .await
         {
             Ok(Some(r)) => {
-                app.metrics.add_gc(r.swept.len() as u64, r.bytes);
+                app.metrics
+                    .add_gc(r.swept.len() as u64, r.bytes, r.expired.len() as u64);
                 tracing::info!(
                     swept = r.swept.len(),
                     bytes = r.bytes,
                     spared = r.spared,
                     marked = r.marked,
+                    expired = r.expired.len(),
                     dry_run = s.dry_run,
                     "garbage collection finished"
                 );

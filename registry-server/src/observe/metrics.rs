@@ -60,6 +60,7 @@ pub struct Metrics {
     purged_uploads: AtomicU64,
     gc_swept: AtomicU64,
     gc_bytes: AtomicU64,
+    cache_expired: AtomicU64,
 }
 
 impl Metrics {
@@ -127,9 +128,10 @@ impl Metrics {
     }
 
     /// Results of a garbage collection run.
-    pub fn add_gc(&self, blobs: u64, bytes: u64) {
+    pub fn add_gc(&self, blobs: u64, bytes: u64, expired: u64) {
         self.gc_swept.fetch_add(blobs, Ordering::Relaxed);
         self.gc_bytes.fetch_add(bytes, Ordering::Relaxed);
+        self.cache_expired.fetch_add(expired, Ordering::Relaxed);
     }
 
     /// The Prometheus exposition of everything recorded.
@@ -192,7 +194,7 @@ impl Metrics {
         );
         let _ = writeln!(out, "# TYPE berth_storage_operation_errors_total counter");
         out.push_str(&errors);
-        let scalars: [(&str, &str, &str, i64); 7] = [
+        let scalars: [(&str, &str, &str, i64); 8] = [
             (
                 "berth_gc_swept_blobs_total",
                 "counter",
@@ -204,6 +206,12 @@ impl Metrics {
                 "counter",
                 "Bytes freed by garbage collection.",
                 self.gc_bytes.load(Ordering::Relaxed) as i64,
+            ),
+            (
+                "berth_cache_expired_total",
+                "counter",
+                "Cached tags and manifests removed because nobody pulled them within the TTL.",
+                self.cache_expired.load(Ordering::Relaxed) as i64,
             ),
             (
                 "berth_http_request_bytes_total",
