@@ -70,6 +70,15 @@ impl Api {
         req.send().await.expect("request failed")
     }
 
+    /// The server's Prometheus text (`GET /metrics`).
+    pub async fn metrics(&self) -> String {
+        self.send(Method::GET, "/metrics", &[], None)
+            .await
+            .text()
+            .await
+            .expect("metrics body")
+    }
+
     /// Opens an upload session in `repo` (asserting 202) and returns its Location.
     pub async fn start_upload(&self, repo: &str) -> String {
         let r = self

@@ -97,12 +97,7 @@ async fn metrics_and_access_log() {
         )
         .is_some()
     );
-    let text = api
-        .send(Method::GET, "/metrics", &[], None)
-        .await
-        .text()
-        .await
-        .unwrap();
+    let text = api.metrics().await;
     assert!(
         text.contains(
             "berth_http_requests_total{route=\"upload_start\",method=\"POST\",status=\"201\"} 1"
@@ -169,12 +164,7 @@ async fn abandoned_uploads_are_purged() {
         !uploads.exists() || std::fs::read_dir(&uploads).unwrap().next().is_none(),
         "files left behind"
     );
-    let text = api
-        .send(Method::GET, "/metrics", &[], None)
-        .await
-        .text()
-        .await
-        .unwrap();
+    let text = api.metrics().await;
     assert!(text.contains("berth_purged_uploads_total 1"), "{text}");
 }
 

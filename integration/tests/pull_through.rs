@@ -424,12 +424,7 @@ async fn what_nobody_pulls_within_the_ttl_leaves_the_cache() {
         tokio::time::sleep(std::time::Duration::from_millis(300)).await;
     }
     assert!(!stored(&root, &cold.manifest_digest));
-    let metrics = api
-        .send(Method::GET, "/metrics", &[], None)
-        .await
-        .text()
-        .await
-        .unwrap();
+    let metrics = api.metrics().await;
     let expired: u64 = metrics
         .lines()
         .find_map(|l| l.strip_prefix("berth_cache_expired_total "))
