@@ -439,6 +439,78 @@ async fn what_nobody_pulls_within_the_ttl_leaves_the_cache() {
     assert!(kept(&root, &cold.layer_digests[0]));
 }
 
+/// An upstream that takes `delay` to answer a manifest HEAD and counts them; it serves one
+/// manifest, `body`, for every tag.
+fn slow_upstream(
+    body: &'static [u8],
+    delay: std::time::Duration,
+) -> (String, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    use std::io::{BufRead, BufReader, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let host = listener.local_addr().unwrap().to_string();
+    let heads = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counted = heads.clone();
+    let digest = integration::layout::sha256(body);
+    std::thread::spawn(move || {
+        for conn in listener.incoming().flatten() {
+            let (counted, digest) = (counted.clone(), digest.clone());
+            std::thread::spawn(move || {
+                let mut reader = BufReader::new(conn.try_clone().unwrap());
+                let mut conn = conn;
+                loop {
+                    let mut first = String::new();
+                    if reader.read_line(&mut first).unwrap_or(0) == 0 {
+                        return;
+                    }
+                    let mut line = String::new();
+                    while reader.read_line(&mut line).unwrap_or(0) > 2 {
+                        line.clear();
+                    }
+                    let head = first.starts_with("HEAD ");
+                    if head {
+                        counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                        std::thread::sleep(delay);
+                    }
+                    let answer = format!(
+                        "HTTP/1.1 200 OK\r\ncontent-type: application/vnd.oci.image.manifest.v1+json\r\n\
+                         docker-content-digest: {digest}\r\ncontent-length: {}\r\n\r\n",
+                        body.len()
+                    );
+                    let _ = conn.write_all(answer.as_bytes());
+                    if !head {
+                        let _ = conn.write_all(body);
+                    }
+                }
+            });
+        }
+    });
+    (host, heads)
+}
+
+#[tokio::test]
+async fn pulls_of_one_tag_at_once_ask_the_upstream_once() {
+    const MANIFEST: &[u8] = br#"{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","config":{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"sha256:44136fa355b3678a1146ad16f7e8649e94fb4fc21fe77e8310c060f61caaff8a","size":2},"layers":[]}"#;
+    let (host, heads) = slow_upstream(MANIFEST, std::time::Duration::from_millis(500));
+    let work = tempfile::tempdir().unwrap();
+    let cache = berth(
+        &work.path().join("cache"),
+        &format!("proxy:\n  remoteurl: http://{host}\n"),
+    );
+    let api = Api::new(&cache.url);
+    let pulls = (0..6).map(|_| api.send(Method::GET, "/v2/team/app/manifests/v1", &[], None));
+    for r in futures::future::join_all(pulls).await {
+        assert_eq!(r.status(), 200);
+        assert_eq!(r.bytes().await.unwrap().as_ref(), MANIFEST);
+    }
+    assert_eq!(heads.load(std::sync::atomic::Ordering::SeqCst), 1);
+    // A pull after that asks again: the upstream may have moved the tag meanwhile.
+    let r = api
+        .send(Method::GET, "/v2/team/app/manifests/v1", &[], None)
+        .await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(heads.load(std::sync::atomic::Ordering::SeqCst), 2);
+}
+
 #[tokio::test]
 async fn a_cache_on_s3_redirects_pulls_of_what_it_fetched() {
     let work = tempfile::tempdir().unwrap();

@@ -10,6 +10,7 @@
 mod challenge;
 mod client;
 mod copies;
+mod joined;
 mod pull;
 mod uses;
 
@@ -25,7 +26,7 @@ use crate::config::UpstreamSettings;
 use client::UpstreamClient;
 
 /// Why the upstream could not provide what a client asked for.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum UpstreamError {
     /// No connection, a timeout, or a 5xx.
     #[error("the upstream registry is unreachable: {0}")]
@@ -57,6 +58,9 @@ pub(crate) struct Upstream {
     prefix: Option<String>,
     client: UpstreamClient,
     ttl: Option<std::time::Duration>,
+    /// The digest a tag names upstream (`None`: no such tag; `Some(None)`: the upstream did
+    /// not say), for HEADs in flight.
+    tag_answers: joined::Joined<Result<Option<Option<registry_core::Digest>>, UpstreamError>>,
 }
 
 /// A local repository's counterpart at its upstream.
@@ -91,6 +95,7 @@ impl Proxies {
                     prefix: s.prefix.clone(),
                     client: UpstreamClient::new(s.clone())?,
                     ttl: s.ttl,
+                    tag_answers: Default::default(),
                 })
             })
             .collect::<Result<_, UpstreamError>>()?;

@@ -83,20 +83,28 @@ pub(crate) async fn manifest(
         Reference::Tag(t) => t,
     };
     let path = format!("/v2/{}/manifests/{}", remote.name, tag.as_str());
+    // Pulls of this tag arriving while the upstream is being asked share its answer.
     let asked = remote
         .upstream
-        .client()
-        .send(
-            Method::HEAD,
-            &path,
-            &remote.name,
-            Some(MANIFEST_ACCEPT),
-            &[],
-        )
-        .await
-        .and_then(found);
+        .tag_answers
+        .run(&path, || async {
+            remote
+                .upstream
+                .client()
+                .send(
+                    Method::HEAD,
+                    &path,
+                    &remote.name,
+                    Some(MANIFEST_ACCEPT),
+                    &[],
+                )
+                .await
+                .and_then(found)
+                .map(|resp| resp.map(|r| digest_header(&r)))
+        })
+        .await;
     let digest = match asked {
-        Ok(Some(resp)) => digest_header(&resp),
+        Ok(Some(digest)) => digest,
         Ok(None) => return Err(RegistryError::ManifestUnknown(tag.to_string()).into()),
         Err(e) if e.may_serve_cached() => {
             tracing::warn!(error = %e, repository = %name, tag = tag.as_str(), "upstream unavailable: serving the cached tag");
