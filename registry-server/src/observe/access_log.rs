@@ -64,11 +64,7 @@ pub async fn observe(State(app): State<Arc<App>>, req: Request, next: Next) -> R
     }
     let elapsed = start.elapsed();
     let status = resp.status().as_u16();
-    let bytes_out = resp
-        .headers()
-        .get("content-length")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse().ok())
+    let bytes_out = content_length(resp.headers())
         .filter(|_| method != Method::HEAD)
         .unwrap_or(0);
     metrics.observe(label, method.as_str(), status, elapsed, bytes_out);
@@ -101,11 +97,15 @@ fn announced_body(headers: &axum::http::HeaderMap) -> Option<u64> {
     if headers.contains_key("transfer-encoding") {
         return Some(u64::MAX);
     }
+    content_length(headers).filter(|n| *n > 0)
+}
+
+/// The `Content-Length` of a request or response, when it has a valid one.
+fn content_length(headers: &axum::http::HeaderMap) -> Option<u64> {
     headers
         .get("content-length")
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse().ok())
-        .filter(|n| *n > 0)
 }
 
 /// How far a handler read its request body.
