@@ -35,6 +35,16 @@ impl RepositoryName {
     }
 }
 
+/// What follows `prefix/` in repository name `name`, or `None` when `name` is not under it.
+/// A prefix covers whole components (`hub` covers `hub/app`, not `hubx/app` nor `hub` itself);
+/// no prefix covers every name.
+pub fn under_prefix<'a>(name: &'a str, prefix: Option<&str>) -> Option<&'a str> {
+    match prefix {
+        None => Some(name),
+        Some(p) => name.strip_prefix(p)?.strip_prefix('/'),
+    }
+}
+
 // One path component: [a-z0-9]+((\.|_|__|-+)[a-z0-9]+)*
 fn is_name_component(c: &str) -> bool {
     let b = c.as_bytes();

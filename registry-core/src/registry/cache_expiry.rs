@@ -15,7 +15,7 @@ use super::Registry;
 use super::gc::GcReport;
 use crate::error::Result;
 use crate::layout;
-use crate::names::{Reference, RepositoryName, Tag};
+use crate::names::{Reference, RepositoryName, Tag, under_prefix};
 use crate::storage::{PutCondition, StorageError};
 
 /// How long the content of the cached repositories under `prefix` lives without a pull.
@@ -29,12 +29,7 @@ pub struct CacheExpiry {
 
 impl CacheExpiry {
     fn covers(&self, name: &str) -> bool {
-        match &self.prefix {
-            None => true,
-            Some(p) => name
-                .strip_prefix(p.as_str())
-                .is_some_and(|rest| rest.starts_with('/')),
-        }
+        under_prefix(name, self.prefix.as_deref()).is_some()
     }
 }
 

@@ -109,10 +109,7 @@ impl Proxies {
     /// The upstream serving local repository `name`, if any.
     pub(crate) fn remote_of(&self, name: &str) -> Option<Remote<'_>> {
         self.upstreams.iter().find_map(|u| {
-            let remote = match &u.prefix {
-                None => Some(name),
-                Some(p) => name.strip_prefix(p.as_str())?.strip_prefix('/'),
-            }?;
+            let remote = registry_core::names::under_prefix(name, u.prefix.as_deref())?;
             Some(Remote {
                 upstream: u,
                 name: upstream_name(u.client.origin(), remote),
