@@ -3,21 +3,20 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use registry_core::registry::CacheExpiry;
 use registry_core::registry::gc::GcOptions;
 
 use crate::api::App;
-use crate::config::GcSettings;
+use crate::config::{GcSettings, UpstreamSettings};
 
 /// A collector that outlives this without renewing has died; its lease is taken over.
 const LEASE_TTL: Duration = Duration::from_secs(6 * 3600);
 
-/// Options for one run by this process; `cache_expiry` from [`crate::proxy::expiry_rules`].
+/// Options for one run by this process; the caches among `proxies` expire what nobody pulls.
 pub fn options(
     grace: Duration,
     dry_run: bool,
     delete_untagged: bool,
-    cache_expiry: Vec<CacheExpiry>,
+    proxies: &[UpstreamSettings],
 ) -> GcOptions {
     let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "berth".into());
     GcOptions {
@@ -26,7 +25,7 @@ pub fn options(
         delete_untagged,
         holder: format!("{host}/{}", std::process::id()),
         lease_ttl: LEASE_TTL,
-        cache_expiry,
+        cache_expiry: crate::proxy::expiry_rules(proxies),
     }
 }
 
@@ -40,7 +39,7 @@ pub async fn schedule(app: Arc<App>, s: GcSettings) {
                 s.grace,
                 s.dry_run,
                 s.delete_untagged,
-                crate::proxy::expiry_rules(&app.settings.proxies),
+                &app.settings.proxies,
             ))
             .await
         {

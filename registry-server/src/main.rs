@@ -118,12 +118,13 @@ fn main() -> ExitCode {
                 );
                 return ExitCode::from(2);
             };
-            let expiry = registry_server::proxy::expiry_rules(&settings.proxies);
-            run_gc(
-                &runtime,
-                settings,
-                registry_server::gc::options(grace, cli.dry_run, cli.delete_untagged, expiry),
-            )
+            let options = registry_server::gc::options(
+                grace,
+                cli.dry_run,
+                cli.delete_untagged,
+                &settings.proxies,
+            );
+            run_gc(&runtime, settings, options)
         }
     }
 }

@@ -119,7 +119,7 @@ impl Proxies {
 }
 
 /// The expiry rule of each upstream, in the order repositories are matched to upstreams.
-pub fn expiry_rules(settings: &[UpstreamSettings]) -> Vec<CacheExpiry> {
+pub(crate) fn expiry_rules(settings: &[UpstreamSettings]) -> Vec<CacheExpiry> {
     settings
         .iter()
         .map(|s| CacheExpiry {
