@@ -61,19 +61,14 @@ const DEFAULT_TTL: Duration = Duration::from_secs(168 * 3600);
 fn cache_ttl(raw: Option<&Value>, key: &str) -> Result<Option<Duration>, ConfigError> {
     let text = match raw {
         None => return Ok(Some(DEFAULT_TTL)),
-        Some(Value::Number(n)) if n.as_u64() == Some(0) => return Ok(None),
-        Some(Value::String(t)) => t.trim(),
-        Some(other) => {
-            return Err(key_err(
-                key,
-                format!("{other:?} is not a duration like 72h (or 0 for never)"),
-            ));
-        }
+        Some(Value::Number(n)) => n.to_string(),
+        Some(Value::String(t)) => t.trim().to_owned(),
+        Some(other) => format!("{other:?}"),
     };
     if text == "0" {
         return Ok(None);
     }
-    match parse_duration(text) {
+    match parse_duration(&text) {
         Some(d) if d.is_zero() => Ok(None),
         Some(d) => Ok(Some(d)),
         None => Err(key_err(

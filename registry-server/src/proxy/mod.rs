@@ -101,8 +101,7 @@ impl Proxies {
             .collect::<Result<_, UpstreamError>>()?;
         Ok(Arc::new(Proxies {
             upstreams,
-            copies: copies::BlobCopies::default(),
-            uses: uses::RecentUses::default(),
+            ..Proxies::default()
         }))
     }
 

@@ -39,20 +39,20 @@ const MAX_TAGS_LIST_BYTES: usize = 16 << 20;
 fn found(resp: reqwest::Response) -> Result<Option<reqwest::Response>, UpstreamError> {
     let status = resp.status();
     if status.is_success() {
-        Ok(Some(resp))
-    } else if status == reqwest::StatusCode::NOT_FOUND {
-        Ok(None)
-    } else if status.is_server_error() {
-        Err(UpstreamError::Unreachable(format!(
-            "{} answered {status}",
-            resp.url().origin().ascii_serialization()
-        )))
-    } else {
-        Err(UpstreamError::BadAnswer(format!(
-            "{} answered {status}",
-            resp.url().origin().ascii_serialization()
-        )))
+        return Ok(Some(resp));
     }
+    if status == reqwest::StatusCode::NOT_FOUND {
+        return Ok(None);
+    }
+    let what = format!(
+        "{} answered {status}",
+        resp.url().origin().ascii_serialization()
+    );
+    Err(if status.is_server_error() {
+        UpstreamError::Unreachable(what)
+    } else {
+        UpstreamError::BadAnswer(what)
+    })
 }
 
 fn digest_header(resp: &reqwest::Response) -> Option<Digest> {
