@@ -112,9 +112,7 @@ impl Registry {
                 match self.last_use(&name, &reference, cutoff).await? {
                     LastUse::Before => {
                         if !dry_run {
-                            self.store
-                                .delete_prefix(&layout::tag_prefix(&name, &tag))
-                                .await?;
+                            self.drop_tag(&name, &tag).await?;
                             self.forget_use(&name, &reference).await?;
                         }
                         report.expired.push(format!("{name}:{tag}"));
@@ -144,7 +142,9 @@ impl Registry {
                     continue;
                 }
                 if !dry_run {
-                    self.delete_revision(&name, &d).await?;
+                    // Every tag that pointed here expired above: no need to look for them
+                    // again among all the repository's tags.
+                    self.unlink_revision(&name, &d, &[]).await?;
                     self.forget_use(&name, &reference).await?;
                 }
                 report.expired.push(format!("{name}@{d}"));

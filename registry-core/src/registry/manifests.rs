@@ -145,6 +145,14 @@ impl Registry {
         Ok(self.remember(digest.clone(), body))
     }
 
+    /// Removes a tag (its current link and its index of past targets).
+    pub(super) async fn drop_tag(&self, name: &RepositoryName, tag: &Tag) -> Result<()> {
+        self.store
+            .delete_prefix(&layout::tag_prefix(name, tag))
+            .await?;
+        Ok(())
+    }
+
     /// Points `tag` at a manifest revision the repository holds (a cache following its upstream).
     pub async fn point_tag(&self, name: &RepositoryName, tag: &Tag, digest: &Digest) -> Result<()> {
         self.write_link(&layout::tag_index_link(name, tag, digest), digest)
@@ -231,9 +239,7 @@ impl Registry {
                 if !self.exists(&layout::tag_current_link(name, t)).await? {
                     return Err(RegistryError::ManifestUnknown(t.to_string()));
                 }
-                self.store
-                    .delete_prefix(&layout::tag_prefix(name, t))
-                    .await?;
+                self.drop_tag(name, t).await?;
             }
             Reference::Digest(d) => self.delete_revision(name, d).await?,
         }
@@ -243,14 +249,7 @@ impl Registry {
     /// Removes a manifest revision from a repository, with the tags pointing at it and its entry
     /// in its subject's referrers. `ManifestUnknown` if the repository lacks it.
     pub(super) async fn delete_revision(&self, name: &RepositoryName, d: &Digest) -> Result<()> {
-        let content = self
-            .get_manifest(name, &Reference::Digest(d.clone()))
-            .await?;
-        if let Ok(m) = Manifest::parse(&content.body, None)
-            && let Some(s) = m.subject
-        {
-            self.remove_referrer(name, &s.digest, d).await?;
-        }
+        let mut pointing = Vec::new();
         for tag in self.all_tags(name).await? {
             if let Ok(t) = tag.parse::<Tag>()
                 && self
@@ -260,10 +259,31 @@ impl Registry {
                     .as_ref()
                     == Some(d)
             {
-                self.store
-                    .delete_prefix(&layout::tag_prefix(name, &t))
-                    .await?;
+                pointing.push(t);
             }
+        }
+        self.unlink_revision(name, d, &pointing).await
+    }
+
+    /// Removes a manifest revision, its entry in its subject's referrers and `tags` (those
+    /// pointing at it, for a caller that knows them). `ManifestUnknown` if the repository lacks
+    /// it, before anything is removed.
+    pub(super) async fn unlink_revision(
+        &self,
+        name: &RepositoryName,
+        d: &Digest,
+        tags: &[Tag],
+    ) -> Result<()> {
+        let content = self
+            .get_manifest(name, &Reference::Digest(d.clone()))
+            .await?;
+        if let Ok(m) = Manifest::parse(&content.body, None)
+            && let Some(s) = m.subject
+        {
+            self.remove_referrer(name, &s.digest, d).await?;
+        }
+        for t in tags {
+            self.drop_tag(name, t).await?;
         }
         self.store
             .delete(&layout::manifest_revision_link(name, d))
