@@ -7,6 +7,7 @@ pub mod emulators;
 pub mod http;
 pub mod layout;
 pub mod listener;
+pub mod scripted;
 pub mod server;
 pub mod tools;
 

@@ -1,6 +1,6 @@
 //! A minimal HTTP listener on loopback that records requests and answers from a script.
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{BufRead, BufReader, Write};
 use std::sync::mpsc::{Receiver, channel};
 
 /// One request as received.
@@ -26,36 +26,45 @@ pub fn recording_listener(answers: Vec<String>) -> (String, Receiver<Recorded>) 
                 return;
             };
             let mut reader = BufReader::new(conn.try_clone().unwrap());
-            let mut first_line = String::new();
-            if reader.read_line(&mut first_line).is_err() {
+            let Some(request) = read_request(&mut reader) else {
                 continue;
-            }
-            let mut headers = Vec::new();
-            let mut len = 0usize;
-            loop {
-                let mut line = String::new();
-                if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
-                    break;
-                }
-                if let Some((k, v)) = line.trim_end().split_once(':') {
-                    let (k, v) = (k.trim().to_ascii_lowercase(), v.trim().to_owned());
-                    if k == "content-length" {
-                        len = v.parse().unwrap_or(0);
-                    }
-                    headers.push((k, v));
-                }
-            }
-            let mut body = vec![0u8; len];
-            let _ = reader.read_exact(&mut body);
-            let _ = tx.send(Recorded {
-                first_line: first_line.trim_end().to_owned(),
-                headers,
-                body,
-            });
+            };
+            let _ = tx.send(request);
             let _ = conn.write_all(answer.as_bytes());
         }
     });
     (base, rx)
+}
+
+/// Reads one request (head, and a body of its Content-Length); `None` at the end of the
+/// connection or on a broken request.
+pub fn read_request(reader: &mut impl BufRead) -> Option<Recorded> {
+    let mut first_line = String::new();
+    if reader.read_line(&mut first_line).ok()? == 0 {
+        return None;
+    }
+    let mut headers = Vec::new();
+    let mut len = 0usize;
+    loop {
+        let mut line = String::new();
+        if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
+            break;
+        }
+        if let Some((k, v)) = line.trim_end().split_once(':') {
+            let (k, v) = (k.trim().to_ascii_lowercase(), v.trim().to_owned());
+            if k == "content-length" {
+                len = v.parse().unwrap_or(0);
+            }
+            headers.push((k, v));
+        }
+    }
+    let mut body = vec![0u8; len];
+    reader.read_exact(&mut body).ok()?;
+    Some(Recorded {
+        first_line: first_line.trim_end().to_owned(),
+        headers,
+        body,
+    })
 }
 
 /// A raw HTTP response with a status line, optional JSON body, and `Connection: close`.

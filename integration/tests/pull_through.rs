@@ -244,7 +244,8 @@ async fn prefixed_upstreams_with_token_auth_beside_ordinary_repositories() {
             .unwrap()
             .contains("refused the configured credentials")
     );
-    // Blobs not cached yet: a HEAD and a range are passed through without keeping anything.
+    // Blobs not cached yet: a HEAD is passed through without keeping anything; a range could
+    // not be verified, so the whole blob is served (as HTTP allows), checked, and kept.
     let (other, other_blobs) = push_image(&second.host, "tools/other", work.path(), 7, &[]);
     let layer = &other.layer_digests[0];
     assert!(other_blobs.contains(&layer.replacen(':', "/", 1)));
@@ -259,16 +260,23 @@ async fn prefixed_upstreams_with_token_auth_beside_ordinary_repositories() {
     let r = api.send(Method::HEAD, &path, &[], None).await;
     assert_eq!(r.status(), 200);
     assert_eq!(header(&r, "content-length"), Some(size.to_string()));
+    assert!(!stored(&root, layer), "a HEAD cached the blob");
     let r = api
         .send(Method::GET, &path, &[("range", "bytes=0-9")], None)
         .await;
-    assert_eq!(r.status(), 206);
+    assert_eq!(r.status(), 200);
     assert_eq!(
         header(&r, "docker-content-digest").as_deref(),
         Some(layer.as_str())
     );
+    assert_eq!(r.bytes().await.unwrap().len() as u64, size);
+    assert!(kept(&root, layer));
+    // Once kept, ranges are served from the store.
+    let r = api
+        .send(Method::GET, &path, &[("range", "bytes=0-9")], None)
+        .await;
+    assert_eq!(r.status(), 206);
     assert_eq!(r.bytes().await.unwrap().len(), 10);
-    assert!(!stored(&root, layer), "a range request cached the blob");
     let missing = integration::layout::sha256(b"nowhere");
     let r = api
         .send(
@@ -317,11 +325,21 @@ async fn bytes_that_do_not_match_their_digest_are_never_kept() {
     assert_eq!(r.status(), 502, "a manifest that is not its digest");
     assert!(!stored(&root, &image.manifest_digest));
 
-    // The client gets the bytes as they come (it checks them itself); the store keeps nothing.
+    // The client's transfer fails before it completes, every time; the store keeps nothing.
     let path = format!("/v2/team/app/blobs/{layer}");
-    let r = api.send(Method::GET, &path, &[], None).await;
-    let got = r.bytes().await.map(|b| b.to_vec()).unwrap_or_default();
-    assert_ne!(integration::layout::sha256(&got), *layer);
+    for _ in 0..2 {
+        let r = api.send(Method::GET, &path, &[], None).await;
+        assert_eq!(
+            r.status(),
+            200,
+            "the status goes before the bytes are checked"
+        );
+        let announced = r.content_length();
+        assert!(
+            r.bytes().await.is_err(),
+            "a complete transfer of bytes that are not {layer} ({announced:?} bytes announced)"
+        );
+    }
     std::thread::sleep(std::time::Duration::from_secs(1));
     assert!(!stored(&root, layer), "corrupt bytes were kept");
     let r = api.send(Method::HEAD, &path, &[], None).await;
@@ -444,53 +462,35 @@ async fn what_nobody_pulls_within_the_ttl_leaves_the_cache() {
 fn slow_upstream(
     body: &'static [u8],
     delay: std::time::Duration,
-) -> (String, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
-    use std::io::{BufRead, BufReader, Write};
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let host = listener.local_addr().unwrap().to_string();
+) -> (
+    integration::scripted::Scripted,
+    std::sync::Arc<std::sync::atomic::AtomicUsize>,
+) {
+    use integration::scripted::{Answer, Scripted};
     let heads = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let counted = heads.clone();
     let digest = integration::layout::sha256(body);
-    std::thread::spawn(move || {
-        for conn in listener.incoming().flatten() {
-            let (counted, digest) = (counted.clone(), digest.clone());
-            std::thread::spawn(move || {
-                let mut reader = BufReader::new(conn.try_clone().unwrap());
-                let mut conn = conn;
-                loop {
-                    let mut first = String::new();
-                    if reader.read_line(&mut first).unwrap_or(0) == 0 {
-                        return;
-                    }
-                    let mut line = String::new();
-                    while reader.read_line(&mut line).unwrap_or(0) > 2 {
-                        line.clear();
-                    }
-                    let head = first.starts_with("HEAD ");
-                    if head {
-                        counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-                        std::thread::sleep(delay);
-                    }
-                    let answer = format!(
-                        "HTTP/1.1 200 OK\r\ncontent-type: application/vnd.oci.image.manifest.v1+json\r\n\
-                         docker-content-digest: {digest}\r\ncontent-length: {}\r\n\r\n",
-                        body.len()
-                    );
-                    let _ = conn.write_all(answer.as_bytes());
-                    if !head {
-                        let _ = conn.write_all(body);
-                    }
-                }
-            });
+    let server = Scripted::start(move |req| {
+        let head = req.first_line.starts_with("HEAD ");
+        let headers = [
+            ("content-type", "application/vnd.oci.image.manifest.v1+json"),
+            ("docker-content-digest", digest.as_str()),
+        ];
+        if head {
+            counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            std::thread::sleep(delay);
+            return Answer::head("200 OK", &headers, body.len());
         }
+        Answer::new("200 OK", &headers, body)
     });
-    (host, heads)
+    (server, heads)
 }
 
 #[tokio::test]
 async fn pulls_of_one_tag_at_once_ask_the_upstream_once() {
     const MANIFEST: &[u8] = br#"{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","config":{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"sha256:44136fa355b3678a1146ad16f7e8649e94fb4fc21fe77e8310c060f61caaff8a","size":2},"layers":[]}"#;
-    let (host, heads) = slow_upstream(MANIFEST, std::time::Duration::from_millis(500));
+    let (upstream, heads) = slow_upstream(MANIFEST, std::time::Duration::from_millis(500));
+    let host = &upstream.host;
     let work = tempfile::tempdir().unwrap();
     let cache = berth(
         &work.path().join("cache"),

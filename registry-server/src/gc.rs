@@ -25,7 +25,7 @@ pub fn options(
         delete_untagged,
         holder: format!("{host}/{}", std::process::id()),
         lease_ttl: LEASE_TTL,
-        cache_expiry: crate::proxy::expiry_rules(proxies),
+        cache_expiry: crate::upstream::expiry_rules(proxies),
     }
 }
 

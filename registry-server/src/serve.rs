@@ -17,23 +17,23 @@ pub fn app(settings: Settings) -> Result<Arc<App>, ConfigError> {
             metrics.clone(),
         ),
     );
-    let registry = Registry::new(
+    let registry = Arc::new(Registry::new(
         store,
         RegistrySettings {
             delete_enabled: settings.delete_enabled,
             max_manifest_bytes: settings.max_manifest_bytes,
         },
-    );
+    ));
     // Delivery tasks start here: call inside the runtime.
     let notifier = crate::notify::Notifier::start(settings.notifications.clone());
-    let proxies = crate::proxy::Proxies::new(&settings.proxies)
+    let content = crate::content::Content::new(registry.clone(), &settings.proxies)
         .map_err(|e| crate::config::key_err("proxy", e.to_string()))?;
     Ok(Arc::new(App {
         registry,
+        content,
         settings,
         metrics,
         notifier,
-        proxies,
     }))
 }
 

@@ -67,21 +67,15 @@ impl Registry {
             .await
     }
 
-    /// Links a blob that another repository already stored, if its bytes are anywhere in the
-    /// store, and returns their metadata; `None` when they are not. A pull-through cache
-    /// fetches each blob once for all repositories that share it.
-    pub async fn adopt_blob(
-        &self,
-        name: &RepositoryName,
-        digest: &Digest,
-    ) -> Result<Option<ObjectInfo>> {
-        let info = match self.store.stat(&layout::blob_data(digest)).await {
-            Ok(info) => info,
-            Err(StorageError::NotFound(_)) => return Ok(None),
-            Err(e) => return Err(e.into()),
-        };
-        self.link_blob(name, digest).await?;
-        Ok(Some(info))
+    /// Metadata of a blob's bytes if the store holds them, for whichever repository. This
+    /// says nothing about who may read them: only a caller that knows the repository may
+    /// have the blob (a cache whose upstream confirmed it) links them with `link_blob`.
+    pub async fn stored_blob_bytes(&self, digest: &Digest) -> Result<Option<ObjectInfo>> {
+        match self.store.stat(&layout::blob_data(digest)).await {
+            Ok(info) => Ok(Some(info)),
+            Err(StorageError::NotFound(_)) => Ok(None),
+            Err(e) => Err(e.into()),
+        }
     }
 
     /// Removes a blob from a repository (its bytes go when garbage collection finds them unused).

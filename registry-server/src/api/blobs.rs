@@ -7,6 +7,7 @@ use registry_core::{Digest, RegistryError, RepositoryName};
 
 use super::error::{ApiError, ApiResult};
 use super::{Ctx, empty, parse_name};
+use crate::content::Blob;
 
 /// A parsed `Range: bytes=...` request for one range.
 #[derive(Debug, PartialEq, Eq)]
@@ -61,17 +62,10 @@ pub(crate) async fn get(ctx: &Ctx, name: &str, digest: &str) -> ApiResult {
     let name = parse_name(name)?;
     let digest: Digest = digest.parse().map_err(RegistryError::from)?;
     let registry = &ctx.app.registry;
-    let info = match registry.stat_blob(&name, &digest).await {
-        Err(RegistryError::BlobUnknown(_))
-            if let Some(remote) = ctx.app.proxies.remote_of(name.as_str()) =>
-        {
-            // Another cached repository may have fetched it already.
-            match registry.adopt_blob(&name, &digest).await? {
-                Some(info) => info,
-                None => return from_upstream(ctx, &remote, &name, &digest).await,
-            }
-        }
-        other => other?,
+    let head = ctx.method == Method::HEAD;
+    let info = match ctx.app.content.source(&name).blob(&digest, head).await? {
+        Blob::Stored(info) => info,
+        Blob::Fetched { length, body } => return Ok(fetched(ctx, &name, &digest, length, body)),
     };
     if ctx.method == Method::GET {
         ctx.notify(
@@ -89,7 +83,7 @@ pub(crate) async fn get(ctx: &Ctx, name: &str, digest: &str) -> ApiResult {
         ("accept-ranges", "bytes".to_owned()),
         ("cache-control", "max-age=31536000".to_owned()),
     ];
-    if ctx.method == Method::HEAD {
+    if head {
         let mut resp = empty(StatusCode::OK, &common);
         set_length_and_type(&mut resp, info.size);
         return Ok(resp);
@@ -146,26 +140,44 @@ pub(crate) async fn get(ctx: &Ctx, name: &str, digest: &str) -> ApiResult {
     Ok(resp)
 }
 
-/// A blob of a cached repository that the store lacks, answered from the upstream.
-async fn from_upstream(
+/// A blob of a cached repository that the store lacks, as the upstream streams it (whole:
+/// a range of it could not be verified).
+fn fetched(
     ctx: &Ctx,
-    remote: &crate::proxy::Remote<'_>,
     name: &RepositoryName,
     digest: &Digest,
-) -> ApiResult {
-    let head = ctx.method == Method::HEAD;
-    let resp =
-        crate::proxy::blob(&ctx.app, remote, name, digest, head, ctx.header("range")).await?;
-    if !head {
-        let size = resp
-            .headers()
-            .get("content-length")
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0);
-        ctx.notify("pull", name, "application/octet-stream", digest, size, None);
+    length: Option<u64>,
+    body: Option<registry_core::storage::ByteStream>,
+) -> Response {
+    let headers = [
+        ("docker-content-digest", digest.to_string()),
+        ("etag", format!("\"{digest}\"")),
+        ("content-type", "application/octet-stream".to_owned()),
+    ];
+    let mut resp = match body {
+        None => empty(StatusCode::OK, &headers),
+        Some(body) => {
+            ctx.notify(
+                "pull",
+                name,
+                "application/octet-stream",
+                digest,
+                length.unwrap_or(0),
+                None,
+            );
+            let mut resp = (StatusCode::OK, Body::from_stream(body)).into_response();
+            for (k, v) in &headers {
+                if let Ok(v) = v.parse() {
+                    resp.headers_mut().insert(*k, v);
+                }
+            }
+            resp
+        }
+    };
+    if let Some(n) = length {
+        resp.headers_mut().insert("content-length", n.into());
     }
-    Ok(resp)
+    resp
 }
 
 /// Points a presigned URL at the public scheme, host and port, keeping path and signature.

@@ -149,19 +149,33 @@ impl From<RegistryError> for ApiError {
     }
 }
 
-impl From<crate::proxy::UpstreamError> for ApiError {
-    fn from(e: crate::proxy::UpstreamError) -> Self {
-        use crate::proxy::UpstreamError as U;
+impl From<crate::upstream::UpstreamError> for ApiError {
+    fn from(e: crate::upstream::UpstreamError) -> Self {
+        use crate::upstream::UpstreamError as U;
+        // The details (hosts, network errors) are for the operator only.
         tracing::warn!(error = %e, "upstream registry");
-        match e {
-            U::RateLimited(_) => ApiError::new(
-                StatusCode::TOO_MANY_REQUESTS,
-                "TOOMANYREQUESTS",
-                e.to_string(),
-            ),
+        let status = match e {
+            U::RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
             // The upstream failed, not the client: 502, whatever the upstream said.
-            U::Unreachable(_) | U::Refused(_) | U::BadAnswer(_) => {
-                ApiError::new(StatusCode::BAD_GATEWAY, "UNKNOWN", e.to_string())
+            U::Unreachable(_) | U::Refused(_) | U::BadAnswer(_) => StatusCode::BAD_GATEWAY,
+        };
+        let code = if status == StatusCode::TOO_MANY_REQUESTS {
+            "TOOMANYREQUESTS"
+        } else {
+            "UNKNOWN"
+        };
+        ApiError::new(status, code, e.public_message())
+    }
+}
+
+impl From<crate::content::ContentError> for ApiError {
+    fn from(e: crate::content::ContentError) -> Self {
+        use crate::content::ContentError as C;
+        match e {
+            C::Registry(r) => r.into(),
+            C::Upstream(u) => u.into(),
+            C::CachedRepository => {
+                ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "UNSUPPORTED", e.to_string())
             }
         }
     }

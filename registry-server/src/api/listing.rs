@@ -8,6 +8,7 @@ use serde_json::json;
 
 use super::error::{ApiError, ApiResult};
 use super::{Ctx, parse_name};
+use crate::content::Tags;
 
 /// Upper bound on one catalog page, whatever `n` asks for.
 const MAX_CATALOG_PAGE: usize = 10_000;
@@ -49,17 +50,23 @@ fn with_link(
 pub(crate) async fn tags(ctx: &Ctx, name: &str) -> ApiResult {
     let name = parse_name(name)?;
     let n = page_size(ctx)?;
-    if let Some(remote) = ctx.app.proxies.remote_of(name.as_str())
-        && let Some(resp) = crate::proxy::tags(&remote, &name, Some(&ctx.query.encoded())).await?
-    {
-        return Ok(resp);
-    }
-    let page = ctx
+    let tags = ctx
         .app
-        .registry
-        .list_tags(&name, n, ctx.query.get("last"))
-        .await
-        .map_err(ApiError::from)?;
+        .content
+        .source(&name)
+        .tags(n, ctx.query.get("last"), &ctx.query.encoded())
+        .await?;
+    let page = match tags {
+        Tags::Local(page) => page,
+        Tags::Upstream { tags, link } => {
+            let mut resp =
+                axum::Json(json!({ "name": name.as_str(), "tags": tags })).into_response();
+            if let Some(v) = link.and_then(|l| HeaderValue::from_str(&l).ok()) {
+                resp.headers_mut().insert("link", v);
+            }
+            return Ok(resp);
+        }
+    };
     let resp = axum::Json(json!({ "name": name.as_str(), "tags": page.items })).into_response();
     Ok(with_link(
         ctx,

@@ -16,14 +16,7 @@ fn parse_reference(raw: &str) -> Result<Reference, ApiError> {
 pub(crate) async fn get(ctx: &Ctx, name: &str, reference: &str) -> ApiResult {
     let name = parse_name(name)?;
     let reference = parse_reference(reference)?;
-    let m = match ctx.app.proxies.remote_of(name.as_str()) {
-        Some(remote) => {
-            let m = crate::proxy::manifest(&ctx.app.registry, &remote, &name, &reference).await?;
-            crate::proxy::note_use(&ctx.app, &remote, &name, &reference);
-            m
-        }
-        None => ctx.app.registry.get_manifest(&name, &reference).await?,
-    };
+    let m = ctx.app.content.source(&name).manifest(&reference).await?;
     if ctx.method == Method::GET {
         let tag = match &reference {
             Reference::Tag(t) => Some(t.as_str()),

@@ -26,15 +26,15 @@ use route::Route;
 /// Everything a request handler needs.
 pub struct App {
     /// The registry operations.
-    pub registry: Registry,
+    pub registry: Arc<Registry>,
+    /// Where each repository's content comes from (the store, or an upstream it caches).
+    pub content: crate::content::Content,
     /// Validated configuration.
     pub settings: Settings,
     /// Request metrics of this process.
     pub metrics: Arc<crate::observe::Metrics>,
     /// Webhook notifications.
     pub notifier: crate::notify::Notifier,
-    /// Upstream registries cached here.
-    pub proxies: Arc<crate::proxy::Proxies>,
 }
 
 /// Builds the router serving the whole API.
@@ -255,19 +255,10 @@ async fn dispatch(State(app): State<Arc<App>>, req: Request) -> Response {
         .into_response();
     }
     if writes
-        && let Some(remote) = route
-            .repository()
-            .and_then(|name| app.proxies.remote_of(name))
+        && let Some(name) = route.repository()
+        && let Err(e) = app.content.check_writable(name)
     {
-        return ApiError::new(
-            StatusCode::METHOD_NOT_ALLOWED,
-            "UNSUPPORTED",
-            format!(
-                "this repository is a pull-through cache of {}: push to the upstream",
-                remote.upstream.client().origin()
-            ),
-        )
-        .into_response();
+        return ApiError::from(e).into_response();
     }
     let ctx = Ctx {
         app,

@@ -21,6 +21,11 @@ pub struct ProxyConfig {
     /// How long cached tags and manifests live after their last pull; their blobs go with
     /// the next garbage collection. Default 168h (distribution's week); `0` keeps them forever.
     pub ttl: Option<Value>,
+    /// Berth: other origins (`host:port`) the upstream may redirect to or name as its token
+    /// realm although they are loopback or private (its own storage, its auth server).
+    pub trustedorigins: Vec<String>,
+    /// Berth: largest blob taken from the upstream, in bytes (default 64 GiB).
+    pub maxblobsize: Option<u64>,
 }
 
 /// `berth.proxies[]`: repositories under `prefix/` are a cache of `remoteurl`.
@@ -38,6 +43,10 @@ pub struct PrefixedProxyConfig {
     pub password: Option<String>,
     /// As `proxy.ttl`.
     pub ttl: Option<Value>,
+    /// As `proxy.trustedorigins`.
+    pub trustedorigins: Vec<String>,
+    /// As `proxy.maxblobsize`.
+    pub maxblobsize: Option<u64>,
 }
 
 /// One upstream registry and the repositories it serves.
@@ -52,6 +61,29 @@ pub struct UpstreamSettings {
     pub credentials: Option<(String, String)>,
     /// Cached content not pulled for this long is removed; `None`: never.
     pub ttl: Option<Duration>,
+    /// Loopback or private origins (host, port) besides the upstream's own that its redirects
+    /// and token realm may name.
+    pub trusted: Vec<(String, u16)>,
+    /// Largest blob taken from the upstream.
+    pub max_blob_bytes: u64,
+}
+
+/// Largest blob a cache takes from its upstream unless configured: a bound on what a broken or
+/// hostile upstream can stream into the store, far above real layers.
+pub const DEFAULT_MAX_BLOB_BYTES: u64 = 64 << 30;
+
+impl UpstreamSettings {
+    /// An upstream at `url` with the defaults: anonymous, a week's TTL, nothing else trusted.
+    pub fn new(prefix: Option<&str>, url: url::Url) -> UpstreamSettings {
+        UpstreamSettings {
+            prefix: prefix.map(str::to_owned),
+            url,
+            credentials: None,
+            ttl: Some(DEFAULT_TTL),
+            trusted: Vec::new(),
+            max_blob_bytes: DEFAULT_MAX_BLOB_BYTES,
+        }
+    }
 }
 
 /// What caches keep when the configuration says nothing: distribution's fixed week.
@@ -95,6 +127,79 @@ fn upstream_url(raw: Option<&str>, key: &str) -> Result<url::Url, ConfigError> {
         ));
     }
     Ok(url)
+}
+
+/// Account and password written into the URL (`https://user:pass@host`, which Go's client
+/// and so distribution accept), taken out of it so that it never reaches a log or a message.
+fn split_userinfo(url: &mut url::Url) -> Option<(String, String)> {
+    if url.username().is_empty() && url.password().is_none() {
+        return None;
+    }
+    let decode = |s: &str| {
+        url::form_urlencoded::parse(format!("x={s}").as_bytes())
+            .next()
+            .map(|(_, v)| v.into_owned())
+            .unwrap_or_default()
+    };
+    let user = decode(url.username());
+    let password = url.password().map(decode).unwrap_or_default();
+    let _ = url.set_username("");
+    let _ = url.set_password(None);
+    Some((user, password))
+}
+
+fn trusted_origins(raw: &[String], key: &str) -> Result<Vec<(String, u16)>, ConfigError> {
+    raw.iter()
+        .map(|o| {
+            let text = o.trim();
+            let text = text
+                .strip_prefix("https://")
+                .or_else(|| text.strip_prefix("http://"))
+                .unwrap_or(text)
+                .trim_end_matches('/');
+            match text.rsplit_once(':') {
+                Some((h, p)) if !h.is_empty() => match p.parse::<u16>() {
+                    Ok(port) => Ok((
+                        h.trim_start_matches('[').trim_end_matches(']').to_owned(),
+                        port,
+                    )),
+                    Err(_) => Err(key_err(key, format!("{o:?}: the port is not a number"))),
+                },
+                _ => Err(key_err(key, format!("{o:?} is not host:port"))),
+            }
+        })
+        .collect()
+}
+
+/// The checks both sections share, for the upstream at `key`.
+#[allow(clippy::too_many_arguments)]
+fn upstream(
+    key: &str,
+    prefix: Option<&str>,
+    remoteurl: Option<&str>,
+    username: &Option<String>,
+    password: &Option<String>,
+    ttl: Option<&Value>,
+    trusted: &[String],
+    max_blob: Option<u64>,
+) -> Result<UpstreamSettings, ConfigError> {
+    let mut url = upstream_url(remoteurl, &format!("{key}.remoteurl"))?;
+    let in_url = split_userinfo(&mut url);
+    let mut credentials = credentials(username, password, key)?;
+    if credentials.is_none() {
+        credentials = in_url;
+    }
+    if max_blob == Some(0) {
+        return Err(key_err(&format!("{key}.maxblobsize"), "must be above 0"));
+    }
+    Ok(UpstreamSettings {
+        prefix: prefix.map(str::to_owned),
+        url,
+        credentials,
+        ttl: cache_ttl(ttl, &format!("{key}.ttl"))?,
+        trusted: trusted_origins(trusted, &format!("{key}.trustedorigins"))?,
+        max_blob_bytes: max_blob.unwrap_or(DEFAULT_MAX_BLOB_BYTES),
+    })
 }
 
 fn credentials(
@@ -142,21 +247,29 @@ pub(super) fn upstreams(
                 format!("{prefix:?} is given twice"),
             ));
         }
-        out.push(UpstreamSettings {
-            prefix: Some(prefix.to_owned()),
-            url: upstream_url(p.remoteurl.as_deref(), &format!("{key}.remoteurl"))?,
-            credentials: credentials(&p.username, &p.password, &key)?,
-            ttl: cache_ttl(p.ttl.as_ref(), &format!("{key}.ttl"))?,
-        });
+        out.push(upstream(
+            &key,
+            Some(prefix),
+            p.remoteurl.as_deref(),
+            &p.username,
+            &p.password,
+            p.ttl.as_ref(),
+            &p.trustedorigins,
+            p.maxblobsize,
+        )?);
     }
     out.sort_by_key(|u| std::cmp::Reverse(u.prefix.as_ref().map_or(0, String::len)));
     if let Some(p) = proxy {
-        out.push(UpstreamSettings {
-            prefix: None,
-            url: upstream_url(p.remoteurl.as_deref(), "proxy.remoteurl")?,
-            credentials: credentials(&p.username, &p.password, "proxy")?,
-            ttl: cache_ttl(p.ttl.as_ref(), "proxy.ttl")?,
-        });
+        out.push(upstream(
+            "proxy",
+            None,
+            p.remoteurl.as_deref(),
+            &p.username,
+            &p.password,
+            p.ttl.as_ref(),
+            &p.trustedorigins,
+            p.maxblobsize,
+        )?);
     }
     Ok(out)
 }

@@ -1,31 +1,20 @@
-//! Pull-through caching: repositories whose manifests and blobs come from an upstream registry
-//! the first time a client asks, and from the store after that.
-//!
-//! distribution caches one upstream and turns the whole registry read-only; here any number of
-//! upstreams each serve the repositories under a prefix (`dockerhub/...`, `ghcr/...`), and
-//! repositories outside every prefix stay ordinary, pushable ones. Nothing is kept in process
-//! memory but bearer tokens and which blobs are being copied now: every replica serves every
-//! cached object from the shared store.
+//! Upstream registries: the clients that fetch from them, their authentication and where their
+//! requests may go. What is cached, and for which repository, is the content layer's job
+//! (`crate::content`); nothing here knows about HTTP requests to Berth itself.
 
 mod challenge;
-mod client;
-mod copies;
+pub(crate) mod client;
 mod joined;
-mod pull;
-mod uses;
+pub(crate) mod reach;
 
-pub(crate) use pull::{blob, manifest, tags};
-
-use std::sync::Arc;
+pub(crate) use client::UpstreamClient;
 
 use registry_core::registry::CacheExpiry;
-use registry_core::{Reference, RepositoryName};
 
-use crate::api::App;
 use crate::config::UpstreamSettings;
-use client::UpstreamClient;
 
-/// Why the upstream could not provide what a client asked for.
+/// Why the upstream could not provide what a client asked for. The text (for logs) may name
+/// hosts and network errors; a client is told only [`UpstreamError::public_message`].
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum UpstreamError {
     /// No connection, a timeout, or a 5xx.
@@ -51,13 +40,27 @@ impl UpstreamError {
             UpstreamError::Unreachable(_) | UpstreamError::RateLimited(_)
         )
     }
+
+    /// What a client of Berth is told: the kind of failure, never the upstream's address,
+    /// credentials or network details (those go to the log).
+    pub fn public_message(&self) -> &'static str {
+        match self {
+            UpstreamError::Unreachable(_) => "the upstream registry is unreachable",
+            UpstreamError::Refused(_) => "the upstream registry refused the configured credentials",
+            UpstreamError::RateLimited(_) => "the upstream registry is rate-limiting this registry",
+            UpstreamError::BadAnswer(_) => "the upstream registry answered unexpectedly",
+        }
+    }
 }
 
 /// One configured upstream.
 pub(crate) struct Upstream {
     prefix: Option<String>,
     client: UpstreamClient,
-    ttl: Option<std::time::Duration>,
+    /// How long cached content lives after its last pull; `None`: forever.
+    pub(crate) ttl: Option<std::time::Duration>,
+    /// Largest blob taken from this upstream.
+    pub(crate) max_blob_bytes: u64,
     /// The digest a tag names upstream (`None`: no such tag; `Some(None)`: the upstream did
     /// not say), for HEADs in flight.
     tag_answers: joined::Joined<Result<Option<Option<registry_core::Digest>>, UpstreamError>>,
@@ -65,29 +68,43 @@ pub(crate) struct Upstream {
 
 /// A local repository's counterpart at its upstream.
 pub(crate) struct Remote<'a> {
-    /// The client of the upstream.
+    /// The upstream.
     pub(crate) upstream: &'a Upstream,
     /// The repository's name there (the local name without the prefix).
     pub(crate) name: String,
 }
 
 impl Upstream {
+    /// The client of this upstream.
     pub(crate) fn client(&self) -> &UpstreamClient {
         &self.client
+    }
+
+    /// The digest `path` (a manifest by tag) names upstream, asked once for every request
+    /// that arrives while the question is in flight.
+    pub(crate) async fn tag_digest<F>(
+        &self,
+        path: &str,
+        ask: impl FnOnce() -> F,
+    ) -> Result<Option<Option<registry_core::Digest>>, UpstreamError>
+    where
+        F: std::future::Future<
+                Output = Result<Option<Option<registry_core::Digest>>, UpstreamError>,
+            >,
+    {
+        self.tag_answers.run(path, ask).await
     }
 }
 
 /// Every configured upstream, most specific prefix first.
 #[derive(Default)]
-pub struct Proxies {
+pub(crate) struct Upstreams {
     upstreams: Vec<Upstream>,
-    copies: copies::BlobCopies,
-    uses: uses::RecentUses,
 }
 
-impl Proxies {
+impl Upstreams {
     /// Clients for `settings` (already ordered by the configuration).
-    pub fn new(settings: &[UpstreamSettings]) -> Result<Arc<Self>, UpstreamError> {
+    pub(crate) fn new(settings: &[UpstreamSettings]) -> Result<Self, UpstreamError> {
         let upstreams = settings
             .iter()
             .map(|s| {
@@ -95,14 +112,12 @@ impl Proxies {
                     prefix: s.prefix.clone(),
                     client: UpstreamClient::new(s.clone())?,
                     ttl: s.ttl,
+                    max_blob_bytes: s.max_blob_bytes,
                     tag_answers: Default::default(),
                 })
             })
             .collect::<Result<_, UpstreamError>>()?;
-        Ok(Arc::new(Proxies {
-            upstreams,
-            ..Proxies::default()
-        }))
+        Ok(Upstreams { upstreams })
     }
 
     /// The upstream serving local repository `name`, if any.
@@ -128,32 +143,6 @@ pub(crate) fn expiry_rules(settings: &[UpstreamSettings]) -> Vec<CacheExpiry> {
         .collect()
 }
 
-/// Notes, off the request, that a client pulled `reference` of the cached repository `name`
-/// (for expiry; nothing to note when the cache keeps content forever).
-pub(crate) fn note_use(
-    app: &Arc<App>,
-    remote: &Remote<'_>,
-    name: &RepositoryName,
-    reference: &Reference,
-) {
-    let Some(ttl) = remote.upstream.ttl else {
-        return;
-    };
-    if !app
-        .proxies
-        .uses
-        .due(&format!("{name}\0{reference}"), uses::refresh_every(ttl))
-    {
-        return;
-    }
-    let (app, name, reference) = (app.clone(), name.clone(), reference.clone());
-    tokio::spawn(async move {
-        if let Err(e) = app.registry.note_cache_use(&name, &reference).await {
-            tracing::warn!(repository = %name, %reference, error = %e, "could not note a pull of cached content");
-        }
-    });
-}
-
 /// Docker Hub keeps its official images under `library/`, and docker adds that for
 /// `docker.io/alpine`; a cache reached as `cache/dockerhub/alpine` does the same, so that both
 /// spellings work (as they do with docker against Docker Hub itself).
@@ -174,17 +163,12 @@ mod tests {
     use super::*;
 
     fn settings(prefix: Option<&str>, port: u16) -> UpstreamSettings {
-        UpstreamSettings {
-            prefix: prefix.map(str::to_owned),
-            url: format!("http://127.0.0.1:{port}").parse().unwrap(),
-            credentials: None,
-            ttl: None,
-        }
+        UpstreamSettings::new(prefix, format!("http://127.0.0.1:{port}").parse().unwrap())
     }
 
     #[test]
     fn repositories_map_to_the_most_specific_upstream() {
-        let p = Proxies::new(&[
+        let p = Upstreams::new(&[
             settings(Some("hub/team"), 1),
             settings(Some("hub"), 2),
             settings(None, 3),
@@ -201,12 +185,10 @@ mod tests {
         );
         assert_eq!(pick("hubx/app"), Some((Some(3), "hubx/app".into())));
         assert_eq!(pick("hub"), Some((Some(3), "hub".into())));
-        let hub = Proxies::new(&[UpstreamSettings {
-            prefix: Some("dockerhub".into()),
-            url: "https://registry-1.docker.io".parse().unwrap(),
-            credentials: None,
-            ttl: None,
-        }])
+        let hub = Upstreams::new(&[UpstreamSettings::new(
+            Some("dockerhub"),
+            "https://registry-1.docker.io".parse().unwrap(),
+        )])
         .unwrap();
         let hub_name = |n: &str| hub.remote_of(n).map(|r| r.name);
         assert_eq!(hub_name("dockerhub/alpine"), Some("library/alpine".into()));
@@ -220,7 +202,7 @@ mod tests {
         );
         // Elsewhere a one-part name is what it is.
         assert_eq!(pick("hubx"), Some((Some(3), "hubx".into())));
-        let only_prefixed = Proxies::new(&[settings(Some("ghcr"), 4)]).unwrap();
+        let only_prefixed = Upstreams::new(&[settings(Some("ghcr"), 4)]).unwrap();
         assert!(only_prefixed.remote_of("mine/app").is_none());
         assert_eq!(
             only_prefixed.remote_of("ghcr/o/r").map(|r| r.name),

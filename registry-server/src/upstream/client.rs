@@ -10,17 +10,24 @@ use std::time::{Duration, Instant};
 use reqwest::header::{ACCEPT, WWW_AUTHENTICATE};
 use reqwest::{Method, Response, StatusCode};
 
+use std::sync::Arc;
+
 use super::UpstreamError;
 use super::challenge::Challenge;
+use super::reach::{Reach, ReachResolver, redirect_policy};
 use crate::config::UpstreamSettings;
 
 /// How long a token is used when its issuer does not say (the distribution token spec's 60 s).
 const DEFAULT_TOKEN_LIFETIME: Duration = Duration::from_secs(60);
 
+/// Largest token answer read from a realm (a JWT is a few KiB).
+const MAX_TOKEN_ANSWER_BYTES: usize = 64 << 10;
+
 /// A client of one upstream registry.
 pub(crate) struct UpstreamClient {
     settings: UpstreamSettings,
     http: reqwest::Client,
+    reach: Arc<Reach>,
     /// Bearer tokens by scope, with the instant they stop being used.
     tokens: Mutex<HashMap<String, (String, Instant)>>,
     /// Whether the upstream asked for Basic credentials (then they go with every request).
@@ -30,7 +37,10 @@ pub(crate) struct UpstreamClient {
 impl UpstreamClient {
     /// A client for `settings`.
     pub(crate) fn new(settings: UpstreamSettings) -> Result<Self, UpstreamError> {
+        let reach = Reach::new(&settings.url, &settings.trusted);
         let http = reqwest::Client::builder()
+            .redirect(redirect_policy(reach.clone()))
+            .dns_resolver(Arc::new(ReachResolver(reach.clone())))
             .connect_timeout(Duration::from_secs(10))
             // Between two reads of a body, not for the whole of a multi-GiB layer.
             .read_timeout(Duration::from_secs(60))
@@ -44,6 +54,7 @@ impl UpstreamClient {
         Ok(UpstreamClient {
             settings,
             http,
+            reach,
             tokens: Mutex::new(HashMap::new()),
             basic: std::sync::atomic::AtomicBool::new(false),
         })
@@ -137,19 +148,40 @@ impl UpstreamClient {
                 scope,
             } => (realm, service, scope),
         };
+        let realm_url = url::Url::parse(&realm).map_err(|e| {
+            UpstreamError::BadAnswer(format!("token realm {:?}: {e}", redacted(&realm)))
+        })?;
+        self.reach.check(&realm_url).map_err(|why| {
+            UpstreamError::BadAnswer(format!("token realm {} refused: {why}", redacted(&realm)))
+        })?;
         let mut req = self
             .http
-            .get(&realm)
+            .get(realm_url.clone())
             .query(&[("scope", asked_scope.as_deref().unwrap_or(scope))]);
         if let Some(s) = &service {
             req = req.query(&[("service", s)]);
         }
+        // A password goes only where nobody on the way can read it, or to the upstream itself.
+        let same_origin = realm_url.origin() == self.settings.url.origin();
         if let Some((user, password)) = &self.settings.credentials {
-            req = req.basic_auth(user, Some(password));
+            if realm_url.scheme() == "https" || same_origin {
+                req = req.basic_auth(user, Some(password));
+            } else {
+                tracing::warn!(realm = %redacted(&realm), upstream = %self.origin(), "the upstream's token realm is plain http on another origin: asking it anonymously, without the configured credentials");
+            }
         }
         let resp = req.send().await.map_err(unreachable)?;
         if !resp.status().is_success() {
             return Err(UpstreamError::Refused(self.origin().to_string()));
+        }
+        if resp
+            .content_length()
+            .is_some_and(|n| n > MAX_TOKEN_ANSWER_BYTES as u64)
+        {
+            return Err(UpstreamError::BadAnswer(format!(
+                "token endpoint {}: an answer over {MAX_TOKEN_ANSWER_BYTES} bytes",
+                redacted(&realm)
+            )));
         }
         #[derive(serde::Deserialize)]
         struct TokenAnswer {
@@ -157,9 +189,14 @@ impl UpstreamClient {
             access_token: Option<String>,
             expires_in: Option<u64>,
         }
-        let answer: TokenAnswer = resp
-            .json()
-            .await
+        let body = resp.bytes().await.map_err(unreachable)?;
+        let realm = redacted(&realm);
+        if body.len() > MAX_TOKEN_ANSWER_BYTES {
+            return Err(UpstreamError::BadAnswer(format!(
+                "token endpoint {realm}: an answer over {MAX_TOKEN_ANSWER_BYTES} bytes"
+            )));
+        }
+        let answer: TokenAnswer = serde_json::from_slice(&body)
             .map_err(|e| UpstreamError::BadAnswer(format!("token endpoint {realm}: {e}")))?;
         let token = answer
             .token
@@ -178,9 +215,23 @@ impl UpstreamClient {
     }
 }
 
-/// The error with its causes: reqwest's own message ("error sending request") hides whether it
+/// A URL as it may be logged: without any account or password written into it.
+pub(crate) fn redacted(raw: &str) -> String {
+    match url::Url::parse(raw) {
+        Ok(mut u) if !u.username().is_empty() || u.password().is_some() => {
+            let _ = u.set_username("");
+            let _ = u.set_password(None);
+            u.to_string()
+        }
+        Ok(u) => u.to_string(),
+        Err(_) => "(not a URL)".to_owned(),
+    }
+}
+
+/// The error with its causes (and without credentials in the URL it names): reqwest's own message ("error sending request") hides whether it
 /// was DNS, a refused connection or a certificate, which is what an operator needs.
-pub(super) fn unreachable(e: reqwest::Error) -> UpstreamError {
+pub(crate) fn unreachable(e: reqwest::Error) -> UpstreamError {
+    let e = e.without_url();
     let mut text = e.to_string();
     let mut source = std::error::Error::source(&e);
     while let Some(cause) = source {
