@@ -1,6 +1,7 @@
 //! Helpers for end-to-end tests: start the real `berth` binary and reference servers on loopback,
 //! make OCI image layouts, and require the external clients the tests drive.
 
+pub mod certs;
 pub mod credentials;
 pub mod distribution;
 pub mod emulators;

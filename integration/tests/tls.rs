@@ -6,38 +6,9 @@ use std::process::Command;
 use std::time::Duration;
 
 use integration::Berth;
+use integration::certs::{ca_and_server, self_signed};
 use integration::layout::write_image;
 use integration::tools::{run, tree};
-
-fn self_signed(dir: &Path, name: &str) -> (std::path::PathBuf, std::path::PathBuf) {
-    let (cert, key) = (
-        dir.join(format!("{name}.crt")),
-        dir.join(format!("{name}.key")),
-    );
-    run(Command::new("openssl")
-        .args([
-            "req",
-            "-x509",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:P-256",
-            "-nodes",
-            "-days",
-            "1",
-        ])
-        .args([
-            "-subj",
-            "/CN=127.0.0.1",
-            "-addext",
-            "subjectAltName=IP:127.0.0.1",
-        ])
-        .arg("-keyout")
-        .arg(&key)
-        .arg("-out")
-        .arg(&cert));
-    (cert, key)
-}
 
 fn curl_ok(url: &str, ca: &Path) -> bool {
     Command::new("curl")
@@ -111,47 +82,6 @@ fn https_round_trip_and_certificate_reload() {
 
 /// A CA and a server certificate for 127.0.0.1 signed by it (rustls, unlike curl, refuses a
 /// CA certificate as a server's own): (CA certificate, server certificate, server key).
-fn ca_and_server(dir: &Path) -> (std::path::PathBuf, std::path::PathBuf, std::path::PathBuf) {
-    let (ca, ca_key) = self_signed(dir, "ca");
-    let (cert, key, csr) = (
-        dir.join("server.crt"),
-        dir.join("server.key"),
-        dir.join("server.csr"),
-    );
-    run(Command::new("openssl")
-        .args([
-            "req",
-            "-new",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:P-256",
-        ])
-        .args(["-nodes", "-subj", "/CN=127.0.0.1", "-keyout"])
-        .arg(&key)
-        .arg("-out")
-        .arg(&csr));
-    let ext = dir.join("server.ext");
-    std::fs::write(
-        &ext,
-        "basicConstraints=CA:FALSE\nsubjectAltName=IP:127.0.0.1\n",
-    )
-    .unwrap();
-    run(Command::new("openssl")
-        .args(["x509", "-req", "-days", "1", "-in"])
-        .arg(&csr)
-        .arg("-CA")
-        .arg(&ca)
-        .arg("-CAkey")
-        .arg(&ca_key)
-        .arg("-CAcreateserial")
-        .arg("-extfile")
-        .arg(&ext)
-        .arg("-out")
-        .arg(&cert));
-    (ca, cert, key)
-}
-
 #[test]
 fn a_pull_through_cache_verifies_an_https_upstream() {
     let dir = tempfile::tempdir().unwrap();

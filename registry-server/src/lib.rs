@@ -4,6 +4,7 @@ pub mod api;
 pub mod auth;
 pub mod backend;
 pub mod config;
+pub mod connections;
 pub mod content;
 pub mod gc;
 pub mod malloc_settings;

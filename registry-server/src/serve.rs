@@ -6,7 +6,7 @@ use registry_core::{Registry, RegistrySettings};
 
 use crate::api::{App, router};
 use crate::backend;
-use crate::config::{ConfigError, Settings, TlsFiles};
+use crate::config::{ConfigError, Settings};
 
 /// Builds the application for `settings`.
 pub fn app(settings: Settings) -> Result<Arc<App>, ConfigError> {
@@ -40,7 +40,15 @@ pub fn app(settings: Settings) -> Result<Arc<App>, ConfigError> {
 /// Serves on the configured address. Prints `listening on http(s)://ADDR` once bound.
 pub async fn run(settings: Settings) -> Result<(), StartupError> {
     let addr = settings.addr;
-    let tls = settings.tls.clone();
+    let tls = match settings.tls.clone() {
+        None => None,
+        Some(files) => Some(
+            crate::connections::tls::ReloadingCertificate::load(files).map_err(|e| {
+                StartupError::Io(format!("http.tls: cannot load certificate and key: {e}"))
+            })?,
+        ),
+    };
+    let connections = settings.connections.clone();
     let app = app(settings)?;
     if let Some(g) = app.settings.gc.clone() {
         tokio::spawn(crate::gc::schedule(app.clone(), g));
@@ -51,8 +59,8 @@ pub async fn run(settings: Settings) -> Result<(), StartupError> {
     tokio::spawn(crate::malloc_settings::release_when_idle(
         app.metrics.clone(),
     ));
-    if let Some(files) = tls {
-        return run_tls(addr, files, app).await;
+    if let Some(cert) = &tls {
+        tokio::spawn(reload_on_change(cert.clone()));
     }
     let listener = tokio::net::TcpListener::bind(addr)
         .await
@@ -60,70 +68,27 @@ pub async fn run(settings: Settings) -> Result<(), StartupError> {
     let bound = listener
         .local_addr()
         .map_err(|e| StartupError::Io(e.to_string()))?;
-    tracing::info!(%bound, backend = app.registry.store().name(), "berth serving");
-    println!("listening on http://{bound}");
-    axum::serve(listener, router(app))
-        .with_graceful_shutdown(shutdown_signal())
-        .await
-        .map_err(|e| StartupError::Io(e.to_string()))
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    tracing::info!(%bound, backend = app.registry.store().name(), scheme, "berth serving");
+    println!("listening on {scheme}://{bound}");
+    let metrics = app.metrics.clone();
+    crate::connections::serve(
+        listener,
+        tls,
+        router(app),
+        &connections,
+        metrics,
+        shutdown_signal(),
+    )
+    .await;
+    Ok(())
 }
 
-/// HTTPS with rustls; the certificate and key are reloaded when their files change.
-async fn run_tls(
-    addr: std::net::SocketAddr,
-    files: TlsFiles,
-    app: Arc<App>,
-) -> Result<(), StartupError> {
-    use axum_server::tls_rustls::RustlsConfig;
-    let config = RustlsConfig::from_pem_file(&files.certificate, &files.key)
-        .await
-        .map_err(|e| StartupError::Io(format!("http.tls: cannot load certificate and key: {e}")))?;
-    let handle = axum_server::Handle::new();
-    let backend = app.registry.store().name();
-    let server = axum_server::bind_rustls(addr, config.clone())
-        .handle(handle.clone())
-        .serve(router(app).into_make_service());
-    let server = tokio::spawn(server);
-    let bound = handle
-        .listening()
-        .await
-        .ok_or_else(|| StartupError::Io(format!("cannot listen on {addr}")))?;
-    tracing::info!(%bound, backend, "berth serving TLS");
-    println!("listening on https://{bound}");
-    tokio::spawn(reload_on_change(config, files));
-    let stopper = handle.clone();
-    tokio::spawn(async move {
-        shutdown_signal().await;
-        stopper.graceful_shutdown(Some(std::time::Duration::from_secs(30)));
-    });
-    match server.await {
-        Ok(r) => r.map_err(|e| StartupError::Io(e.to_string())),
-        Err(e) => Err(StartupError::Io(e.to_string())),
-    }
-}
-
-/// Polls the certificate and key files and swaps them in when either changes.
-async fn reload_on_change(config: axum_server::tls_rustls::RustlsConfig, files: TlsFiles) {
-    let stamp = |f: &TlsFiles| {
-        let m = |p: &std::path::Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
-        (m(&f.certificate), m(&f.key))
-    };
-    let mut last = stamp(&files);
+/// Looks at the certificate and key files every few seconds and swaps in a changed pair.
+async fn reload_on_change(cert: Arc<crate::connections::tls::ReloadingCertificate>) {
     loop {
         tokio::time::sleep(std::time::Duration::from_secs(5)).await;
-        let now = stamp(&files);
-        if now != last {
-            match config
-                .reload_from_pem_file(&files.certificate, &files.key)
-                .await
-            {
-                Ok(()) => tracing::info!("reloaded TLS certificate"),
-                Err(e) => {
-                    tracing::warn!(error = %e, "TLS certificate changed but could not be loaded; keeping the old one")
-                }
-            }
-            last = now;
-        }
+        cert.reload_if_changed();
     }
 }
 
@@ -160,7 +125,6 @@ async fn shutdown_signal() {
         }
     };
     tokio::select! { _ = ctrl_c => {}, _ = term => {} }
-    tracing::info!("shutting down: finishing in-flight requests");
 }
 
 /// Why the server could not start.

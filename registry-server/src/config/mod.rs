@@ -411,6 +411,26 @@ pub struct BerthConfig {
     pub gc: Option<GcConfig>,
     /// Pull-through caches of several upstreams, each under a repository prefix.
     pub proxies: Vec<PrefixedProxyConfig>,
+    /// Limits on client connections.
+    pub connections: Option<ConnectionsConfig>,
+}
+
+/// `berth.connections`: how many connections, and how long each may sit idle or dribble.
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+pub struct ConnectionsConfig {
+    /// Most connections open at once (default: from the descriptor limit, at most 10,000).
+    pub max: Option<usize>,
+    /// Most connections from one client address (default 512).
+    pub perclient: Option<usize>,
+    /// From a connection's start or a request's first byte to its complete head (default 20s).
+    pub headertimeout: Option<String>,
+    /// Between requests of a keep-alive connection (default 120s).
+    pub idletimeout: Option<String>,
+    /// A request body that sends nothing (default 60s).
+    pub bodytimeout: Option<String>,
+    /// A response the client reads nothing of (default 60s).
+    pub sendtimeout: Option<String>,
 }
 
 /// `berth.gc`.
@@ -556,6 +576,8 @@ pub struct Settings {
     pub notifications: Vec<crate::notify::EndpointSettings>,
     /// Upstream registries this one caches, most specific prefix first.
     pub proxies: Vec<UpstreamSettings>,
+    /// Limits on client connections.
+    pub connections: crate::connections::ConnectionSettings,
     /// Log level filter.
     pub log_level: String,
     /// Emit JSON logs.
@@ -780,7 +802,9 @@ fn validate(config: Config, warnings: &mut Vec<String>) -> Result<Settings, Conf
         ));
     }
     let proxies = proxy::upstreams(config.proxy.as_ref(), &config.berth.proxies)?;
+    let connections = connection_settings(config.berth.connections.as_ref())?;
     Ok(Settings {
+        connections,
         tls,
         addr: parse_addr(config.http.addr.as_deref().unwrap_or(":5000"))?,
         host: config.http.host.map(|h| h.trim_end_matches('/').to_owned()),
@@ -810,6 +834,38 @@ fn validate(config: Config, warnings: &mut Vec<String>) -> Result<Settings, Conf
         log_level: level,
         log_json,
     })
+}
+
+fn connection_settings(
+    c: Option<&ConnectionsConfig>,
+) -> Result<crate::connections::ConnectionSettings, ConfigError> {
+    let mut out = crate::connections::ConnectionSettings::default();
+    let Some(c) = c else {
+        return Ok(out);
+    };
+    let duration = |raw: &Option<String>, key: &str, default: Duration| match raw {
+        None => Ok(default),
+        Some(text) => match parse_duration(text) {
+            Some(d) if !d.is_zero() => Ok(d),
+            _ => Err(key_err(
+                &format!("berth.connections.{key}"),
+                format!("{text:?} is not a duration above zero like 30s"),
+            )),
+        },
+    };
+    if c.max == Some(0) {
+        return Err(key_err("berth.connections.max", "must be at least 1"));
+    }
+    if c.perclient == Some(0) {
+        return Err(key_err("berth.connections.perclient", "must be at least 1"));
+    }
+    out.max = c.max;
+    out.per_client = c.perclient.unwrap_or(out.per_client);
+    out.timeouts.header = duration(&c.headertimeout, "headertimeout", out.timeouts.header)?;
+    out.timeouts.idle = duration(&c.idletimeout, "idletimeout", out.timeouts.idle)?;
+    out.timeouts.send = duration(&c.sendtimeout, "sendtimeout", out.timeouts.send)?;
+    out.body_idle = duration(&c.bodytimeout, "bodytimeout", out.body_idle)?;
+    Ok(out)
 }
 
 pub(crate) fn read_file(path: &Path, key: &str) -> Result<String, ConfigError> {

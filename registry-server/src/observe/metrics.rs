@@ -61,7 +61,26 @@ pub struct Metrics {
     gc_swept: AtomicU64,
     gc_bytes: AtomicU64,
     cache_expired: AtomicU64,
+    connections_open: AtomicI64,
+    /// Counters with one label: (metric, label name, label value) to count.
+    labelled: Mutex<BTreeMap<(&'static str, &'static str, &'static str), u64>>,
 }
+
+/// What the labelled counters are, for their HELP lines.
+const LABELLED_HELP: [(&str, &str); 3] = [
+    (
+        "berth_connections_refused_total",
+        "Connections closed at once: the registry or the client at its cap, or no descriptor left.",
+    ),
+    (
+        "berth_connections_timed_out_total",
+        "Connections (or request bodies) cut off by a deadline.",
+    ),
+    (
+        "berth_logins_total",
+        "Password checks by result (accepted, refused, throttled before checking).",
+    ),
+];
 
 impl Metrics {
     /// Records one finished request.
@@ -134,6 +153,48 @@ impl Metrics {
         self.cache_expired.fetch_add(expired, Ordering::Relaxed);
     }
 
+    fn count(&self, metric: &'static str, label: &'static str, value: &'static str) {
+        if let Ok(mut m) = self.labelled.lock() {
+            *m.entry((metric, label, value)).or_default() += 1;
+        }
+    }
+
+    /// A connection was admitted.
+    pub fn connection_opened(&self) {
+        self.connections_open.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// An admitted connection ended.
+    pub fn connection_closed(&self) {
+        self.connections_open.fetch_sub(1, Ordering::Relaxed);
+    }
+
+    /// A connection was closed at once, for `reason`.
+    pub fn connection_refused(&self, reason: &'static str) {
+        self.count("berth_connections_refused_total", "reason", reason);
+    }
+
+    /// A socket deadline cut a connection off.
+    pub fn connection_expired(&self, what: crate::connections::deadlines::Expired) {
+        use crate::connections::deadlines::Expired;
+        let deadline = match what {
+            Expired::Header => "header",
+            Expired::Idle => "idle",
+            Expired::Send => "send",
+        };
+        self.count("berth_connections_timed_out_total", "deadline", deadline);
+    }
+
+    /// A request body's client went quiet past the body timeout.
+    pub fn body_expired(&self) {
+        self.count("berth_connections_timed_out_total", "deadline", "body");
+    }
+
+    /// A password check ended with `result` (`accepted`, `refused`, `throttled`).
+    pub fn login(&self, result: &'static str) {
+        self.count("berth_logins_total", "result", result);
+    }
+
     /// The Prometheus exposition of everything recorded.
     pub fn render(&self) -> String {
         let mut out = String::new();
@@ -194,7 +255,23 @@ impl Metrics {
         );
         let _ = writeln!(out, "# TYPE berth_storage_operation_errors_total counter");
         out.push_str(&errors);
-        let scalars: [(&str, &str, &str, i64); 8] = [
+        if let Ok(m) = self.labelled.lock() {
+            for (metric, help) in LABELLED_HELP {
+                let _ = writeln!(out, "# HELP {metric} {help}\n# TYPE {metric} counter");
+                for ((name, label, value), n) in m.iter() {
+                    if *name == metric {
+                        let _ = writeln!(out, "{name}{{{label}=\"{value}\"}} {n}");
+                    }
+                }
+            }
+        }
+        let scalars: [(&str, &str, &str, i64); 9] = [
+            (
+                "berth_connections_open",
+                "gauge",
+                "Client connections open.",
+                self.connections_open.load(Ordering::Relaxed),
+            ),
             (
                 "berth_gc_swept_blobs_total",
                 "counter",
