@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Fuzzes Berth's parsers with cargo-fuzz (libFuzzer).
 #   ./scripts/fuzz.sh [SECONDS] [TARGET...]   default: 10 seconds each, every target
-# Targets: digest, reference, content_range, manifest (fuzz/fuzz_targets/). Seeds live in
+# Targets: digest, reference, content_range, manifest, http_request (fuzz/fuzz_targets/). Seeds live in
 # fuzz/seeds/; the corpus a run grows goes to fuzz/corpus/ (not committed). A crash fails the run
 # and leaves the input in fuzz/artifacts/<target>/.
 set -euo pipefail
@@ -9,7 +9,7 @@ cd "$(git -C "$(dirname "$0")" rev-parse --show-toplevel)"
 seconds="${1:-10}"
 shift || true
 targets=("$@")
-((${#targets[@]})) || targets=(digest reference content_range manifest)
+((${#targets[@]})) || targets=(digest reference content_range manifest http_request)
 command -v cargo-fuzz >/dev/null || {
   echo "fuzz.sh: installing cargo-fuzz with cargo" >&2
   cargo install --quiet --locked cargo-fuzz

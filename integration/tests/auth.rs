@@ -59,8 +59,10 @@ fn basic(user: &str, password: &str) -> String {
 async fn htpasswd_guards_every_route() {
     let dir = tempfile::tempdir().unwrap();
     let users = htpasswd(dir.path(), &[("alice", "wonderland")]);
+    // Every route is tried with wrong passwords: more failures than the login throttle lets
+    // through by default (tests/logins.rs checks the throttle itself).
     let yaml = format!(
-        "storage:\n  filesystem:\n    rootdirectory: {}/data\n  delete:\n    enabled: true\nauth:\n  htpasswd:\n    realm: test-realm\n    path: {}\n",
+        "storage:\n  filesystem:\n    rootdirectory: {}/data\n  delete:\n    enabled: true\nauth:\n  htpasswd:\n    realm: test-realm\n    path: {}\nberth:\n  logins:\n    freefailures: 100000\n    accountfreefailures: 100000\n",
         dir.path().display(),
         users.display()
     );

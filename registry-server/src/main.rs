@@ -53,6 +53,7 @@ fn init_logging(settings: &Settings) {
         let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
         tracing_subscriber::fmt()
             .with_env_filter(filter)
+            .fmt_fields(registry_server::observe::log_format::escaped_fields())
             .with_ansi(ansi)
             .with_writer(std::io::stderr)
             .init();

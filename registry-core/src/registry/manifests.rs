@@ -18,6 +18,8 @@ pub struct PutManifestOutcome {
     pub digest: Digest,
     /// The subject, when the manifest has one (answered as `OCI-Subject`).
     pub subject: Option<Digest>,
+    /// Tags that named another manifest before, with what they named (for the audit log).
+    pub moved: Vec<(Tag, Digest)>,
 }
 
 /// A stored manifest as served.
@@ -70,7 +72,18 @@ impl Registry {
                 Err(RegistryError::ManifestBlobUnknown(d.clone()))
             }
         });
-        try_join_all(checks).await?;
+        let mut all_tags: Vec<&Tag> = tags.iter().collect();
+        if let Reference::Tag(t) = reference {
+            all_tags.push(t);
+        }
+        // What the tags name now, read while the requirements are checked.
+        let previous = try_join_all(all_tags.iter().map(|t| self.current_tag(name, t)));
+        let (_, previous) = futures::try_join!(try_join_all(checks), previous)?;
+        let moved: Vec<(Tag, Digest)> = all_tags
+            .iter()
+            .zip(previous)
+            .filter_map(|(t, p)| p.filter(|p| *p != digest).map(|p| ((*t).clone(), p)))
+            .collect();
         // Before anything points at them: a GC running now must spare these blobs.
         let relied_on: Vec<Digest> = manifest
             .requirements()
@@ -90,10 +103,6 @@ impl Registry {
         }
         self.write_link(&layout::manifest_revision_link(name, &digest), &digest)
             .await?;
-        let mut all_tags: Vec<&Tag> = tags.iter().collect();
-        if let Reference::Tag(t) = reference {
-            all_tags.push(t);
-        }
         for tag in all_tags {
             self.point_tag(name, tag, &digest).await?;
         }
@@ -103,7 +112,11 @@ impl Registry {
             self.add_referrer(name, s, &desc).await?;
         }
         self.add_to_catalog(name).await?;
-        Ok(PutManifestOutcome { digest, subject })
+        Ok(PutManifestOutcome {
+            digest,
+            subject,
+            moved,
+        })
     }
 
     /// Stores a manifest fetched from an upstream registry, under `tag` if given.
@@ -159,6 +172,15 @@ impl Registry {
             .await?;
         self.write_link(&layout::tag_current_link(name, tag), digest)
             .await
+    }
+
+    /// The digest `tag` names now, `None` when it names nothing.
+    async fn current_tag(&self, name: &RepositoryName, tag: &Tag) -> Result<Option<Digest>> {
+        match self.resolve(name, &Reference::Tag(tag.clone())).await {
+            Ok(d) => Ok(Some(d)),
+            Err(RegistryError::ManifestUnknown(_)) => Ok(None),
+            Err(e) => Err(e),
+        }
     }
 
     /// The digest a reference currently names in the repository.

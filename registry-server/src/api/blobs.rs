@@ -215,6 +215,15 @@ pub(crate) async fn delete(ctx: &Ctx, name: &str, digest: &str) -> ApiResult {
         0,
         None,
     );
+    ctx.audit(
+        "delete",
+        &name,
+        super::Audited {
+            reference: "",
+            digest: Some(&digest),
+            previous: None,
+        },
+    );
     Ok(empty(
         StatusCode::ACCEPTED,
         &[("content-length", "0".into())],

@@ -6,7 +6,7 @@ use axum::response::IntoResponse;
 use registry_core::{Reference, RegistryError, Tag};
 
 use super::error::{ApiError, ApiResult};
-use super::{Ctx, empty, parse_name};
+use super::{Audited, Ctx, empty, parse_name};
 
 fn parse_reference(raw: &str) -> Result<Reference, ApiError> {
     raw.parse::<Reference>()
@@ -83,6 +83,27 @@ pub(crate) async fn put(ctx: &Ctx, name: &str, reference: &str, body: Body) -> A
         Reference::Digest(_) => None,
     };
     ctx.notify("push", &name, &media_type, &outcome.digest, size, tag);
+    let reference_text = reference.to_string();
+    ctx.audit(
+        "push",
+        &name,
+        Audited {
+            reference: &reference_text,
+            digest: Some(&outcome.digest),
+            previous: None,
+        },
+    );
+    for (moved, previous) in &outcome.moved {
+        ctx.audit(
+            "tag_move",
+            &name,
+            Audited {
+                reference: moved.as_str(),
+                digest: Some(&outcome.digest),
+                previous: Some(previous),
+            },
+        );
+    }
     let mut headers = vec![
         (
             "location",
@@ -108,9 +129,19 @@ pub(crate) async fn delete(ctx: &Ctx, name: &str, reference: &str) -> ApiResult 
     let reference = parse_reference(reference)?;
     let digest = ctx.app.registry.resolve(&name, &reference).await.ok();
     ctx.app.registry.delete_manifest(&name, &reference).await?;
-    if let Some(d) = digest {
-        ctx.notify("delete", &name, "", &d, 0, None);
+    if let Some(d) = &digest {
+        ctx.notify("delete", &name, "", d, 0, None);
     }
+    let reference_text = reference.to_string();
+    ctx.audit(
+        "delete",
+        &name,
+        Audited {
+            reference: &reference_text,
+            digest: digest.as_ref(),
+            previous: None,
+        },
+    );
     Ok(empty(
         StatusCode::ACCEPTED,
         &[("content-length", "0".into())],

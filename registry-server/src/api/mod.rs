@@ -19,6 +19,7 @@ use futures::TryStreamExt;
 use registry_core::storage::{ByteStream, StorageError};
 use registry_core::{Registry, RepositoryName};
 
+use crate::auth::logins::Origin;
 use crate::config::Settings;
 use error::{ApiError, ApiResult};
 use route::Route;
@@ -104,12 +105,27 @@ impl Query {
     }
 }
 
+/// What an audited event was done to.
+#[derive(Default)]
+pub(crate) struct Audited<'a> {
+    /// The tag or digest as the request named it.
+    pub reference: &'a str,
+    /// The content's digest.
+    pub digest: Option<&'a registry_core::Digest>,
+    /// What a moved tag named before.
+    pub previous: Option<&'a registry_core::Digest>,
+}
+
 /// Per-request context passed to handlers.
 pub(crate) struct Ctx {
     pub app: Arc<App>,
     pub method: Method,
     pub headers: HeaderMap,
     pub query: Query,
+    /// Who made the request.
+    pub identity: crate::auth::Identity,
+    /// Where it came from.
+    pub origin: Origin,
 }
 
 impl Ctx {
@@ -157,6 +173,22 @@ impl Ctx {
             useragent: h("user-agent"),
         };
         self.app.notifier.emit(action, target, request, None);
+    }
+
+    /// Writes one line to the audit log (`berth::audit`): who did `event` to what, from where.
+    pub(crate) fn audit(&self, event: &str, repository: &RepositoryName, what: Audited<'_>) {
+        let text =
+            |d: Option<&registry_core::Digest>| d.map(ToString::to_string).unwrap_or_default();
+        tracing::info!(
+            target: "berth::audit",
+            event,
+            account = self.identity.to_string().as_str(),
+            client = %self.origin.client,
+            repository = %repository,
+            reference = what.reference,
+            digest = %text(what.digest),
+            previous = %text(what.previous),
+        );
     }
 
     /// A header's value as text, if present and readable.
@@ -213,14 +245,31 @@ async fn readyz(State(app): State<Arc<App>>) -> Response {
     }
 }
 
+/// Where a request came from: its connection's peer, or what a trusted balancer says.
+fn origin_of(app: &App, parts: &Parts) -> Origin {
+    let peer = parts
+        .extensions
+        .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+        .map_or(std::net::IpAddr::from([0, 0, 0, 0]), |c| c.0.ip());
+    Origin::of(peer, &parts.headers, &app.settings.auth.logins.settings)
+}
+
 async fn token(State(app): State<Arc<App>>, req: Request) -> Response {
     let (parts, _) = req.into_parts();
     let query = Query::of(&parts);
     let scopes: Vec<&str> = query.all("scope").collect();
+    let origin = origin_of(&app, &parts);
     match app
         .settings
         .auth
-        .token_endpoint(&parts.headers, query.get("service"), &scopes)
+        .token_endpoint(
+            &parts.headers,
+            query.get("service"),
+            &scopes,
+            origin,
+            &app.metrics,
+        )
+        .await
     {
         Ok(t) => axum::Json(t).into_response(),
         Err(e) => e.into_response(),
@@ -235,13 +284,22 @@ async fn dispatch(State(app): State<Arc<App>>, req: Request) -> Response {
     let query = Query::of(&parts);
     let mount_from = query.get("mount").and(query.get("from"));
     let need = crate::auth::required_access(&route, &parts.method, mount_from);
-    if let Err(e) = app
+    let origin = origin_of(&app, &parts);
+    let identity = match app
         .settings
         .auth
-        .check(&parts.headers, &need, app.settings.host.as_deref())
+        .check(
+            &parts.headers,
+            &need,
+            app.settings.host.as_deref(),
+            origin,
+            &app.metrics,
+        )
+        .await
     {
-        return e.into_response();
-    }
+        Ok(identity) => identity,
+        Err(e) => return e.into_response(),
+    };
     let writes = matches!(
         parts.method,
         Method::POST | Method::PUT | Method::PATCH | Method::DELETE
@@ -265,6 +323,8 @@ async fn dispatch(State(app): State<Arc<App>>, req: Request) -> Response {
         method: parts.method.clone(),
         query,
         headers: parts.headers,
+        identity,
+        origin,
     };
     let m = &ctx.method;
     let result: ApiResult = match route {

@@ -2,7 +2,9 @@
 //! built-in token issuer. Every API request is checked here before its handler runs.
 
 pub mod htpasswd;
+pub mod logins;
 pub mod scope;
+pub mod throttle;
 pub mod token;
 
 use std::sync::Arc;
@@ -12,8 +14,28 @@ use base64::Engine;
 
 use crate::api::error::ApiError;
 use crate::api::route::Route;
+use crate::observe::Metrics;
+use logins::{LoginRefused, Logins, Origin};
 pub use scope::Access;
 use token::{TokenIssuer, TokenVerifier};
+
+/// Who a request was made by, as far as its credentials say.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Identity {
+    /// No credentials (or an open registry).
+    Anonymous,
+    /// An htpasswd user, or the subject of a token.
+    Account(String),
+}
+
+impl std::fmt::Display for Identity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Identity::Anonymous => f.write_str("anonymous"),
+            Identity::Account(a) => f.write_str(a),
+        }
+    }
+}
 
 /// The path of the built-in token issuer.
 pub const TOKEN_PATH: &str = "/auth/token";
@@ -41,6 +63,8 @@ pub struct Authorizer {
     pub auth: Auth,
     /// Berth's own token endpoint.
     pub issuer: Option<TokenIssuer>,
+    /// Password checks: throttled, off the async workers.
+    pub logins: Logins,
 }
 
 impl Authorizer {
@@ -49,8 +73,19 @@ impl Authorizer {
         Authorizer {
             auth: Auth::None,
             issuer: None,
+            logins: Logins::new(Default::default()),
         }
     }
+}
+
+/// What an `Authorization: Basic` header holds.
+enum BasicCredentials {
+    /// No Authorization header.
+    Absent,
+    /// An account and its password.
+    Given(String, String),
+    /// Something that is not Basic credentials (bad base64, no colon, another scheme).
+    Malformed,
 }
 
 /// What a request needs, from its route and method (distribution's mapping).
@@ -77,17 +112,84 @@ pub fn required_access(route: &Route, method: &Method, mount_from: Option<&str>)
     }
 }
 
-fn basic_credentials(headers: &HeaderMap) -> Option<(String, String)> {
-    let value = headers.get("authorization")?.to_str().ok()?;
-    let encoded = value
-        .strip_prefix("Basic ")
-        .or_else(|| value.strip_prefix("basic "))?;
-    let decoded = base64::engine::general_purpose::STANDARD
-        .decode(encoded.trim())
-        .ok()?;
-    let text = String::from_utf8(decoded).ok()?;
-    let (u, p) = text.split_once(':')?;
-    Some((u.to_owned(), p.to_owned()))
+fn basic_credentials(headers: &HeaderMap) -> BasicCredentials {
+    let Some(value) = headers.get("authorization") else {
+        return BasicCredentials::Absent;
+    };
+    let given = || -> Option<(String, String)> {
+        let value = value.to_str().ok()?;
+        let (scheme, encoded) = value.split_once(' ')?;
+        if !scheme.eq_ignore_ascii_case("basic") {
+            return None;
+        }
+        let decoded = base64::engine::general_purpose::STANDARD
+            .decode(encoded.trim())
+            .ok()?;
+        let text = String::from_utf8(decoded).ok()?;
+        let (u, p) = text.split_once(':')?;
+        Some((u.to_owned(), p.to_owned()))
+    };
+    match given() {
+        Some((u, p)) => BasicCredentials::Given(u, p),
+        None => BasicCredentials::Malformed,
+    }
+}
+
+/// The 401 or 429 a refused login is answered with.
+fn refused_login(refusal: LoginRefused, challenge: &str) -> ApiError {
+    match refusal {
+        LoginRefused::Invalid => ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "UNAUTHORIZED",
+            "invalid username or password",
+        )
+        .with_header("www-authenticate", challenge),
+        LoginRefused::Throttled(wait) => ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "TOOMANYREQUESTS",
+            "too many failed logins: try again later",
+        )
+        .with_header("retry-after", &wait.as_secs().max(1).to_string()),
+        LoginRefused::Busy => ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "TOOMANYREQUESTS",
+            "too many logins at once: try again later",
+        )
+        .with_header("retry-after", "1"),
+    }
+}
+
+/// Whether a Host header is a host name or address with an optional port, and nothing else
+/// (it ends up inside a quoted challenge parameter).
+fn valid_authority(h: &str) -> bool {
+    let (host, port) = match h.strip_prefix('[') {
+        Some(v6) => match v6.split_once(']') {
+            Some((addr, rest)) => (
+                addr,
+                if rest.is_empty() {
+                    None
+                } else {
+                    match rest.strip_prefix(':') {
+                        Some(p) => Some(p),
+                        None => return false,
+                    }
+                },
+            ),
+            None => return false,
+        },
+        None => match h.rsplit_once(':') {
+            Some((host, port)) => (host, Some(port)),
+            None => (h, None),
+        },
+    };
+    let host_ok = !host.is_empty()
+        && host.len() <= 253
+        && host
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b':'));
+    let port_ok =
+        port.is_none_or(|p| !p.is_empty() && p.len() <= 5 && p.bytes().all(|b| b.is_ascii_digit()));
+    host_ok && port_ok
 }
 
 fn bearer(headers: &HeaderMap) -> Option<&str> {
@@ -106,14 +208,19 @@ fn realm_of(verifier: &TokenVerifier, headers: &HeaderMap, host: Option<&str>) -
     let base = match host {
         Some(h) => h.to_owned(),
         None => {
+            // Both come from the client: anything but a plain authority and scheme is ignored.
             let authority = headers
                 .get("host")
                 .and_then(|h| h.to_str().ok())
+                .filter(|h| valid_authority(h))
                 .unwrap_or("localhost");
-            let scheme = headers
+            let scheme = match headers
                 .get("x-forwarded-proto")
                 .and_then(|h| h.to_str().ok())
-                .unwrap_or("http");
+            {
+                Some(p) if p.eq_ignore_ascii_case("https") => "https",
+                _ => "http",
+            };
             format!("{scheme}://{authority}")
         }
     };
@@ -143,24 +250,35 @@ fn challenge(
 }
 
 impl Authorizer {
-    /// Admits a request needing `need`, or answers 401 (no or bad credentials) / 403 (too little).
-    pub fn check(
+    /// Admits a request needing `need` and says who made it, or answers 401 (no or bad
+    /// credentials), 403 (too little access) or 429 (too many failed logins).
+    pub async fn check(
         &self,
         headers: &HeaderMap,
         need: &[Access],
         host: Option<&str>,
-    ) -> Result<(), ApiError> {
+        origin: Origin,
+        metrics: &Metrics,
+    ) -> Result<Identity, ApiError> {
         match &self.auth {
-            Auth::None => Ok(()),
-            Auth::Htpasswd { realm, users } => match basic_credentials(headers) {
-                Some((u, p)) if users.verify(&u, &p) => Ok(()),
-                _ => Err(ApiError::new(
-                    StatusCode::UNAUTHORIZED,
-                    "UNAUTHORIZED",
-                    "authentication required",
-                )
-                .with_header("www-authenticate", &format!("Basic realm=\"{realm}\""))),
-            },
+            Auth::None => Ok(Identity::Anonymous),
+            Auth::Htpasswd { realm, users } => {
+                let challenge = format!("Basic realm=\"{realm}\"");
+                match basic_credentials(headers) {
+                    BasicCredentials::Given(u, p) => {
+                        match self.logins.check(users, &u, &p, origin, metrics).await {
+                            Ok(()) => Ok(Identity::Account(u)),
+                            Err(refusal) => Err(refused_login(refusal, &challenge)),
+                        }
+                    }
+                    BasicCredentials::Absent | BasicCredentials::Malformed => Err(ApiError::new(
+                        StatusCode::UNAUTHORIZED,
+                        "UNAUTHORIZED",
+                        "authentication required",
+                    )
+                    .with_header("www-authenticate", &challenge)),
+                }
+            }
             Auth::Token(verifier) => {
                 let unauthorized = |error: Option<&str>| {
                     ApiError::new(
@@ -176,11 +294,15 @@ impl Authorizer {
                 let Some(token) = bearer(headers) else {
                     return Err(unauthorized(None));
                 };
-                let grants = verifier
+                let (subject, grants) = verifier
                     .verify(token)
                     .map_err(|_| unauthorized(Some("invalid_token")))?;
                 if need.iter().all(|n| n.satisfied_by(&grants)) {
-                    Ok(())
+                    Ok(if subject.is_empty() {
+                        Identity::Anonymous
+                    } else {
+                        Identity::Account(subject)
+                    })
                 } else {
                     Err(ApiError::new(
                         StatusCode::FORBIDDEN,
@@ -197,25 +319,33 @@ impl Authorizer {
     }
 
     /// The built-in token endpoint: Basic credentials (or none, for anonymous), `service` and
-    /// `scope` parameters in, a signed token out.
-    pub fn token_endpoint(
+    /// `scope` parameters in, a signed token out. Credentials that cannot be read are refused,
+    /// never taken for anonymous.
+    pub async fn token_endpoint(
         &self,
         headers: &HeaderMap,
         service: Option<&str>,
         scopes: &[&str],
+        origin: Origin,
+        metrics: &Metrics,
     ) -> Result<token::TokenResponse, ApiError> {
         let issuer = self.issuer.as_ref().ok_or_else(ApiError::no_route)?;
+        const CHALLENGE: &str = "Basic realm=\"berth\"";
         let account = match basic_credentials(headers) {
-            Some((u, p)) if issuer.authenticate(&u, &p) => Some(u),
-            Some(_) => {
-                return Err(ApiError::new(
-                    StatusCode::UNAUTHORIZED,
-                    "UNAUTHORIZED",
-                    "invalid username or password",
-                )
-                .with_header("www-authenticate", "Basic realm=\"berth\""));
+            BasicCredentials::Absent => None,
+            BasicCredentials::Malformed => {
+                return Err(refused_login(LoginRefused::Invalid, CHALLENGE));
             }
-            None => None,
+            BasicCredentials::Given(u, p) => {
+                let Some(users) = issuer.users() else {
+                    return Err(refused_login(LoginRefused::Invalid, CHALLENGE));
+                };
+                self.logins
+                    .check(users, &u, &p, origin, metrics)
+                    .await
+                    .map_err(|r| refused_login(r, CHALLENGE))?;
+                Some(u)
+            }
         };
         let requested: Vec<Access> = scopes
             .iter()
@@ -227,5 +357,57 @@ impl Authorizer {
         issuer
             .issue(service, account.as_deref(), &requested)
             .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "UNSUPPORTED", e))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hosts_in_challenges_are_plain_authorities() {
+        for ok in [
+            "registry.example.com",
+            "127.0.0.1:5000",
+            "[::1]:5000",
+            "[fe80::1]",
+            "a-b.c",
+        ] {
+            assert!(valid_authority(ok), "{ok}");
+        }
+        for bad in [
+            "evil\",x=\"y",
+            "host:port",
+            "a b",
+            "",
+            "[::1",
+            "[::1]x",
+            "h:123456",
+            "h/path",
+        ] {
+            assert!(!valid_authority(bad), "{bad}");
+        }
+    }
+
+    #[test]
+    fn malformed_basic_credentials_are_not_absent_ones() {
+        let with = |v: &str| {
+            let mut h = HeaderMap::new();
+            h.insert("authorization", v.parse().unwrap());
+            basic_credentials(&h)
+        };
+        assert!(matches!(
+            basic_credentials(&HeaderMap::new()),
+            BasicCredentials::Absent
+        ));
+        assert!(matches!(with("Basic !!!!"), BasicCredentials::Malformed));
+        assert!(matches!(
+            with("Basic bm9jb2xvbg=="),
+            BasicCredentials::Malformed
+        ));
+        assert!(matches!(with("Bearer abc"), BasicCredentials::Malformed));
+        assert!(
+            matches!(with("basic YTpi"), BasicCredentials::Given(u, p) if u == "a" && p == "b")
+        );
     }
 }

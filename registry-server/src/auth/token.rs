@@ -131,8 +131,8 @@ impl TokenVerifier {
         })
     }
 
-    /// The access a valid token grants, or why it is not valid.
-    pub fn verify(&self, token: &str) -> Result<Vec<Access>, String> {
+    /// The subject and access of a valid token, or why it is not valid.
+    pub fn verify(&self, token: &str) -> Result<(String, Vec<Access>), String> {
         let header =
             jsonwebtoken::decode_header(token).map_err(|e| format!("malformed token: {e}"))?;
         if !self.algorithms.contains(&header.alg) {
@@ -147,7 +147,7 @@ impl TokenVerifier {
         let mut last = String::from("no key verified the signature");
         for key in &self.keys {
             match jsonwebtoken::decode::<Claims>(token, key, &v) {
-                Ok(data) => return Ok(data.claims.access),
+                Ok(data) => return Ok((data.claims.sub, data.claims.access)),
                 Err(e) => last = e.to_string(),
             }
         }
@@ -235,11 +235,9 @@ impl TokenIssuer {
         })
     }
 
-    /// Checks basic credentials; `None` is the anonymous user.
-    pub fn authenticate(&self, user: &str, password: &str) -> bool {
-        self.users
-            .as_ref()
-            .is_some_and(|u| u.verify(user, password))
+    /// The users who may log in, if any.
+    pub fn users(&self) -> Option<&Arc<Htpasswd>> {
+        self.users.as_ref()
     }
 
     fn rule_applies(rule: &AccessRule, account: Option<&str>) -> bool {

@@ -2,13 +2,18 @@
 
 use std::time::Duration;
 
-use super::{AuthConfig, ConfigError, TokenServerConfig, key_err, read_file, required};
+use super::{
+    AuthConfig, ConfigError, LoginsConfig, TokenServerConfig, key_err, parse_duration, read_file,
+    required,
+};
 
 pub(super) fn authorizer(
     auth: Option<&AuthConfig>,
     server: Option<&TokenServerConfig>,
+    logins: Option<&LoginsConfig>,
 ) -> Result<crate::auth::Authorizer, ConfigError> {
-    use crate::auth::{Auth, Authorizer, htpasswd::Htpasswd, token};
+    use crate::auth::{Auth, Authorizer, htpasswd::Htpasswd, logins::Logins, token};
+    let logins = Logins::new(login_settings(logins)?);
     let Some(auth) = auth else {
         if server.is_some() {
             return Err(key_err(
@@ -16,7 +21,10 @@ pub(super) fn authorizer(
                 "needs auth.token (service, issuer, rootcertbundle)",
             ));
         }
-        return Ok(Authorizer::open());
+        return Ok(Authorizer {
+            logins,
+            ..Authorizer::open()
+        });
     };
     if auth.silly.is_some() {
         return Err(key_err(
@@ -113,5 +121,40 @@ pub(super) fn authorizer(
             Some(issuer)
         }
     };
-    Ok(Authorizer { auth: mode, issuer })
+    Ok(Authorizer {
+        auth: mode,
+        issuer,
+        logins,
+    })
+}
+
+fn login_settings(
+    c: Option<&LoginsConfig>,
+) -> Result<crate::auth::logins::LoginSettings, ConfigError> {
+    let mut out = crate::auth::logins::LoginSettings::default();
+    let Some(c) = c else {
+        return Ok(out);
+    };
+    let t = &mut out.throttle;
+    t.free_per_client = c.freefailures.unwrap_or(t.free_per_client);
+    t.free_per_account = c.accountfreefailures.unwrap_or(t.free_per_account);
+    for (raw, slot, key) in [
+        (
+            &c.maxdelay,
+            &mut t.max_client_delay,
+            "berth.logins.maxdelay",
+        ),
+        (
+            &c.accountmaxdelay,
+            &mut t.max_account_delay,
+            "berth.logins.accountmaxdelay",
+        ),
+    ] {
+        if let Some(text) = raw {
+            *slot = parse_duration(text)
+                .ok_or_else(|| key_err(key, format!("{text:?} is not a duration like 5m")))?;
+        }
+    }
+    out.trust_forwarded_for = c.trustforwardedfor;
+    Ok(out)
 }

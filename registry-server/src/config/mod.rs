@@ -413,6 +413,25 @@ pub struct BerthConfig {
     pub proxies: Vec<PrefixedProxyConfig>,
     /// Limits on client connections.
     pub connections: Option<ConnectionsConfig>,
+    /// Failed-login throttling.
+    pub logins: Option<LoginsConfig>,
+}
+
+/// `berth.logins`: how failed password logins are slowed down.
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+pub struct LoginsConfig {
+    /// Failures from one client address before lockouts start (default 5).
+    pub freefailures: Option<u32>,
+    /// Longest lockout of a client address (default 5m).
+    pub maxdelay: Option<String>,
+    /// Failures for one account, from anywhere, before lockouts start (default 20).
+    pub accountfreefailures: Option<u32>,
+    /// Longest lockout of an account (default 30s: an attacker can only delay its owner).
+    pub accountmaxdelay: Option<String>,
+    /// Count clients by the last `X-Forwarded-For` entry, for a Berth behind a balancer that
+    /// appends it (default false: the connection's peer).
+    pub trustforwardedfor: bool,
 }
 
 /// `berth.connections`: how many connections, and how long each may sit idle or dribble.
@@ -730,6 +749,7 @@ fn validate(config: Config, warnings: &mut Vec<String>) -> Result<Settings, Conf
     let auth = std::sync::Arc::new(authorizer(
         config.auth.as_ref(),
         config.berth.tokenserver.as_ref(),
+        config.berth.logins.as_ref(),
     )?);
     let tls = match &config.http.tls {
         None => None,

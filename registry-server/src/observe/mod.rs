@@ -2,6 +2,7 @@
 
 pub mod access_log;
 pub mod instrumented_driver;
+pub mod log_format;
 pub mod metrics;
 
 pub use metrics::Metrics;
