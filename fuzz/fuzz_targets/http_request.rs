@@ -59,8 +59,10 @@ fuzz_target!(|data: &[u8]| {
     let Ok(req) = req.body(axum::body::Body::from(body.to_vec())) else {
         return;
     };
+    // Built (once) outside the runtime: building it blocks on the runtime itself.
+    let router = router().clone();
     runtime().block_on(async {
-        let resp = router().clone().oneshot(req).await.expect("infallible");
+        let resp = router.oneshot(req).await.expect("infallible");
         let status = resp.status();
         assert!(!status.is_server_error(), "{method} {path}: {status}");
         let body = axum::body::to_bytes(resp.into_body(), 64 << 20).await;
