@@ -269,9 +269,9 @@ async fn main() {
     }
     println!();
     println!(
-        "| {} clients, wrong passwords, bcrypt cost 12, {} s | {} |",
+        "| {} clients, wrong passwords, bcrypt cost 12, while {} /healthz samples are taken | {} |",
         a.logins,
-        a.seconds,
+        (a.seconds * 10).max(10) / 2,
         names.join(" | ")
     );
     println!("| --- |{}", " --- |".repeat(names.len()));
