@@ -168,6 +168,29 @@ impl From<crate::upstream::UpstreamError> for ApiError {
     }
 }
 
+impl From<crate::auth::AuthError> for ApiError {
+    fn from(e: crate::auth::AuthError) -> Self {
+        use crate::auth::AuthError as A;
+        let message = e.to_string();
+        match e {
+            A::Unauthenticated { challenge } | A::InvalidLogin { challenge } => {
+                ApiError::new(StatusCode::UNAUTHORIZED, "UNAUTHORIZED", message)
+                    .with_header("www-authenticate", &challenge)
+            }
+            A::Denied { challenge } => ApiError::new(StatusCode::FORBIDDEN, "DENIED", message)
+                .with_header("www-authenticate", &challenge),
+            A::Throttled { retry_after } => {
+                ApiError::new(StatusCode::TOO_MANY_REQUESTS, "TOOMANYREQUESTS", message)
+                    .with_header("retry-after", &retry_after.to_string())
+            }
+            A::Busy => ApiError::new(StatusCode::TOO_MANY_REQUESTS, "TOOMANYREQUESTS", message)
+                .with_header("retry-after", "1"),
+            A::BadTokenRequest(_) => ApiError::new(StatusCode::BAD_REQUEST, "UNSUPPORTED", message),
+            A::NoIssuer => ApiError::no_route(),
+        }
+    }
+}
+
 impl From<crate::content::ContentError> for ApiError {
     fn from(e: crate::content::ContentError) -> Self {
         use crate::content::ContentError as C;

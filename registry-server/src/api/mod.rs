@@ -1,5 +1,6 @@
 //! The OCI distribution HTTP API: one dispatcher over [`route::Route`] and a module per resource.
 
+pub mod access_log;
 mod blobs;
 pub mod error;
 mod listing;
@@ -55,7 +56,7 @@ pub fn router(app: Arc<App>) -> Router {
         .layer(axum::middleware::map_response(api_version_header))
         .layer(axum::middleware::from_fn_with_state(
             app.clone(),
-            crate::observe::access_log::observe,
+            access_log::observe,
         ))
         .with_state(app)
 }
@@ -272,7 +273,7 @@ async fn token(State(app): State<Arc<App>>, req: Request) -> Response {
         .await
     {
         Ok(t) => axum::Json(t).into_response(),
-        Err(e) => e.into_response(),
+        Err(e) => ApiError::from(e).into_response(),
     }
 }
 
@@ -283,7 +284,7 @@ async fn dispatch(State(app): State<Arc<App>>, req: Request) -> Response {
     let (parts, body) = req.into_parts();
     let query = Query::of(&parts);
     let mount_from = query.get("mount").and(query.get("from"));
-    let need = crate::auth::required_access(&route, &parts.method, mount_from);
+    let need = route.required_access(&parts.method, mount_from);
     let origin = origin_of(&app, &parts);
     let identity = match app
         .settings
@@ -298,7 +299,7 @@ async fn dispatch(State(app): State<Arc<App>>, req: Request) -> Response {
         .await
     {
         Ok(identity) => identity,
-        Err(e) => return e.into_response(),
+        Err(e) => return ApiError::from(e).into_response(),
     };
     let writes = matches!(
         parts.method,

@@ -1,5 +1,9 @@
 //! Parses `/v2/...` paths. Repository names contain `/`, so routes are recognised from the end.
 
+use axum::http::Method;
+
+use crate::auth::Access;
+
 /// An API endpoint with its raw (still unvalidated) path parameters.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Route {
@@ -95,6 +99,32 @@ impl Route {
             | Route::UploadStart { name }
             | Route::Upload { name, .. }
             | Route::Referrers { name, .. } => Some(name),
+        }
+    }
+
+    /// The access a request needs, from its route and method (distribution's mapping):
+    /// `pull` to read, `pull,push` to write (and `pull` on a mount's source), `delete` to
+    /// delete, `registry:catalog:*` for the catalog.
+    pub fn required_access(&self, method: &Method, mount_from: Option<&str>) -> Vec<Access> {
+        let read = |n: &str| vec![Access::repository(n, &["pull"])];
+        let write = |n: &str| vec![Access::repository(n, &["pull", "push"])];
+        match self {
+            Route::Base => vec![],
+            Route::Catalog => vec![Access::catalog()],
+            Route::Tags { name } | Route::Referrers { name, .. } => read(name),
+            Route::Manifest { name, .. } | Route::Blob { name, .. } => match *method {
+                Method::GET | Method::HEAD => read(name),
+                Method::DELETE => vec![Access::repository(name, &["delete"])],
+                _ => write(name),
+            },
+            Route::UploadStart { name } => {
+                let mut need = write(name);
+                if let Some(from) = mount_from {
+                    need.push(Access::repository(from, &["pull"]));
+                }
+                need
+            }
+            Route::Upload { name, .. } => write(name),
         }
     }
 

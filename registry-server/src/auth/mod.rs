@@ -9,11 +9,9 @@ pub mod token;
 
 use std::sync::Arc;
 
-use axum::http::{HeaderMap, Method, StatusCode};
+use axum::http::HeaderMap;
 use base64::Engine;
 
-use crate::api::error::ApiError;
-use crate::api::route::Route;
 use crate::observe::Metrics;
 use logins::{LoginRefused, Logins, Origin};
 pub use scope::Access;
@@ -88,30 +86,6 @@ enum BasicCredentials {
     Malformed,
 }
 
-/// What a request needs, from its route and method (distribution's mapping).
-pub fn required_access(route: &Route, method: &Method, mount_from: Option<&str>) -> Vec<Access> {
-    let read = |n: &str| vec![Access::repository(n, &["pull"])];
-    let write = |n: &str| vec![Access::repository(n, &["pull", "push"])];
-    match route {
-        Route::Base => vec![],
-        Route::Catalog => vec![Access::catalog()],
-        Route::Tags { name } | Route::Referrers { name, .. } => read(name),
-        Route::Manifest { name, .. } | Route::Blob { name, .. } => match *method {
-            Method::GET | Method::HEAD => read(name),
-            Method::DELETE => vec![Access::repository(name, &["delete"])],
-            _ => write(name),
-        },
-        Route::UploadStart { name } => {
-            let mut need = write(name);
-            if let Some(from) = mount_from {
-                need.push(Access::repository(from, &["pull"]));
-            }
-            need
-        }
-        Route::Upload { name, .. } => write(name),
-    }
-}
-
 fn basic_credentials(headers: &HeaderMap) -> BasicCredentials {
     let Some(value) = headers.get("authorization") else {
         return BasicCredentials::Absent;
@@ -135,27 +109,53 @@ fn basic_credentials(headers: &HeaderMap) -> BasicCredentials {
     }
 }
 
-/// The 401 or 429 a refused login is answered with.
-fn refused_login(refusal: LoginRefused, challenge: &str) -> ApiError {
+/// Why a request was not admitted; the API turns it into a 401, 403, 429 or 400.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AuthError {
+    /// No usable credentials: the client should authenticate as `challenge` says.
+    #[error("authentication required")]
+    Unauthenticated {
+        /// The `WWW-Authenticate` value.
+        challenge: String,
+    },
+    /// Wrong account or password.
+    #[error("invalid username or password")]
+    InvalidLogin {
+        /// The `WWW-Authenticate` value.
+        challenge: String,
+    },
+    /// Valid credentials without the access needed.
+    #[error("requested access to the resource is denied")]
+    Denied {
+        /// The `WWW-Authenticate` value (with `error="insufficient_scope"`).
+        challenge: String,
+    },
+    /// Too many failed logins from this client or for this account.
+    #[error("too many failed logins: try again later")]
+    Throttled {
+        /// Seconds until a login will be checked again.
+        retry_after: u64,
+    },
+    /// Too many password checks waiting already.
+    #[error("too many logins at once: try again later")]
+    Busy,
+    /// A token request the issuer cannot serve (an unknown service).
+    #[error("{0}")]
+    BadTokenRequest(String),
+    /// No token issuer is configured.
+    #[error("no token issuer here")]
+    NoIssuer,
+}
+
+fn refused_login(refusal: LoginRefused, challenge: &str) -> AuthError {
     match refusal {
-        LoginRefused::Invalid => ApiError::new(
-            StatusCode::UNAUTHORIZED,
-            "UNAUTHORIZED",
-            "invalid username or password",
-        )
-        .with_header("www-authenticate", challenge),
-        LoginRefused::Throttled(wait) => ApiError::new(
-            StatusCode::TOO_MANY_REQUESTS,
-            "TOOMANYREQUESTS",
-            "too many failed logins: try again later",
-        )
-        .with_header("retry-after", &wait.as_secs().max(1).to_string()),
-        LoginRefused::Busy => ApiError::new(
-            StatusCode::TOO_MANY_REQUESTS,
-            "TOOMANYREQUESTS",
-            "too many logins at once: try again later",
-        )
-        .with_header("retry-after", "1"),
+        LoginRefused::Invalid => AuthError::InvalidLogin {
+            challenge: challenge.to_owned(),
+        },
+        LoginRefused::Throttled(wait) => AuthError::Throttled {
+            retry_after: wait.as_secs().max(1),
+        },
+        LoginRefused::Busy => AuthError::Busy,
     }
 }
 
@@ -259,7 +259,7 @@ impl Authorizer {
         host: Option<&str>,
         origin: Origin,
         metrics: &Metrics,
-    ) -> Result<Identity, ApiError> {
+    ) -> Result<Identity, AuthError> {
         match &self.auth {
             Auth::None => Ok(Identity::Anonymous),
             Auth::Htpasswd { realm, users } => {
@@ -271,25 +271,14 @@ impl Authorizer {
                             Err(refusal) => Err(refused_login(refusal, &challenge)),
                         }
                     }
-                    BasicCredentials::Absent | BasicCredentials::Malformed => Err(ApiError::new(
-                        StatusCode::UNAUTHORIZED,
-                        "UNAUTHORIZED",
-                        "authentication required",
-                    )
-                    .with_header("www-authenticate", &challenge)),
+                    BasicCredentials::Absent | BasicCredentials::Malformed => {
+                        Err(AuthError::Unauthenticated { challenge })
+                    }
                 }
             }
             Auth::Token(verifier) => {
-                let unauthorized = |error: Option<&str>| {
-                    ApiError::new(
-                        StatusCode::UNAUTHORIZED,
-                        "UNAUTHORIZED",
-                        "authentication required",
-                    )
-                    .with_header(
-                        "www-authenticate",
-                        &challenge(verifier, headers, host, need, error),
-                    )
+                let unauthorized = |error: Option<&str>| AuthError::Unauthenticated {
+                    challenge: challenge(verifier, headers, host, need, error),
                 };
                 let Some(token) = bearer(headers) else {
                     return Err(unauthorized(None));
@@ -304,15 +293,15 @@ impl Authorizer {
                         Identity::Account(subject)
                     })
                 } else {
-                    Err(ApiError::new(
-                        StatusCode::FORBIDDEN,
-                        "DENIED",
-                        "requested access to the resource is denied",
-                    )
-                    .with_header(
-                        "www-authenticate",
-                        &challenge(verifier, headers, host, need, Some("insufficient_scope")),
-                    ))
+                    Err(AuthError::Denied {
+                        challenge: challenge(
+                            verifier,
+                            headers,
+                            host,
+                            need,
+                            Some("insufficient_scope"),
+                        ),
+                    })
                 }
             }
         }
@@ -328,8 +317,8 @@ impl Authorizer {
         scopes: &[&str],
         origin: Origin,
         metrics: &Metrics,
-    ) -> Result<token::TokenResponse, ApiError> {
-        let issuer = self.issuer.as_ref().ok_or_else(ApiError::no_route)?;
+    ) -> Result<token::TokenResponse, AuthError> {
+        let issuer = self.issuer.as_ref().ok_or(AuthError::NoIssuer)?;
         const CHALLENGE: &str = "Basic realm=\"berth\"";
         let account = match basic_credentials(headers) {
             BasicCredentials::Absent => None,
@@ -356,7 +345,7 @@ impl Authorizer {
         let service = service.unwrap_or_default();
         issuer
             .issue(service, account.as_deref(), &requested)
-            .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "UNSUPPORTED", e))
+            .map_err(AuthError::BadTokenRequest)
     }
 }
 

@@ -9,6 +9,7 @@ mod operations;
 mod proxy;
 mod storage;
 
+pub use crate::connections::tls::TlsFiles;
 use auth::authorizer;
 use operations::{endpoints, gc_settings, purge_settings};
 pub use proxy::{PrefixedProxyConfig, ProxyConfig, UpstreamSettings};
@@ -388,15 +389,6 @@ pub struct TlsConfig {
     pub minimumtls: Option<String>,
     /// Accepted for compatibility.
     pub ciphersuites: Option<Value>,
-}
-
-/// Certificate and key files to serve TLS with.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct TlsFiles {
-    /// PEM certificate chain.
-    pub certificate: PathBuf,
-    /// PEM private key.
-    pub key: PathBuf,
 }
 
 /// `berth`: settings distribution has no equivalent for.

@@ -45,6 +45,17 @@ pub enum Expired {
     Send,
 }
 
+impl Expired {
+    /// Its name in metrics.
+    pub fn label(self) -> &'static str {
+        match self {
+            Expired::Header => "header",
+            Expired::Idle => "idle",
+            Expired::Send => "send",
+        }
+    }
+}
+
 const NONE: u64 = u64::MAX;
 
 /// Where one connection is in its life, shared by its socket and its HTTP service.

@@ -131,8 +131,8 @@ pub async fn serve(
         timeouts: settings.timeouts,
         body_idle: settings.body_idle,
         metrics: metrics.clone(),
-        on_expiry: Arc::new(move |e| expiry_metrics.connection_expired(e)),
-        on_body_expiry: Arc::new(move || body_metrics.body_expired()),
+        on_expiry: Arc::new(move |e: Expired| expiry_metrics.deadline_expired(e.label())),
+        on_body_expiry: Arc::new(move || body_metrics.deadline_expired("body")),
     });
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     let refusals = RareLog::default();

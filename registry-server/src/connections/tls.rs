@@ -1,7 +1,7 @@
 //! The server's TLS: a certificate and key from PEM files, swapped in when the files change (a
 //! cert-manager renewal, a mounted Secret's update) without dropping a connection.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 use std::time::SystemTime;
 
@@ -10,7 +10,14 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 
-use crate::config::TlsFiles;
+/// Certificate and key files to serve TLS with.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsFiles {
+    /// PEM certificate chain.
+    pub certificate: PathBuf,
+    /// PEM private key.
+    pub key: PathBuf,
+}
 
 /// The certificate in use, replaced by [`ReloadingCertificate::reload_if_changed`].
 #[derive(Debug)]

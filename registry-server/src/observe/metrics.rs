@@ -174,20 +174,9 @@ impl Metrics {
         self.count("berth_connections_refused_total", "reason", reason);
     }
 
-    /// A socket deadline cut a connection off.
-    pub fn connection_expired(&self, what: crate::connections::deadlines::Expired) {
-        use crate::connections::deadlines::Expired;
-        let deadline = match what {
-            Expired::Header => "header",
-            Expired::Idle => "idle",
-            Expired::Send => "send",
-        };
+    /// A deadline (`header`, `idle`, `send`, `body`) cut a connection or a request body off.
+    pub fn deadline_expired(&self, deadline: &'static str) {
         self.count("berth_connections_timed_out_total", "deadline", deadline);
-    }
-
-    /// A request body's client went quiet past the body timeout.
-    pub fn body_expired(&self) {
-        self.count("berth_connections_timed_out_total", "deadline", "body");
     }
 
     /// A password check ended with `result` (`accepted`, `refused`, `throttled`).

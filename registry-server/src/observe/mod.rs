@@ -1,6 +1,5 @@
 //! Observability: per-request access logs and Prometheus metrics.
 
-pub mod access_log;
 pub mod instrumented_driver;
 pub mod log_format;
 pub mod metrics;

@@ -1,6 +1,6 @@
 //! Upstream registries: the clients that fetch from them, their authentication and where their
-//! requests may go. What is cached, and for which repository, is the content layer's job
-//! (`crate::content`); nothing here knows about HTTP requests to Berth itself.
+//! requests may go. What is cached, and for which repository, is the content layer's job;
+//! nothing here knows about HTTP requests to Berth itself.
 
 mod challenge;
 pub(crate) mod client;

@@ -11,8 +11,8 @@ use axum::middleware::Next;
 use axum::response::Response;
 use futures::StreamExt;
 
-use crate::api::App;
-use crate::api::route::Route;
+use super::App;
+use super::route::Route;
 
 /// Wraps one request: counts body bytes as they stream, then logs and records the outcome.
 pub async fn observe(State(app): State<Arc<App>>, req: Request, next: Next) -> Response {
