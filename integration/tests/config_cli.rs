@@ -151,3 +151,101 @@ async fn distribution_style_invocation_and_env_overrides() {
         .unwrap();
     assert_eq!(resp.status(), 405);
 }
+
+#[test]
+fn commands_have_their_own_help_and_unknown_ones_fail() {
+    let run = |args: &[&str]| {
+        let out = output_within(
+            {
+                let mut c = Command::new(berth_binary());
+                c.args(args);
+                c
+            },
+            Duration::from_secs(20),
+        );
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned()
+                + &String::from_utf8_lossy(&out.stderr),
+        )
+    };
+    let (code, text) = run(&["gc", "--help"]);
+    assert_eq!(code, Some(0));
+    assert!(
+        text.contains("--dry-run") && text.contains("--grace"),
+        "{text}"
+    );
+    let (code, text) = run(&["htpasswd", "--help"]);
+    assert_eq!(code, Some(0));
+    assert!(text.contains("-C <COST>"), "{text}");
+    let (code, text) = run(&["anything", "--help"]);
+    assert_eq!(code, Some(2), "{text}");
+    assert!(text.contains("unrecognized subcommand"), "{text}");
+}
+
+#[test]
+fn htpasswd_writes_entries_that_bcrypt_and_distribution_read() {
+    let out = Command::new(berth_binary())
+        .args(["htpasswd", "-Bbn", "-C", "5", "alice", "s3cret"])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let text = String::from_utf8(out.stdout).unwrap();
+    let (user, hash) = text.trim().split_once(':').unwrap();
+    assert_eq!(user, "alice");
+    assert!(hash.starts_with("$2y$05$"), "{hash}");
+    assert!(bcrypt::verify("s3cret", hash).unwrap());
+    // Into a file: -c creates it, without -c entries are added or replaced; without -b the
+    // password comes from standard input.
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("htpasswd");
+    let file_s = file.to_str().unwrap();
+    let status = Command::new(berth_binary())
+        .args(["htpasswd", "-Bbc", "-C", "4", file_s, "bob", "one"])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let mut child = Command::new(berth_binary())
+        .args(["htpasswd", "-B", "-C", "4", file_s, "bob"])
+        .stdin(Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write;
+    child.stdin.take().unwrap().write_all(b"two\n").unwrap();
+    assert!(child.wait().unwrap().success());
+    let written = std::fs::read_to_string(&file).unwrap();
+    assert_eq!(written.lines().count(), 1, "{written}");
+    assert!(bcrypt::verify("two", written.trim().split_once(':').unwrap().1).unwrap());
+}
+
+#[tokio::test]
+async fn the_tutorials_htpasswd_variables_configure_basic_auth() {
+    let dir = tempfile::tempdir().unwrap();
+    let users = integration::credentials::htpasswd(dir.path(), &[("testuser", "testpassword")]);
+    let users_s = users.to_str().unwrap().to_owned();
+    let root_s = dir.path().join("data").to_str().unwrap().to_owned();
+    let berth = Berth::spawn(
+        Command::new(berth_binary()),
+        &[
+            ("REGISTRY_STORAGE_FILESYSTEM_ROOTDIRECTORY", &root_s),
+            ("REGISTRY_AUTH", "htpasswd"),
+            ("REGISTRY_AUTH_HTPASSWD_REALM", "Registry Realm"),
+            ("REGISTRY_AUTH_HTPASSWD_PATH", &users_s),
+        ],
+        None,
+    );
+    let c = reqwest::Client::new();
+    let r = c.get(format!("{}/v2/", berth.url)).send().await.unwrap();
+    assert_eq!(r.status(), 401);
+    assert_eq!(
+        r.headers()["www-authenticate"],
+        "Basic realm=\"Registry Realm\""
+    );
+    let r = c
+        .get(format!("{}/v2/", berth.url))
+        .basic_auth("testuser", Some("testpassword"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+}

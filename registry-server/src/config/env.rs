@@ -30,11 +30,14 @@ pub fn apply_overrides(
         } else {
             value
         };
-        if path == ["storage"] {
-            // distribution's REGISTRY_STORAGE=<driver> selects the backend, keeping the
-            // behaviour sections (delete, redirect, maintenance, cache).
-            let driver = value.as_str().unwrap_or_default().to_owned();
-            select_driver(root, &driver, &name)?;
+        if let [section] = path.as_slice()
+            && let Some((_, choices)) = NAMED_SECTIONS.iter().find(|(s, _)| s == section)
+        {
+            // distribution's REGISTRY_STORAGE=s3 or REGISTRY_AUTH=htpasswd selects the named
+            // kind, whose own variables (REGISTRY_AUTH_HTPASSWD_PATH) then fill it in; the
+            // section's other keys (storage.delete, storage.redirect, ...) stay.
+            let chosen = value.as_str().unwrap_or_default().to_owned();
+            select(root, section, &chosen, choices, &name)?;
             continue;
         }
         set(root, &path, value, &name)?;
@@ -42,25 +45,35 @@ pub fn apply_overrides(
     Ok(())
 }
 
-const DRIVERS: [&str; 5] = ["filesystem", "inmemory", "s3", "azure", "gcs"];
+/// The sections distribution selects by name, with the names each may be given.
+const NAMED_SECTIONS: [(&str, &[&str]); 2] = [
+    ("storage", &["filesystem", "inmemory", "s3", "azure", "gcs"]),
+    ("auth", &["htpasswd", "token", "silly"]),
+];
 
-fn select_driver(root: &mut Value, driver: &str, var: &str) -> Result<(), ConfigError> {
-    if !DRIVERS.contains(&driver) {
+fn select(
+    root: &mut Value,
+    section: &str,
+    chosen: &str,
+    choices: &[&str],
+    var: &str,
+) -> Result<(), ConfigError> {
+    if !choices.contains(&chosen) {
         return Err(key_err(
-            "storage",
-            format!("{var}={driver:?} is not one of {}", DRIVERS.join(", ")),
+            section,
+            format!("{var}={chosen:?} is not one of {}", choices.join(", ")),
         ));
     }
     set(
         root,
-        &["storage".into(), driver.into()],
+        &[section.into(), chosen.into()],
         Value::Mapping(Mapping::new()),
         var,
     )?;
-    if let Some(storage) = root.get_mut("storage").and_then(Value::as_mapping_mut) {
-        storage.retain(|k, _| {
+    if let Some(map) = root.get_mut(section).and_then(Value::as_mapping_mut) {
+        map.retain(|k, _| {
             k.as_str()
-                .is_none_or(|k| k == driver || !DRIVERS.contains(&k))
+                .is_none_or(|k| k == chosen || !choices.contains(&k))
         });
     }
     Ok(())
@@ -112,5 +125,37 @@ mod tests {
             "REGISTRY_STORAGE replaces the backend"
         );
         assert_eq!(v["log"]["level"].as_str(), Some("debug"));
+    }
+
+    #[test]
+    fn auth_is_selected_by_name_as_the_tutorials_write_it() {
+        let mut v: Value = serde_yaml_ng::from_str("auth: {token: {realm: x}}").unwrap();
+        apply_overrides(
+            &mut v,
+            vec![
+                ("REGISTRY_AUTH".into(), "htpasswd".into()),
+                (
+                    "REGISTRY_AUTH_HTPASSWD_REALM".into(),
+                    "Registry Realm".into(),
+                ),
+                (
+                    "REGISTRY_AUTH_HTPASSWD_PATH".into(),
+                    "/auth/htpasswd".into(),
+                ),
+            ],
+        )
+        .unwrap();
+        assert_eq!(
+            v["auth"]["htpasswd"]["realm"].as_str(),
+            Some("Registry Realm")
+        );
+        assert_eq!(
+            v["auth"]["htpasswd"]["path"].as_str(),
+            Some("/auth/htpasswd")
+        );
+        assert!(v["auth"].get("token").is_none());
+        let mut v = Value::Null;
+        let e = apply_overrides(&mut v, vec![("REGISTRY_AUTH".into(), "ldap".into())]).unwrap_err();
+        assert!(e.to_string().contains("htpasswd, token, silly"), "{e}");
     }
 }
