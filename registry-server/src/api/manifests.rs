@@ -15,7 +15,16 @@ fn parse_reference(raw: &str) -> Result<Reference, ApiError> {
 
 pub(crate) async fn get(ctx: &Ctx, name: &str, reference: &str) -> ApiResult {
     let name = parse_name(name)?;
-    let reference = parse_reference(reference)?;
+    // A tag that cannot be one names no manifest: a read finds nothing (404, as in
+    // distribution and the conformance suite); only a write of it is a bad request. A
+    // malformed digest stays a 400 DIGEST_INVALID.
+    let reference = parse_reference(reference).map_err(|e| {
+        if reference.contains(':') {
+            e
+        } else {
+            ApiError::from(RegistryError::ManifestUnknown(reference.to_owned()))
+        }
+    })?;
     let m = ctx.app.content.source(&name).manifest(&reference).await?;
     if ctx.method == Method::GET {
         let tag = match &reference {

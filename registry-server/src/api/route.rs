@@ -102,6 +102,15 @@ impl Route {
         }
     }
 
+    /// The digest the path names, if it names one (as the client wrote it, unchecked).
+    pub fn digest(&self) -> Option<&str> {
+        match self {
+            Route::Blob { digest, .. } | Route::Referrers { digest, .. } => Some(digest),
+            Route::Manifest { reference, .. } if reference.contains(':') => Some(reference),
+            _ => None,
+        }
+    }
+
     /// The access a request needs, from its route and method (distribution's mapping):
     /// `pull` to read, `pull,push` to write (and `pull` on a mount's source), `delete` to
     /// delete, `registry:catalog:*` for the catalog.

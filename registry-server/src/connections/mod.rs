@@ -29,7 +29,7 @@ use tower::ServiceExt;
 use crate::observe::Metrics;
 use admission::{Admission, Refusal, Ticket};
 use deadlines::{Activity, DeadlineIo, Expired, InFlight, Timeouts};
-use request_body::IdleLimitedBody;
+use request_body::{DRAIN_LIMIT, IdleLimitedBody, SharedBody};
 
 /// Connection limits (`berth.connections`).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -216,14 +216,26 @@ async fn connection(
     );
     let service = hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
         let in_flight = activity.request();
-        let mut req = req.map(|b| {
-            axum::body::Body::new(IdleLimitedBody::new(b, body_idle, on_body_expiry.clone()))
-        });
+        let (parts, body) = req.into_parts();
+        let (handler_body, mut rest) = SharedBody::new(IdleLimitedBody::new(
+            body,
+            body_idle,
+            on_body_expiry.clone(),
+        ));
+        let mut req = hyper::Request::from_parts(parts, axum::body::Body::new(handler_body));
         req.extensions_mut()
             .insert(axum::extract::ConnectInfo(peer));
         let router = router.clone();
         async move {
-            let resp = router.oneshot(req).await?;
+            let mut resp = router.oneshot(req).await?;
+            // What the handler left unread: read it now if it is small, so that a client
+            // still sending gets this answer instead of a reset; else the connection closes.
+            if !rest.drain(DRAIN_LIMIT).await {
+                resp.headers_mut().insert(
+                    axum::http::header::CONNECTION,
+                    axum::http::HeaderValue::from_static("close"),
+                );
+            }
             Ok::<_, Infallible>(resp.map(|b| {
                 axum::body::Body::new(UntilSent {
                     inner: b,

@@ -1,12 +1,19 @@
-//! A request body that fails when its client sends nothing for a while.
+//! Request bodies at the connection: an idle limit, and what is left of a body its handler
+//! did not read.
 //!
-//! The timer runs only while the handler waits for the next bytes: a handler that is busy
+//! The idle timer runs only while the handler waits for the next bytes: a handler that is busy
 //! writing to a slow store does not count against the client. An upload whose body fails this
 //! way keeps what it committed and can resume, as after any broken connection.
+//!
+//! A handler may answer before it has read the body: 416 for a chunk at the wrong offset, 401,
+//! 507. Closing the connection then, with the client still sending (a 16 MiB chunk), resets it,
+//! and the client sees `write: broken pipe` instead of the answer. So the connection reads and
+//! discards the rest first when it is announced and small ([`DRAIN_LIMIT`]), which also keeps
+//! the connection alive; a larger or unannounced rest closes the connection after the answer.
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -81,10 +88,108 @@ where
     }
 }
 
+/// The most of an unread body that is read and discarded before the answer goes out: a
+/// chunk as large as clients send with Berth's advertised chunk size, and then some.
+pub const DRAIN_LIMIT: u64 = 64 << 20;
+
+/// A request body shared by its handler (which reads it through one handle) and the
+/// connection (which drains what the handler left, through another).
+pub struct SharedBody<B>(Arc<Mutex<Tracked<B>>>);
+
+struct Tracked<B> {
+    body: B,
+    ended: bool,
+}
+
+impl<B> SharedBody<B> {
+    /// Two handles on `body`.
+    pub fn new(body: B) -> (SharedBody<B>, SharedBody<B>) {
+        let shared = Arc::new(Mutex::new(Tracked { body, ended: false }));
+        (SharedBody(shared.clone()), SharedBody(shared))
+    }
+}
+
+impl<B> Body for SharedBody<B>
+where
+    B: Body<Data = Bytes> + Unpin,
+{
+    type Data = Bytes;
+    type Error = B::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
+        let mut t = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        if t.ended {
+            return Poll::Ready(None);
+        }
+        let polled = Pin::new(&mut t.body).poll_frame(cx);
+        if matches!(polled, Poll::Ready(None) | Poll::Ready(Some(Err(_)))) {
+            t.ended = true;
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        let t = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        t.ended || t.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.0
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .body
+            .size_hint()
+    }
+}
+
+impl<B> SharedBody<B>
+where
+    B: Body<Data = Bytes> + Unpin,
+{
+    /// Reads and discards what is left of the body when its length is known and at most
+    /// `limit` bytes; returns whether the body has been read to its end.
+    pub async fn drain(&mut self, limit: u64) -> bool {
+        if self.is_end_stream() {
+            return true;
+        }
+        if self.size_hint().upper().is_none_or(|rest| rest > limit) {
+            return false;
+        }
+        loop {
+            let frame = std::future::poll_fn(|cx| Pin::new(&mut *self).poll_frame(cx)).await;
+            match frame {
+                None => return true,
+                Some(Ok(_)) => continue,
+                Some(Err(_)) => return false,
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use http_body_util::BodyExt;
+
+    #[tokio::test]
+    async fn what_a_handler_leaves_is_drained_when_small() {
+        let full = http_body_util::Full::new(Bytes::from(vec![7u8; 1000]));
+        let (mut handler, mut connection) = SharedBody::new(full);
+        assert!(!connection.is_end_stream());
+        assert!(
+            connection.drain(100).await == false,
+            "more than the limit is left alone"
+        );
+        assert!(connection.drain(1000).await);
+        assert!(handler.frame().await.is_none(), "the handler sees the end");
+        let (handler, mut connection) =
+            SharedBody::new(http_body_util::Full::new(Bytes::from_static(b"x")));
+        drop(handler);
+        assert!(connection.drain(10).await);
+    }
 
     #[tokio::test(start_paused = true)]
     async fn a_quiet_client_fails_its_body_and_a_steady_one_does_not() {
