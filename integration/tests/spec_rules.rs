@@ -854,6 +854,24 @@ async fn deletes_of_tags_manifests_and_blobs() {
         .send(Method::GET, "/v2/del/manifests/keep", &[], None)
         .await;
     assert_eq!(r.status(), 404, "tags of a deleted manifest go with it");
+    // The repository is still there, without tags: the catalog and the tags list agree, as in
+    // distribution (200 with null tags).
+    let r = f.api.send(Method::GET, "/v2/_catalog", &[], None).await;
+    assert!(
+        r.json::<serde_json::Value>().await.unwrap()["repositories"]
+            .as_array()
+            .unwrap()
+            .contains(&json!("del"))
+    );
+    let r = f
+        .api
+        .send(Method::GET, "/v2/del/tags/list", &[], None)
+        .await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(
+        r.json::<serde_json::Value>().await.unwrap(),
+        json!({"name": "del", "tags": null})
+    );
     let r = f
         .api
         .send(Method::DELETE, &format!("/v2/del/manifests/{d}"), &[], None)

@@ -32,8 +32,13 @@ impl Registry {
         Ok(self.store.list(&layout::tags_prefix(name)).await?.prefixes)
     }
 
-    /// Whether anything was ever pushed to the repository.
+    /// Whether the repository exists: the catalog lists it (it keeps a repository whose
+    /// manifests were all deleted, as distribution's catalog does), or it has revisions (a
+    /// store written by distribution, before its catalog index was built).
     pub async fn repository_exists(&self, name: &RepositoryName) -> Result<bool> {
+        if self.exists(&layout::catalog_entry(name)).await? {
+            return Ok(true);
+        }
         let revisions = self
             .store
             .list(&layout::manifest_revisions_prefix(name))

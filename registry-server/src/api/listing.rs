@@ -67,7 +67,11 @@ pub(crate) async fn tags(ctx: &Ctx, name: &str) -> ApiResult {
             return Ok(resp);
         }
     };
-    let resp = axum::Json(json!({ "name": name.as_str(), "tags": page.items })).into_response();
+    // A repository that exists without any tag (its manifests deleted) lists `null`, as
+    // distribution does; a page past the last tag is an empty list.
+    let no_tags = page.items.is_empty() && !page.more && ctx.query.get("last").is_none();
+    let tags = (!no_tags).then_some(&page.items);
+    let resp = axum::Json(json!({ "name": name.as_str(), "tags": tags })).into_response();
     Ok(with_link(
         ctx,
         resp,
