@@ -1,6 +1,9 @@
 #!/usr/bin/env bash
 # Runs every Berth test. Installs what the tests need when it is missing:
-#   skopeo, podman, buildah, wrk, openssl and docker-registry (CNCF distribution 2.8) from Debian's packages,
+#   skopeo, podman, buildah, wrk, openssl, docker-registry (CNCF distribution 2.8), docker.io (the
+#   Docker engine: each test that needs one starts its own dockerd, with its own socket and
+#   directories, and stops it) and busybox-static (the images those tests build) from Debian's
+#   packages,
 #   moto (S3 emulator), gcp-storage-emulator, azure-storage-blob, oras, helm-python-sdk and
 #   kubernetes-validate from PyPI,
 #   Azurite (Azure emulator) from npm, s3s-fs (an S3 server that checks signatures) with cargo.
@@ -17,12 +20,15 @@ command -v podman >/dev/null || apt_missing+=(podman)
 command -v buildah >/dev/null || apt_missing+=(buildah)
 command -v openssl >/dev/null || apt_missing+=(openssl)
 command -v wrk >/dev/null || apt_missing+=(wrk)
+command -v dockerd >/dev/null || apt_missing+=(docker.io)
+command -v busybox >/dev/null || apt_missing+=(busybox-static)
 if ((${#apt_missing[@]})); then
   echo "test.sh: installing ${apt_missing[*]} with apt" >&2
-  as_root apt-get update -qq
-  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${apt_missing[@]}" >/dev/null
+  # Waits for another apt or dpkg to finish instead of failing on its lock.
+  as_root apt-get -o DPkg::Lock::Timeout=600 update -qq
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=600 install -y -qq "${apt_missing[@]}" >/dev/null
 fi
-for tool in skopeo docker-registry podman buildah; do
+for tool in skopeo docker-registry podman buildah dockerd busybox; do
   command -v "$tool" >/dev/null || { echo "test.sh: $tool is still missing after install" >&2; exit 1; }
 done
 

@@ -5,7 +5,12 @@ use registry_core::manifest::{Manifest, ManifestKind, sniff_media_type};
 
 fuzz_target!(|data: &[u8]| {
     let split = data.first().map_or(0, |&b| b as usize % 4);
-    let content_type = ["", "application/vnd.oci.image.manifest.v1+json", "application/vnd.oci.image.index.v1+json", "application/vnd.docker.distribution.manifest.v2+json"][split];
+    let content_type = [
+        "",
+        "application/vnd.oci.image.manifest.v1+json",
+        "application/vnd.oci.image.index.v1+json",
+        "application/vnd.docker.distribution.manifest.v2+json",
+    ][split];
     let body = data.get(1..).unwrap_or_default();
     let _ = sniff_media_type(body);
     if let Ok(m) = Manifest::parse(body, Some(content_type).filter(|c| !c.is_empty())) {

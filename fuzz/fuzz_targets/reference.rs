@@ -4,9 +4,15 @@ use libfuzzer_sys::fuzz_target;
 use registry_core::{Reference, RepositoryName, Tag};
 
 fuzz_target!(|data: &[u8]| {
-    let Ok(s) = std::str::from_utf8(data) else { return };
+    let Ok(s) = std::str::from_utf8(data) else {
+        return;
+    };
     if let Ok(n) = s.parse::<RepositoryName>() {
-        assert!(!n.as_str().split('/').any(|c| c.is_empty() || c == "." || c == ".."));
+        assert!(
+            !n.as_str()
+                .split('/')
+                .any(|c| c.is_empty() || c == "." || c == "..")
+        );
         assert!(n.as_str().len() <= 255);
     }
     if let Ok(t) = s.parse::<Tag>() {

@@ -4,6 +4,7 @@
 pub mod certs;
 pub mod credentials;
 pub mod distribution;
+pub mod docker;
 pub mod emulators;
 pub mod http;
 pub mod layout;

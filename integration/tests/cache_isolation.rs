@@ -97,7 +97,7 @@ async fn private_content_is_not_readable_through_a_cached_repository() {
         &private_token,
     )
     .await;
-    assert_eq!((get, head), (403, 403), "the private repository itself");
+    assert_eq!((get, head), (401, 401), "the private repository itself");
 
     let token = anonymous_token(&api, "repository:hub/anything:pull").await;
     for path in [

@@ -177,8 +177,13 @@ impl From<crate::auth::AuthError> for ApiError {
                 ApiError::new(StatusCode::UNAUTHORIZED, "UNAUTHORIZED", message)
                     .with_header("www-authenticate", &challenge)
             }
-            A::Denied { challenge } => ApiError::new(StatusCode::FORBIDDEN, "DENIED", message)
-                .with_header("www-authenticate", &challenge),
+            // As distribution answers a token without the scope: 401 UNAUTHORIZED with the
+            // challenge's insufficient_scope. docker gives up at once on it and says "denied";
+            // on a 403 DENIED it retried a refused push for 50 s.
+            A::Denied { challenge } => {
+                ApiError::new(StatusCode::UNAUTHORIZED, "UNAUTHORIZED", message)
+                    .with_header("www-authenticate", &challenge)
+            }
             A::Throttled { retry_after } => {
                 ApiError::new(StatusCode::TOO_MANY_REQUESTS, "TOOMANYREQUESTS", message)
                     .with_header("retry-after", &retry_after.to_string())
