@@ -180,7 +180,7 @@ mod tests {
         let (mut handler, mut connection) = SharedBody::new(full);
         assert!(!connection.is_end_stream());
         assert!(
-            connection.drain(100).await == false,
+            !connection.drain(100).await,
             "more than the limit is left alone"
         );
         assert!(connection.drain(1000).await);
