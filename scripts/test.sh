@@ -3,7 +3,7 @@
 #   skopeo, podman, buildah, wrk, openssl, docker-registry (CNCF distribution 2.8), docker.io (the
 #   Docker engine: each test that needs one starts its own dockerd, with its own socket and
 #   directories, and stops it) and busybox-static (the images those tests build) from Debian's
-#   packages,
+#   packages, and a Debian root filesystem made with debootstrap (stand-in base images),
 #   moto (S3 emulator), gcp-storage-emulator, azure-storage-blob, oras, helm-python-sdk and
 #   kubernetes-validate from PyPI,
 #   Azurite (Azure emulator) from npm, s3s-fs (an S3 server that checks signatures) with cargo.
@@ -22,6 +22,7 @@ command -v openssl >/dev/null || apt_missing+=(openssl)
 command -v wrk >/dev/null || apt_missing+=(wrk)
 command -v dockerd >/dev/null || apt_missing+=(docker.io)
 command -v busybox >/dev/null || apt_missing+=(busybox-static)
+command -v debootstrap >/dev/null || apt_missing+=(debootstrap)
 if ((${#apt_missing[@]})); then
   echo "test.sh: installing ${apt_missing[*]} with apt" >&2
   # Waits for another apt or dpkg to finish instead of failing on its lock.
@@ -67,6 +68,18 @@ command -v moto_server >/dev/null || { echo "test.sh: moto_server is still missi
 command -v s3s-fs >/dev/null || { echo "test.sh: s3s-fs is still missing after install" >&2; exit 1; }
 command -v gcp-storage-emulator >/dev/null || { echo "test.sh: gcp-storage-emulator is still missing after install" >&2; exit 1; }
 [ -x .tools/node_modules/.bin/azurite-blob ] || { echo "test.sh: azurite is still missing after install" >&2; exit 1; }
+
+# A Debian root filesystem with gcc (about 40 s, once): the tests import it as local stand-ins for
+# the Dockerfile's public base images, which cannot be pulled here, and build Berth's image.
+[ -f .tools/standin-rootfs.tar ] || {
+  echo "test.sh: making a Debian root filesystem with debootstrap into .tools/" >&2
+  rm -rf .tools/standin-rootfs
+  as_root debootstrap --variant=minbase --include=gcc,libc6-dev,ca-certificates \
+    bookworm .tools/standin-rootfs http://deb.debian.org/debian >/dev/null
+  as_root tar -C .tools/standin-rootfs -cf .tools/standin-rootfs.tar.part .
+  mv .tools/standin-rootfs.tar.part .tools/standin-rootfs.tar
+  as_root rm -rf .tools/standin-rootfs
+}
 
 # Build the binary once; the end-to-end tests start it as a real process.
 cargo build --quiet -p registry-server --bin berth

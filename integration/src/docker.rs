@@ -1,6 +1,12 @@
 //! A real Docker engine for end-to-end tests: `dockerd` with its own socket and directories,
 //! leaving the host's network alone, stopped (with its containers) on drop.
 //!
+//! [`DockerEngine::start`] gives containers no network of their own (`--network host` or
+//! `none`), and its pushes reach registries on the host's loopback.
+//! [`DockerEngine::start_isolated`] runs the engine in a network namespace of its own, with a
+//! bridge, so that `docker run -p 5001:5000` works as the tutorials write it; its loopback is
+//! the namespace's, reached from the test with [`DockerEngine::in_namespace`].
+//!
 //! Nothing can be pulled from outside, so images are made here: a busybox rootfs imported
 //! from Debian's busybox-static. Docker treats 127.0.0.0/8 registries as insecure: it speaks
 //! TLS to them without checking the certificate, and falls back to plain HTTP.
@@ -15,6 +21,7 @@ use crate::tools::require;
 pub struct DockerEngine {
     child: Child,
     socket: PathBuf,
+    netns: Option<String>,
     dir: tempfile::TempDir,
 }
 
@@ -30,6 +37,37 @@ fn client() -> &'static str {
 impl DockerEngine {
     /// Starts an engine in a fresh directory and waits until it answers.
     pub fn start() -> DockerEngine {
+        Self::launch(None)
+    }
+
+    /// Starts an engine in a network namespace of its own, with a bridge (see the module).
+    pub fn start_isolated() -> DockerEngine {
+        static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let name = format!(
+            "berth{}-{}",
+            std::process::id(),
+            N.fetch_add(1, std::sync::atomic::Ordering::SeqCst)
+        );
+        crate::tools::run(Command::new("ip").args(["netns", "add", &name]));
+        crate::tools::run(
+            Command::new("ip").args(["netns", "exec", &name, "ip", "link", "set", "lo", "up"]),
+        );
+        Self::launch(Some(name))
+    }
+
+    /// A command run inside the engine's network namespace (plain when it has none).
+    pub fn in_namespace(&self, program: &str) -> Command {
+        match &self.netns {
+            None => Command::new(program),
+            Some(ns) => {
+                let mut c = Command::new("nsenter");
+                c.arg(format!("--net=/var/run/netns/{ns}")).arg(program);
+                c
+            }
+        }
+    }
+
+    fn launch(netns: Option<String>) -> DockerEngine {
         require("dockerd");
         // Short paths: the socket's path must fit in a sockaddr_un.
         let dir = tempfile::Builder::new()
@@ -38,7 +76,20 @@ impl DockerEngine {
             .unwrap();
         let socket = dir.path().join("d.sock");
         let log = std::fs::File::create(dir.path().join("dockerd.log")).unwrap();
-        let child = Command::new("dockerd")
+        // nsenter, not `ip netns exec`: the latter remounts /sys, and dockerd then finds no
+        // cgroups.
+        let mut command = match &netns {
+            None => Command::new("dockerd"),
+            Some(ns) => {
+                let mut c = Command::new("nsenter");
+                c.arg(format!("--net=/var/run/netns/{ns}")).arg("dockerd");
+                c
+            }
+        };
+        if netns.is_none() {
+            command.arg("--bridge=none");
+        }
+        let child = command
             .arg("--host")
             .arg(format!("unix://{}", socket.display()))
             .arg("--data-root")
@@ -48,7 +99,6 @@ impl DockerEngine {
             .arg("--pidfile")
             .arg(dir.path().join("d.pid"))
             .args([
-                "--bridge=none",
                 "--iptables=false",
                 "--ip6tables=false",
                 "--ip-forward=false",
@@ -59,7 +109,12 @@ impl DockerEngine {
             .stderr(log)
             .spawn()
             .expect("cannot start dockerd (as root)");
-        let engine = DockerEngine { child, socket, dir };
+        let engine = DockerEngine {
+            child,
+            socket,
+            netns,
+            dir,
+        };
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
             let out = engine.command(&["version"]).output().unwrap();
@@ -190,13 +245,20 @@ impl Drop for DockerEngine {
             .arg(self.child.id().to_string())
             .status();
         let deadline = Instant::now() + Duration::from_secs(20);
+        let mut exited = false;
         while Instant::now() < deadline {
             if let Ok(Some(_)) = self.child.try_wait() {
-                return;
+                exited = true;
+                break;
             }
             std::thread::sleep(Duration::from_millis(100));
         }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        if !exited {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+        if let Some(ns) = &self.netns {
+            let _ = Command::new("ip").args(["netns", "del", ns]).status();
+        }
     }
 }

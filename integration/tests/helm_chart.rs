@@ -2,28 +2,12 @@
 //! every object validated against the Kubernetes schemas, and the rendered configuration run by
 //! the real berth binary against moto S3 with a skopeo push.
 
-use std::path::Path;
-use std::process::Command;
-
 use integration::Berth;
 use integration::emulators::Moto;
+use integration::helm::render;
 use integration::layout::write_image;
 use integration::tools::{skopeo_copy, tree};
 use serde_json::{Value, json};
-
-fn render(values: &Value) -> Result<Vec<Value>, String> {
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../charts/berth/ci/render.py");
-    let out = Command::new("python3")
-        .arg(script)
-        .arg(values.to_string())
-        .output()
-        .expect("python3");
-    if out.status.success() {
-        Ok(serde_json::from_slice(&out.stdout).expect("render.py prints JSON"))
-    } else {
-        Err(String::from_utf8_lossy(&out.stderr).into_owned())
-    }
-}
 
 fn kinds(objects: &[Value]) -> Vec<String> {
     objects
