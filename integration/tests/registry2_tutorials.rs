@@ -66,6 +66,22 @@ fn push_and_pull(docker: &DockerEngine, image: &str, reference: &str) {
     assert_eq!(docker.image_id(reference), id);
 }
 
+/// `docker run -d -p 5001:5000 --name registry -v VOLUME berth`, answering.
+fn run_with_volume(docker: &DockerEngine, volume: &str) {
+    docker.run(&[
+        "run",
+        "-d",
+        "-p",
+        "5001:5000",
+        "--name",
+        "registry",
+        "-v",
+        volume,
+        IMAGE,
+    ]);
+    wait_for(docker, "http://localhost:5001/v2/", Some("registry"));
+}
+
 fn remove(docker: &DockerEngine, name: &str) {
     docker.run(&["container", "stop", name]);
     docker.run(&["container", "rm", "-v", name]);
@@ -115,33 +131,11 @@ fn the_registry2_tutorials_and_the_helm_deployment_with_berths_image() {
     // container.
     let data = work.path().join("registry-data");
     let volume = format!("{}:/var/lib/registry", data.display());
-    docker.run(&[
-        "run",
-        "-d",
-        "-p",
-        "5001:5000",
-        "--name",
-        "registry",
-        "-v",
-        &volume,
-        IMAGE,
-    ]);
-    wait_for(&docker, "http://localhost:5001/v2/", Some("registry"));
+    run_with_volume(&docker, &volume);
     push_and_pull(&docker, "my-busybox-src:latest", "localhost:5001/kept");
     docker.run(&["rm", "-f", "registry"]);
     assert!(data.join("docker/registry/v2/repositories/kept").is_dir());
-    docker.run(&[
-        "run",
-        "-d",
-        "-p",
-        "5001:5000",
-        "--name",
-        "registry",
-        "-v",
-        &volume,
-        IMAGE,
-    ]);
-    wait_for(&docker, "http://localhost:5001/v2/", Some("registry"));
+    run_with_volume(&docker, &volume);
     docker.run(&["image", "remove", "localhost:5001/kept"]);
     docker.run(&["pull", "localhost:5001/kept"]);
     remove(&docker, "registry");
