@@ -81,6 +81,10 @@ command -v gcp-storage-emulator >/dev/null || { echo "test.sh: gcp-storage-emula
   as_root rm -rf .tools/standin-rootfs
 }
 
+# Formatting, the fuzz crate (outside the workspace) included.
+cargo fmt --all --check
+cargo fmt --manifest-path fuzz/Cargo.toml --check
+
 # Build the binary once; the end-to-end tests start it as a real process.
 cargo build --quiet -p registry-server --bin berth
 export BERTH_BIN="${CARGO_TARGET_DIR:-$PWD/target}/debug/berth"
