@@ -6,6 +6,7 @@ pub mod credentials;
 pub mod distribution;
 pub mod docker;
 pub mod emulators;
+pub mod fault_proxy;
 pub mod helm;
 pub mod http;
 pub mod image;

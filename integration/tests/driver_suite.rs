@@ -50,6 +50,36 @@ async fn s3_on_moto_passes_the_suite() {
     registry_core::storage::suite::run_with(Arc::new(driver), options).await;
 }
 
+/// The retrying wrapper every object store runs behind is a driver too: it keeps the contract,
+/// on a store that fails one request in ten (the fault proxy, in front of moto).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_retrying_wrapper_passes_the_suite_on_a_failing_store() {
+    use integration::fault_proxy::{FaultProxy, Faults};
+    use storage_drivers::resilient::{Resilient, RetryPolicy};
+    tls();
+    let moto = Moto::start();
+    moto.create_bucket("suite");
+    let proxy = FaultProxy::start(
+        &moto.endpoint,
+        Faults {
+            unavailable: 0.04,
+            server_error: 0.02,
+            reset: 0.02,
+            applied_then_error: 0.01,
+            applied_then_reset: 0.01,
+            ..Faults::default()
+        },
+    );
+    let driver = s3_driver(&s3_options(&proxy.endpoint, MOTO_KEYS, "suite")).unwrap();
+    let resilient = Resilient::new(Arc::new(driver), RetryPolicy::default());
+    let options = SuiteOptions {
+        atomic_conditional_update: false,
+        conditional_puts: true,
+    };
+    registry_core::storage::suite::run_with(Arc::new(resilient), options).await;
+    assert!(proxy.faulted() > 0, "the proxy injected nothing");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn s3_on_s3s_fs_passes_the_suite() {
     tls();

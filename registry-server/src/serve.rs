@@ -13,7 +13,7 @@ pub fn app(settings: Settings) -> Result<Arc<App>, ConfigError> {
     let metrics = Arc::new(crate::observe::Metrics::default());
     let store: Arc<dyn registry_core::StorageDriver> = Arc::new(
         crate::observe::instrumented_driver::InstrumentedDriver::new(
-            backend::build(&settings.storage)?,
+            backend::build(&settings.storage, settings.retry)?,
             metrics.clone(),
         ),
     );

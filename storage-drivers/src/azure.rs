@@ -2,11 +2,10 @@
 
 use std::sync::Arc;
 
-use object_store::ClientOptions;
 use object_store::azure::MicrosoftAzureBuilder;
 use registry_core::storage::{PartPolicy, StorageError};
 
-use crate::object_store_driver::ObjectStoreDriver;
+use crate::object_store_driver::{ObjectStoreDriver, client_options, no_retries};
 
 /// Settings of an Azure backend (distribution's `storage.azure` keys plus an endpoint).
 #[derive(Clone, Default, PartialEq, Eq)]
@@ -55,7 +54,8 @@ pub fn azure_driver(o: &AzureOptions) -> Result<ObjectStoreDriver, StorageError>
     // managed identity.
     // Client options first: with_client_options replaces the whole set, allow_http included.
     let mut b = MicrosoftAzureBuilder::from_env()
-        .with_client_options(ClientOptions::new().with_timeout_disabled())
+        .with_client_options(client_options())
+        .with_retry(no_retries())
         .with_account(&o.account)
         .with_container_name(&o.container);
     if let Some(k) = &o.account_key {

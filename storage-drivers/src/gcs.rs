@@ -15,12 +15,12 @@ use std::ops::Range;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::object_store_driver::client_options;
 use crate::percent::encode_unreserved;
 use async_trait::async_trait;
 use bytes::Bytes;
 use futures::stream::BoxStream;
 use futures::{StreamExt, TryStreamExt};
-use object_store::ClientOptions;
 use object_store::gcp::{GoogleCloudStorage, GoogleCloudStorageBuilder};
 use object_store::path::Path;
 use object_store::signer::{Method, Signer};
@@ -156,7 +156,7 @@ pub fn gcs_driver(o: &GcsOptions) -> Result<GcsDriver, StorageError> {
         .trim_end_matches('/')
         .to_owned();
     let mut b = GoogleCloudStorageBuilder::from_env()
-        .with_client_options(ClientOptions::new().with_allow_http(base.starts_with("http://")))
+        .with_client_options(client_options().with_allow_http(base.starts_with("http://")))
         .with_bucket_name(&o.bucket)
         .with_base_url(&base);
     if let Some(key) = &o.service_account_key {
@@ -164,7 +164,13 @@ pub fn gcs_driver(o: &GcsOptions) -> Result<GcsDriver, StorageError> {
     }
     let store = Arc::new(b.build().map_err(StorageError::backend)?);
     Ok(GcsDriver {
-        http: reqwest::Client::new(),
+        // The same deadlines as the other object stores (client_options).
+        http: reqwest::Client::builder()
+            .connect_timeout(std::time::Duration::from_secs(5))
+            .read_timeout(std::time::Duration::from_secs(30))
+            .timeout(std::time::Duration::from_secs(300))
+            .build()
+            .map_err(StorageError::backend)?,
         base,
         bucket: o.bucket.clone(),
         root: o.root.trim_matches('/').to_owned(),

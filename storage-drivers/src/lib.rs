@@ -12,6 +12,7 @@ pub mod memory;
 pub mod object_store_driver;
 #[cfg(any(feature = "s3", feature = "gcs"))]
 mod percent;
+pub mod resilient;
 #[cfg(feature = "s3")]
 pub mod s3;
 

@@ -22,6 +22,27 @@ use registry_core::storage::{
 };
 use tokio::io::AsyncWriteExt;
 
+/// The HTTP client settings of every object-store backend: a request that cannot connect in 5 s,
+/// or whose answer stalls for 30 s, is cut, and [`crate::resilient::Resilient`] sends it again;
+/// nothing waits on a hung store for minutes. The client library's own retries are off, so
+/// that one policy (with a time budget, and reconciliation of writes that may have been
+/// applied) decides.
+pub fn client_options() -> object_store::ClientOptions {
+    object_store::ClientOptions::new()
+        .with_connect_timeout(Duration::from_secs(5))
+        .with_read_timeout(Duration::from_secs(30))
+        // A whole request: a 16 MiB part at 100 KiB/s still fits.
+        .with_timeout(Duration::from_secs(300))
+}
+
+/// No retries inside the client library (see [`client_options`]).
+pub fn no_retries() -> object_store::RetryConfig {
+    object_store::RetryConfig {
+        max_retries: 0,
+        ..Default::default()
+    }
+}
+
 /// A Berth storage driver over any object_store backend.
 #[derive(Clone)]
 pub struct ObjectStoreDriver {

@@ -3,13 +3,12 @@
 
 use std::sync::Arc;
 
-use object_store::ClientOptions;
 use object_store::aws::{AmazonS3, AmazonS3Builder, AwsAuthorizer};
 use object_store::multipart::{MultipartStore, PartId};
 use object_store::path::Path;
 use registry_core::storage::{PartPolicy, StorageError};
 
-use crate::object_store_driver::{LargeCopy, ObjectStoreDriver};
+use crate::object_store_driver::{LargeCopy, ObjectStoreDriver, client_options, no_retries};
 use crate::percent::encode_unreserved;
 
 /// CopyObject refuses sources larger than this.
@@ -75,7 +74,8 @@ fn builder(o: &S3Options, endpoint: Option<&str>) -> AmazonS3Builder {
     // credentials (EKS Pod Identity, ECS) and instance metadata.
     // Client options first: with_client_options replaces the whole set, allow_http included.
     let mut b = AmazonS3Builder::from_env()
-        .with_client_options(ClientOptions::new().with_timeout_disabled())
+        .with_client_options(client_options())
+        .with_retry(no_retries())
         .with_bucket_name(&o.bucket);
     if let Some(r) = &o.region {
         b = b.with_region(r);

@@ -39,6 +39,9 @@ pub enum StorageError {
     /// The store has no room left (a full disk or an exhausted quota).
     #[error("storage full: {0}")]
     Full(String),
+    /// The store kept failing (or did not answer) until the retry budget was spent.
+    #[error("storage unavailable: {0}")]
+    Unavailable(String),
     /// Anything else the backend reported.
     #[error("storage backend error: {0}")]
     Backend(String),

@@ -136,6 +136,16 @@ impl From<RegistryError> for ApiError {
                     "the registry's storage is full",
                 )
             }
+            RegistryError::Storage(StorageError::Unavailable(detail)) => {
+                tracing::error!(error = %detail, "storage unavailable");
+                // The store may be back in moments: say when to try again.
+                ApiError::new(
+                    S::SERVICE_UNAVAILABLE,
+                    "UNAVAILABLE",
+                    "the registry's storage is not answering: try again shortly",
+                )
+                .with_header("retry-after", "10")
+            }
             RegistryError::Storage(inner) => {
                 // Store details can name buckets and keys: log them, tell the client only the kind.
                 tracing::error!(error = %inner, "storage failure");

@@ -407,6 +407,16 @@ pub struct BerthConfig {
     pub connections: Option<ConnectionsConfig>,
     /// Failed-login throttling.
     pub logins: Option<LoginsConfig>,
+    /// How object-store requests are retried.
+    pub storage: Option<BerthStorageConfig>,
+}
+
+/// `berth.storage`: how a slow or failing object store is ridden out.
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+pub struct BerthStorageConfig {
+    /// How long one store operation may keep trying before the client gets 503 (default 30s).
+    pub retrybudget: Option<String>,
 }
 
 /// `berth.logins`: how failed password logins are slowed down.
@@ -589,6 +599,8 @@ pub struct Settings {
     pub proxies: Vec<UpstreamSettings>,
     /// Limits on client connections.
     pub connections: crate::connections::ConnectionSettings,
+    /// How object-store requests are retried.
+    pub retry: storage_drivers::resilient::RetryPolicy,
     /// Log level filter.
     pub log_level: String,
     /// Emit JSON logs.
@@ -815,8 +827,25 @@ fn validate(config: Config, warnings: &mut Vec<String>) -> Result<Settings, Conf
     }
     let proxies = proxy::upstreams(config.proxy.as_ref(), &config.berth.proxies)?;
     let connections = connection_settings(config.berth.connections.as_ref())?;
+    let mut retry = storage_drivers::resilient::RetryPolicy::default();
+    if let Some(text) = config
+        .berth
+        .storage
+        .as_ref()
+        .and_then(|s| s.retrybudget.as_deref())
+    {
+        retry.budget = parse_duration(text)
+            .filter(|d| !d.is_zero())
+            .ok_or_else(|| {
+                key_err(
+                    "berth.storage.retrybudget",
+                    format!("{text:?} is not a duration above zero like 30s"),
+                )
+            })?;
+    }
     Ok(Settings {
         connections,
+        retry,
         tls,
         addr: parse_addr(config.http.addr.as_deref().unwrap_or(":5000"))?,
         host: config.http.host.map(|h| h.trim_end_matches('/').to_owned()),
