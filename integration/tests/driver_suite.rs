@@ -133,6 +133,7 @@ async fn azure_on_azurite_passes_the_suite() {
         endpoint: Some(azurite.endpoint.clone()),
         root: "registry".into(),
         part_size: 5 << 20,
+        ..Default::default()
     })
     .unwrap();
     registry_core::storage::suite::run_all(Arc::new(driver)).await;
@@ -146,6 +147,7 @@ fn gcs_options(emu: &GcsEmulator, bucket: &str) -> storage_drivers::gcs::GcsOpti
         service_account_key: Some(emu.service_account_key.clone()),
         anonymous: true,
         part_size: 5 << 20,
+        ..Default::default()
     }
 }
 

@@ -126,3 +126,84 @@ fn gcs_on_a_bad_day() {
         &proxy,
     );
 }
+
+/// Berth on moto through a fault proxy (no faults yet), with `berth` settings appended.
+fn on_moto(extra: &str) -> (integration::emulators::Moto, FaultProxy, Berth) {
+    let moto = integration::emulators::Moto::start();
+    moto.create_bucket("outage");
+    let proxy = FaultProxy::start(&moto.endpoint, Faults::default());
+    let yaml = moto
+        .storage_yaml("outage")
+        .replace(&moto.endpoint, &proxy.endpoint);
+    let berth = Berth::with_config(&format!("storage:\n  {yaml}{extra}"), &[]);
+    (moto, proxy, berth)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_push_rides_out_a_ten_second_outage() {
+    let (_moto, proxy, berth) = on_moto("");
+    let api = integration::http::Api::new(&berth.url);
+    let data = bytes::Bytes::from(integration::layout::random_bytes(41, 40 << 20));
+    let push = {
+        let api = api.clone();
+        let data = data.clone();
+        tokio::spawn(async move { api.chunked_push(&[], "team/app", &data, 8 << 20).await })
+    };
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let started = std::time::Instant::now();
+    proxy.outage(std::time::Duration::from_secs(10));
+    let digest = push.await.unwrap();
+    eprintln!("pushed across a 10 s outage in {:?}", started.elapsed());
+    let r = api
+        .send(
+            reqwest::Method::GET,
+            &format!("/v2/team/app/blobs/{digest}"),
+            &[],
+            None,
+        )
+        .await;
+    let url = integration::http::header(&r, "location").unwrap();
+    let body = reqwest::get(url).await.unwrap().bytes().await.unwrap();
+    assert_eq!(body, data);
+    assert!(proxy.faulted() > 0);
+}
+
+#[tokio::test]
+async fn a_longer_outage_is_a_503_that_says_when_to_try_again() {
+    let (_moto, proxy, berth) = on_moto("berth:\n  storage:\n    retrybudget: 2s\n");
+    proxy.outage(std::time::Duration::from_secs(60));
+    let api = integration::http::Api::new(&berth.url);
+    let started = std::time::Instant::now();
+    let r = api
+        .send(reqwest::Method::GET, "/v2/team/app/manifests/v1", &[], None)
+        .await;
+    assert!(started.elapsed() < std::time::Duration::from_secs(6));
+    assert_eq!(r.status(), 503);
+    assert_eq!(
+        integration::http::header(&r, "retry-after").as_deref(),
+        Some("10")
+    );
+    assert_eq!(integration::http::error_code(r).await, "UNAVAILABLE");
+}
+
+#[test]
+fn stalled_store_requests_are_cut_and_sent_again() {
+    let (_moto, proxy, berth) = on_moto("berth:\n  storage:\n    stalltimeout: 1s\n");
+    // One request in twenty hangs for a minute before it reaches the store: about six in a
+    // round trip, six minutes if each were waited out.
+    proxy.set(Faults {
+        hang: Some((0.05, std::time::Duration::from_secs(60))),
+        ..Faults::default()
+    });
+    let work = tempfile::tempdir().unwrap();
+    let started = std::time::Instant::now();
+    let failures = round_trips(&berth, work.path(), 1);
+    let took = started.elapsed();
+    eprintln!(
+        "a round trip with 5 % of store requests hanging ({} hung): {took:?}",
+        proxy.faulted()
+    );
+    assert!(failures.is_empty(), "{failures:?}");
+    assert!(proxy.faulted() > 0);
+    assert!(took < std::time::Duration::from_secs(45), "{took:?}");
+}

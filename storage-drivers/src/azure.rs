@@ -22,6 +22,8 @@ pub struct AzureOptions {
     pub root: String,
     /// Block size for uploads.
     pub part_size: u64,
+    /// How long an answer may stall before the request is cut and sent again (default 30 s).
+    pub stall_timeout: Option<std::time::Duration>,
 }
 
 impl std::fmt::Debug for AzureOptions {
@@ -35,6 +37,7 @@ impl std::fmt::Debug for AzureOptions {
             )
             .field("container", &self.container)
             .field("endpoint", &self.endpoint)
+            .field("stall_timeout", &self.stall_timeout)
             .field("root", &self.root)
             .field("part_size", &self.part_size)
             .finish()
@@ -54,7 +57,7 @@ pub fn azure_driver(o: &AzureOptions) -> Result<ObjectStoreDriver, StorageError>
     // managed identity.
     // Client options first: with_client_options replaces the whole set, allow_http included.
     let mut b = MicrosoftAzureBuilder::from_env()
-        .with_client_options(client_options())
+        .with_client_options(client_options(o.stall_timeout))
         .with_retry(no_retries())
         .with_account(&o.account)
         .with_container_name(&o.container);

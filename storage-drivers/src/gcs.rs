@@ -15,7 +15,7 @@ use std::ops::Range;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::object_store_driver::client_options;
+use crate::object_store_driver::{DEFAULT_STALL, client_options};
 use crate::percent::encode_unreserved;
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -55,6 +55,8 @@ pub struct GcsOptions {
     pub anonymous: bool,
     /// Part size of uploads.
     pub part_size: u64,
+    /// How long an answer may stall before the request is cut and sent again (default 30 s).
+    pub stall_timeout: Option<std::time::Duration>,
 }
 
 impl std::fmt::Debug for GcsOptions {
@@ -64,6 +66,7 @@ impl std::fmt::Debug for GcsOptions {
             .field("bucket", &self.bucket)
             .field("root", &self.root)
             .field("endpoint", &self.endpoint)
+            .field("stall_timeout", &self.stall_timeout)
             .field(
                 "service_account_key",
                 &self.service_account_key.as_ref().map(|_| "<redacted>"),
@@ -156,7 +159,9 @@ pub fn gcs_driver(o: &GcsOptions) -> Result<GcsDriver, StorageError> {
         .trim_end_matches('/')
         .to_owned();
     let mut b = GoogleCloudStorageBuilder::from_env()
-        .with_client_options(client_options().with_allow_http(base.starts_with("http://")))
+        .with_client_options(
+            client_options(o.stall_timeout).with_allow_http(base.starts_with("http://")),
+        )
         .with_bucket_name(&o.bucket)
         .with_base_url(&base);
     if let Some(key) = &o.service_account_key {
@@ -167,7 +172,7 @@ pub fn gcs_driver(o: &GcsOptions) -> Result<GcsDriver, StorageError> {
         // The same deadlines as the other object stores (client_options).
         http: reqwest::Client::builder()
             .connect_timeout(std::time::Duration::from_secs(5))
-            .read_timeout(std::time::Duration::from_secs(30))
+            .read_timeout(o.stall_timeout.unwrap_or(DEFAULT_STALL))
             .timeout(std::time::Duration::from_secs(300))
             .build()
             .map_err(StorageError::backend)?,

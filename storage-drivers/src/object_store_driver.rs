@@ -22,15 +22,18 @@ use registry_core::storage::{
 };
 use tokio::io::AsyncWriteExt;
 
+/// How long an object store's answer may stall when the configuration does not say.
+pub const DEFAULT_STALL: Duration = Duration::from_secs(30);
+
 /// The HTTP client settings of every object-store backend: a request that cannot connect in 5 s,
 /// or whose answer stalls for 30 s, is cut, and [`crate::resilient::Resilient`] sends it again;
 /// nothing waits on a hung store for minutes. The client library's own retries are off, so
 /// that one policy (with a time budget, and reconciliation of writes that may have been
 /// applied) decides.
-pub fn client_options() -> object_store::ClientOptions {
+pub fn client_options(stall: Option<Duration>) -> object_store::ClientOptions {
     object_store::ClientOptions::new()
         .with_connect_timeout(Duration::from_secs(5))
-        .with_read_timeout(Duration::from_secs(30))
+        .with_read_timeout(stall.unwrap_or(DEFAULT_STALL))
         // A whole request: a 16 MiB part at 100 KiB/s still fits.
         .with_timeout(Duration::from_secs(300))
 }

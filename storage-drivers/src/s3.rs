@@ -41,6 +41,8 @@ pub struct S3Options {
     pub copy_part_size: u64,
     /// Endpoint clients reach the bucket at, used to sign redirect URLs (e.g. a public MinIO URL).
     pub public_endpoint: Option<String>,
+    /// How long an answer may stall before the request is cut and sent again (default 30 s).
+    pub stall_timeout: Option<std::time::Duration>,
 }
 
 impl std::fmt::Debug for S3Options {
@@ -65,6 +67,7 @@ impl std::fmt::Debug for S3Options {
             .field("copy_threshold", &self.copy_threshold)
             .field("copy_part_size", &self.copy_part_size)
             .field("public_endpoint", &self.public_endpoint)
+            .field("stall_timeout", &self.stall_timeout)
             .finish()
     }
 }
@@ -74,7 +77,7 @@ fn builder(o: &S3Options, endpoint: Option<&str>) -> AmazonS3Builder {
     // credentials (EKS Pod Identity, ECS) and instance metadata.
     // Client options first: with_client_options replaces the whole set, allow_http included.
     let mut b = AmazonS3Builder::from_env()
-        .with_client_options(client_options())
+        .with_client_options(client_options(o.stall_timeout))
         .with_retry(no_retries())
         .with_bucket_name(&o.bucket);
     if let Some(r) = &o.region {

@@ -417,6 +417,9 @@ pub struct BerthConfig {
 pub struct BerthStorageConfig {
     /// How long one store operation may keep trying before the client gets 503 (default 30s).
     pub retrybudget: Option<String>,
+    /// How long a store's answer may stall before the request is cut and sent again
+    /// (default 30s).
+    pub stalltimeout: Option<String>,
 }
 
 /// `berth.logins`: how failed password logins are slowed down.
@@ -828,20 +831,36 @@ fn validate(config: Config, warnings: &mut Vec<String>) -> Result<Settings, Conf
     let proxies = proxy::upstreams(config.proxy.as_ref(), &config.berth.proxies)?;
     let connections = connection_settings(config.berth.connections.as_ref())?;
     let mut retry = storage_drivers::resilient::RetryPolicy::default();
-    if let Some(text) = config
-        .berth
-        .storage
-        .as_ref()
-        .and_then(|s| s.retrybudget.as_deref())
-    {
-        retry.budget = parse_duration(text)
-            .filter(|d| !d.is_zero())
-            .ok_or_else(|| {
-                key_err(
-                    "berth.storage.retrybudget",
-                    format!("{text:?} is not a duration above zero like 30s"),
-                )
-            })?;
+    let store_duration = |raw: Option<&str>, key: &str| -> Result<Option<Duration>, ConfigError> {
+        raw.map(|text| {
+            parse_duration(text)
+                .filter(|d| !d.is_zero())
+                .ok_or_else(|| {
+                    key_err(
+                        key,
+                        format!("{text:?} is not a duration above zero like 30s"),
+                    )
+                })
+        })
+        .transpose()
+    };
+    let berth_storage = config.berth.storage.as_ref();
+    if let Some(budget) = store_duration(
+        berth_storage.and_then(|s| s.retrybudget.as_deref()),
+        "berth.storage.retrybudget",
+    )? {
+        retry.budget = budget;
+    }
+    let stall = store_duration(
+        berth_storage.and_then(|s| s.stalltimeout.as_deref()),
+        "berth.storage.stalltimeout",
+    )?;
+    let mut storage = storage;
+    match &mut storage {
+        StorageChoice::S3(o) => o.stall_timeout = stall,
+        StorageChoice::Azure(o) => o.stall_timeout = stall,
+        StorageChoice::Gcs(o) => o.stall_timeout = stall,
+        StorageChoice::Filesystem { .. } | StorageChoice::InMemory => {}
     }
     Ok(Settings {
         connections,

@@ -86,6 +86,7 @@ pub(super) fn s3_options(
             "storage.s3.multipartcopychunksize",
         )?,
         public_endpoint: public.map(|u| u.as_str().trim_end_matches('/').to_owned()),
+        stall_timeout: None,
     })
 }
 
@@ -109,6 +110,7 @@ pub(super) fn azure_options(c: &AzureConfig) -> Result<AzureOptions, ConfigError
         endpoint,
         root: root_prefix(&c.rootdirectory),
         part_size: part_size(c.chunksize, "storage.azure.chunksize")?,
+        stall_timeout: None,
     })
 }
 
@@ -159,5 +161,6 @@ pub(super) fn gcs_options(c: &GcsConfig) -> Result<GcsOptions, ConfigError> {
         service_account_key: key,
         anonymous: c.anonymous.unwrap_or(false),
         part_size: part_size(c.chunksize, "storage.gcs.chunksize")?,
+        stall_timeout: None,
     })
 }
