@@ -415,3 +415,63 @@ async fn digest_mismatch_leaves_nothing_in_the_bucket() {
         "multipart uploads left behind: {uploads}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_purge_aborts_multipart_uploads_no_session_names() {
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    let moto = Moto::start();
+    moto.create_bucket("purge");
+    // Left by a crash: a multipart upload no state names, and a session with data but no
+    // state (a monolithic push that never finished).
+    let driver = storage_drivers::s3::s3_driver(&storage_drivers::s3::S3Options {
+        bucket: "purge".into(),
+        region: Some("us-east-1".into()),
+        endpoint: Some(moto.endpoint.clone()),
+        access_key: Some("test".into()),
+        secret_key: Some("test".into()),
+        force_path_style: true,
+        root: "registry".into(),
+        part_size: 5 << 20,
+        ..Default::default()
+    })
+    .unwrap();
+    use registry_core::storage::{PutCondition, StorageDriver};
+    let orphan = "docker/registry/v2/repositories/team/app/_uploads/7c9e6679-7425-40de-944b-e07fc1f90ae7/data";
+    driver.create_multipart(orphan).await.unwrap();
+    let stateless = "docker/registry/v2/repositories/team/app/_uploads/16fd2706-8baf-433b-82eb-8c7fada847da/staged/0";
+    driver
+        .put_bytes(
+            stateless,
+            bytes::Bytes::from_static(b"tail"),
+            PutCondition::Overwrite,
+        )
+        .await
+        .unwrap();
+    let far = std::time::SystemTime::now() + std::time::Duration::from_secs(3600);
+    assert_eq!(
+        driver
+            .dangling_multiparts("docker/", far)
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
+    let berth = berth_on(
+        &moto.storage_yaml("purge"),
+        "  maintenance:\n    uploadpurging:\n      enabled: true\n      age: 1s\n      interval: 1s\n",
+    );
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let open = driver.dangling_multiparts("docker/", far).await.unwrap();
+        let staged = driver.stat(stateless).await.is_ok();
+        if open.is_empty() && !staged {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "still there: {open:?}, staged {staged}: {}",
+            berth.log()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    }
+}

@@ -97,6 +97,14 @@ pub fn upload_data(name: &RepositoryName, id: &str) -> String {
     format!("{}/_uploads/{id}/data", repo(name))
 }
 
+/// The repository and upload id of an upload's data key, if `key` is one.
+pub fn parse_upload_data(key: &str) -> Option<(RepositoryName, String)> {
+    let rest = key.strip_prefix(&repositories_prefix())?;
+    let rest = rest.strip_suffix("/data")?;
+    let (name, id) = rest.rsplit_once("/_uploads/")?;
+    Some((name.parse().ok()?, id.to_owned()))
+}
+
 /// A staged fragment smaller than a part, waiting to be joined with the next bytes.
 pub fn upload_staged(name: &RepositoryName, id: &str, generation: u64) -> String {
     format!("{}/_uploads/{id}/staged/{generation}", repo(name))

@@ -709,6 +709,15 @@ impl StorageDriver for GcsDriver {
             .await
     }
 
+    async fn dangling_multiparts(
+        &self,
+        _prefix: &str,
+        _before: std::time::SystemTime,
+    ) -> Result<Vec<registry_core::storage::DanglingMultipart>, StorageError> {
+        // Parts are objects under the session's prefix, removed with it.
+        Ok(Vec::new())
+    }
+
     async fn abort_multipart(
         &self,
         key: &str,

@@ -56,6 +56,19 @@ pub struct ObjectStoreDriver {
     root: String,
     policy: PartPolicy,
     large_copy: Option<Arc<dyn LargeCopy>>,
+    uploads: Option<Arc<dyn MultipartListing>>,
+}
+
+/// A backend's listing of open multipart writes, which object_store does not offer.
+#[async_trait]
+pub trait MultipartListing: Send + Sync + std::fmt::Debug {
+    /// Open multipart writes whose keys start with `prefix` (a store path), started before
+    /// `before`.
+    async fn open_uploads(
+        &self,
+        prefix: &Path,
+        before: std::time::SystemTime,
+    ) -> Result<Vec<(Path, String)>, StorageError>;
 }
 
 /// A backend-specific server-side copy for objects too large for the store's plain copy.
@@ -116,12 +129,19 @@ impl ObjectStoreDriver {
             root,
             policy,
             large_copy: None,
+            uploads: None,
         }
     }
 
     /// Uses `copier` for objects above its threshold.
     pub fn with_large_copy(mut self, copier: Arc<dyn LargeCopy>) -> Self {
         self.large_copy = Some(copier);
+        self
+    }
+
+    /// Lists open multipart writes with `lister` (stores without it answer none).
+    pub fn with_multipart_listing(mut self, lister: Arc<dyn MultipartListing>) -> Self {
+        self.uploads = Some(lister);
         self
     }
 
@@ -380,6 +400,26 @@ impl StorageDriver for ObjectStoreDriver {
             .await
             .map_err(|e| map_err(key, e))?;
         Ok(())
+    }
+
+    async fn dangling_multiparts(
+        &self,
+        prefix: &str,
+        before: std::time::SystemTime,
+    ) -> Result<Vec<registry_core::storage::DanglingMultipart>, StorageError> {
+        let Some(lister) = &self.uploads else {
+            return Ok(Vec::new());
+        };
+        let found = lister.open_uploads(&self.path(prefix), before).await?;
+        Ok(found
+            .into_iter()
+            .map(
+                |(path, upload_id)| registry_core::storage::DanglingMultipart {
+                    key: self.key_of(&path),
+                    handle: MultipartHandle { upload_id },
+                },
+            )
+            .collect())
     }
 
     async fn abort_multipart(

@@ -24,8 +24,8 @@ use bytes::Bytes;
 use futures::StreamExt;
 use futures::stream::BoxStream;
 use registry_core::storage::{
-    ByteStream, GetResponse, Listing, MultipartHandle, ObjectInfo, PartPolicy, PartSlot,
-    PutCondition, StorageDriver, StorageError, WrittenPart,
+    ByteStream, DanglingMultipart, GetResponse, Listing, MultipartHandle, ObjectInfo, PartPolicy,
+    PartSlot, PutCondition, StorageDriver, StorageError, WrittenPart,
 };
 
 /// How long and how often requests are tried again.
@@ -380,6 +380,17 @@ impl StorageDriver for Resilient {
             Err(StorageError::NotFound(_)) => Ok(()),
             other => other,
         }
+    }
+
+    async fn dangling_multiparts(
+        &self,
+        prefix: &str,
+        before: std::time::SystemTime,
+    ) -> Result<Vec<DanglingMultipart>, StorageError> {
+        self.retry("list multipart uploads", || {
+            self.inner.dangling_multiparts(prefix, before)
+        })
+        .await
     }
 
     async fn settle(&self) {

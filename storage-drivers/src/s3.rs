@@ -111,7 +111,7 @@ pub fn s3_driver(o: &S3Options) -> Result<ObjectStoreDriver, StorageError> {
         ),
         None => store.clone(),
     };
-    let copier = PartCopy {
+    let signed = Arc::new(SignedRequests {
         store: store.clone(),
         bucket: o.bucket.clone(),
         endpoint: o.endpoint.clone(),
@@ -121,9 +121,19 @@ pub fn s3_driver(o: &S3Options) -> Result<ObjectStoreDriver, StorageError> {
             .or_else(|| std::env::var("AWS_REGION").ok())
             .unwrap_or_else(|| "us-east-1".into()),
         path_style: o.force_path_style,
+        http: reqwest::Client::builder()
+            .connect_timeout(std::time::Duration::from_secs(5))
+            .read_timeout(
+                o.stall_timeout
+                    .unwrap_or(crate::object_store_driver::DEFAULT_STALL),
+            )
+            .build()
+            .map_err(StorageError::backend)?,
+    });
+    let copier = PartCopy {
+        s3: signed.clone(),
         threshold: o.copy_threshold,
         part_size: o.copy_part_size.max(5 << 20),
-        http: reqwest::Client::new(),
     };
     Ok(ObjectStoreDriver::new(
         "s3",
@@ -136,20 +146,33 @@ pub fn s3_driver(o: &S3Options) -> Result<ObjectStoreDriver, StorageError> {
             fixed_size: true,
         },
     )
-    .with_large_copy(Arc::new(copier)))
+    .with_large_copy(Arc::new(copier))
+    .with_multipart_listing(Arc::new(OpenUploads { s3: signed })))
 }
 
-/// Server-side copy of large objects with UploadPartCopy, signed with object_store's SigV4.
+/// S3 requests object_store does not make, signed with its SigV4 and its credentials.
 #[derive(Debug)]
-struct PartCopy {
+struct SignedRequests {
     store: Arc<AmazonS3>,
     bucket: String,
     endpoint: Option<String>,
     region: String,
     path_style: bool,
+    http: reqwest::Client,
+}
+
+/// Server-side copy of large objects with UploadPartCopy.
+#[derive(Debug)]
+struct PartCopy {
+    s3: Arc<SignedRequests>,
     threshold: u64,
     part_size: u64,
-    http: reqwest::Client,
+}
+
+/// Open multipart uploads, by ListMultipartUploads.
+#[derive(Debug)]
+struct OpenUploads {
+    s3: Arc<SignedRequests>,
 }
 
 fn xml_etag(body: &str) -> Option<String> {
@@ -162,7 +185,7 @@ fn xml_etag(body: &str) -> Option<String> {
     )
 }
 
-impl PartCopy {
+impl SignedRequests {
     fn object_url(&self, key: &Path) -> String {
         match (&self.endpoint, self.path_style) {
             (Some(e), true) => format!("{}/{}/{key}", e.trim_end_matches('/'), self.bucket),
@@ -185,28 +208,25 @@ impl PartCopy {
         }
     }
 
-    async fn copy_part(
+    /// The bucket's own URL (for bucket-level requests).
+    fn bucket_url(&self) -> String {
+        self.object_url(&Path::from(""))
+            .trim_end_matches('/')
+            .to_owned()
+    }
+
+    /// Sends a signed `method` request to `url` with `headers`; returns the status and body.
+    async fn send(
         &self,
-        from: &Path,
-        to: &Path,
-        upload_id: &str,
-        part: usize,
-        range: (u64, u64),
-    ) -> Result<String, StorageError> {
-        let url = format!(
-            "{}?partNumber={}&uploadId={}",
-            self.object_url(to),
-            part + 1,
-            encode_unreserved(upload_id)
-        );
-        let mut req = http::Request::builder()
-            .method("PUT")
-            .uri(&url)
-            .header("x-amz-copy-source", format!("{}/{from}", self.bucket))
-            .header(
-                "x-amz-copy-source-range",
-                format!("bytes={}-{}", range.0, range.1),
-            )
+        method: &str,
+        url: &str,
+        headers: &[(&str, String)],
+    ) -> Result<(reqwest::StatusCode, String), StorageError> {
+        let mut req = http::Request::builder().method(method).uri(url);
+        for (k, v) in headers {
+            req = req.header(*k, v);
+        }
+        let mut req = req
             .body(object_store::client::HttpRequestBody::empty())
             .map_err(StorageError::backend)?;
         let cred = self
@@ -218,13 +238,48 @@ impl PartCopy {
         AwsAuthorizer::new(&cred, "s3", &self.region)
             .try_authorize(&mut req, None)
             .map_err(StorageError::backend)?;
-        let mut out = self.http.put(&url);
+        let method =
+            reqwest::Method::from_bytes(method.as_bytes()).map_err(StorageError::backend)?;
+        let mut out = self.http.request(method, url);
         for (k, v) in req.headers() {
             out = out.header(k.as_str(), v.as_bytes());
         }
         let resp = out.send().await.map_err(StorageError::backend)?;
         let status = resp.status();
         let body = resp.text().await.map_err(StorageError::backend)?;
+        Ok((status, body))
+    }
+}
+
+impl PartCopy {
+    async fn copy_part(
+        &self,
+        from: &Path,
+        to: &Path,
+        upload_id: &str,
+        part: usize,
+        range: (u64, u64),
+    ) -> Result<String, StorageError> {
+        let url = format!(
+            "{}?partNumber={}&uploadId={}",
+            self.s3.object_url(to),
+            part + 1,
+            encode_unreserved(upload_id)
+        );
+        let (status, body) = self
+            .s3
+            .send(
+                "PUT",
+                &url,
+                &[
+                    ("x-amz-copy-source", format!("{}/{from}", self.s3.bucket)),
+                    (
+                        "x-amz-copy-source-range",
+                        format!("bytes={}-{}", range.0, range.1),
+                    ),
+                ],
+            )
+            .await?;
         if !status.is_success() {
             return Err(StorageError::Backend(format!(
                 "UploadPartCopy {status}: {body}"
@@ -244,6 +299,7 @@ impl LargeCopy for PartCopy {
 
     async fn copy(&self, from: &Path, to: &Path, size: u64) -> Result<(), StorageError> {
         let id = self
+            .s3
             .store
             .create_multipart(to)
             .await
@@ -258,13 +314,14 @@ impl LargeCopy for PartCopy {
             {
                 Ok(etag) => parts.push(PartId { content_id: etag }),
                 Err(e) => {
-                    let _ = self.store.abort_multipart(to, &id).await;
+                    let _ = self.s3.store.abort_multipart(to, &id).await;
                     return Err(e);
                 }
             }
             start = end + 1;
         }
-        self.store
+        self.s3
+            .store
             .complete_multipart(to, &id, parts)
             .await
             .map_err(StorageError::backend)?;
@@ -272,9 +329,130 @@ impl LargeCopy for PartCopy {
     }
 }
 
+/// The text of every `<tag>` element in `xml`, unescaped.
+fn xml_all(xml: &str, tag: &str) -> std::vec::IntoIter<String> {
+    let (open, close) = (format!("<{tag}>"), format!("</{tag}>"));
+    xml.split(open.as_str())
+        .skip(1)
+        .filter_map(|rest| {
+            rest.split_once(close.as_str()).map(|(v, _)| {
+                v.replace("&lt;", "<")
+                    .replace("&gt;", ">")
+                    .replace("&quot;", "\"")
+                    .replace("&apos;", "'")
+                    .replace("&amp;", "&")
+            })
+        })
+        .collect::<Vec<_>>()
+        .into_iter()
+}
+
+/// Seconds since the epoch of an S3 timestamp (`2026-12-01T17:30:00.000Z`).
+fn parse_s3_time(t: &str) -> Option<std::time::SystemTime> {
+    let num = |s: &str| s.parse::<i64>().ok();
+    let (date, time) = t.trim().trim_end_matches('Z').split_once('T')?;
+    let mut d = date.split('-');
+    let (y, m, day) = (num(d.next()?)?, num(d.next()?)?, num(d.next()?)?);
+    let mut hms = time.split(':');
+    let (h, mi) = (num(hms.next()?)?, num(hms.next()?)?);
+    let s = num(hms.next()?.split('.').next()?)?;
+    // Days from 1970-01-01 of a proleptic Gregorian date.
+    let (y, m) = if m <= 2 { (y - 1, m + 9) } else { (y, m - 3) };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let doy = (153 * m + 2) / 5 + day - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    let secs = days * 86_400 + h * 3600 + mi * 60 + s;
+    u64::try_from(secs)
+        .ok()
+        .map(|s| std::time::UNIX_EPOCH + std::time::Duration::from_secs(s))
+}
+
+#[async_trait::async_trait]
+impl crate::object_store_driver::MultipartListing for OpenUploads {
+    async fn open_uploads(
+        &self,
+        prefix: &Path,
+        before: std::time::SystemTime,
+    ) -> Result<Vec<(Path, String)>, StorageError> {
+        let mut found = Vec::new();
+        let mut markers: Option<(String, String)> = None;
+        loop {
+            let mut url = format!(
+                "{}?uploads=&prefix={}",
+                self.s3.bucket_url(),
+                encode_unreserved(prefix.as_ref())
+            );
+            if let Some((key, id)) = &markers {
+                url.push_str(&format!(
+                    "&key-marker={}&upload-id-marker={}",
+                    encode_unreserved(key),
+                    encode_unreserved(id)
+                ));
+            }
+            let (status, body) = self.s3.send("GET", &url, &[]).await?;
+            if !status.is_success() {
+                return Err(StorageError::Backend(format!(
+                    "ListMultipartUploads {status}: {body}"
+                )));
+            }
+            for upload in body.split("<Upload>").skip(1) {
+                let (Some(key), Some(id)) = (
+                    xml_all(upload, "Key").next(),
+                    xml_all(upload, "UploadId").next(),
+                ) else {
+                    continue;
+                };
+                let old = xml_all(upload, "Initiated")
+                    .next()
+                    .and_then(|t| parse_s3_time(&t))
+                    .is_some_and(|t| t < before);
+                if old {
+                    found.push((Path::from(key), id));
+                }
+            }
+            let truncated = xml_all(&body, "IsTruncated").next().as_deref() == Some("true");
+            let next = (
+                xml_all(&body, "NextKeyMarker").next(),
+                xml_all(&body, "NextUploadIdMarker").next(),
+            );
+            match (truncated, next) {
+                (true, (Some(k), Some(i))) if markers.as_ref() != Some(&(k.clone(), i.clone())) => {
+                    markers = Some((k, i));
+                }
+                _ => return Ok(found),
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn s3_listing_parts() {
+        let xml = "<ListMultipartUploadsResult><Upload><Key>a&amp;b</Key><UploadId>u1</UploadId><Initiated>2026-12-01T17:30:05.000Z</Initiated></Upload><IsTruncated>false</IsTruncated></ListMultipartUploadsResult>";
+        assert_eq!(xml_all(xml, "Key").collect::<Vec<_>>(), vec!["a&b"]);
+        assert_eq!(
+            parse_s3_time("2026-12-01T17:30:05.000Z")
+                .unwrap()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_secs(),
+            1_796_146_205
+        );
+        assert_eq!(
+            parse_s3_time("1970-01-01T00:00:00Z")
+                .unwrap()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_secs(),
+            0
+        );
+        assert!(parse_s3_time("yesterday").is_none());
+    }
 
     #[test]
     fn etag_from_copy_part_result() {
@@ -285,7 +463,7 @@ mod tests {
 
     #[test]
     fn urls() {
-        let p = PartCopy {
+        let p = SignedRequests {
             store: Arc::new(
                 AmazonS3Builder::new()
                     .with_bucket_name("b")
@@ -297,8 +475,6 @@ mod tests {
             endpoint: Some("http://127.0.0.1:9000/".into()),
             region: "r".into(),
             path_style: true,
-            threshold: 0,
-            part_size: 0,
             http: reqwest::Client::new(),
         };
         assert_eq!(

@@ -91,6 +91,26 @@ impl Registry {
             }
             n += ids.len();
         }
+        // Multipart writes that no session names: a crash between starting one and recording
+        // it, or a monolithic push that never finished. Only the store knows them.
+        let before = std::time::UNIX_EPOCH + std::time::Duration::from_secs(cutoff);
+        for d in self
+            .store
+            .dangling_multiparts(&crate::layout::repositories_prefix(), before)
+            .await?
+        {
+            let Some((name, id)) = crate::layout::parse_upload_data(&d.key) else {
+                continue;
+            };
+            if self.uploads.names_multipart(&name, &id, &d.handle).await {
+                continue;
+            }
+            tracing::info!(repository = %name, upload = %id, dry_run, "aborting a multipart upload no session names");
+            if !dry_run {
+                self.store.abort_multipart(&d.key, &d.handle).await?;
+            }
+            n += 1;
+        }
         Ok(n)
     }
 

@@ -123,6 +123,15 @@ pub struct MultipartHandle {
     pub upload_id: String,
 }
 
+/// A multipart write found in the store (see [`StorageDriver::dangling_multiparts`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DanglingMultipart {
+    /// The key the write would complete to.
+    pub key: String,
+    /// Its handle, to abort it with.
+    pub handle: MultipartHandle,
+}
+
 /// Where a part goes and which request writes it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PartSlot {
@@ -259,6 +268,17 @@ pub trait StorageDriver: Send + Sync + Debug + 'static {
         key: &str,
         handle: &MultipartHandle,
     ) -> Result<(), StorageError>;
+
+    /// Multipart writes under `prefix` started before `before` that are still open. A crash
+    /// between starting one and recording it in an upload's state leaves one that no state
+    /// names; the purge aborts them. Stores that drop open writes by themselves (Azure's
+    /// uncommitted blocks, GCS's parts, which are objects under the session) and local disk
+    /// answer none.
+    async fn dangling_multiparts(
+        &self,
+        prefix: &str,
+        before: std::time::SystemTime,
+    ) -> Result<Vec<DanglingMultipart>, StorageError>;
 
     /// Waits until what earlier deletes removed is actually freed, for a process about to exit
     /// (local disk frees large files in the background; elsewhere there is nothing to wait for).

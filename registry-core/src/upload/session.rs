@@ -523,12 +523,20 @@ impl UploadSessions {
                 continue;
             };
             let state = match self.load(name, &id).await {
-                Ok(l) => Some(l.state),
-                // A session with no readable state (a crash before its first write, or another
-                // registry's format) is judged by nothing else: leave it to its owner.
-                Err(_) => None,
+                Ok(l) => l.state,
+                // No readable state: a crash before its first write, a monolithic push that
+                // never finished, or another registry's format. It goes when everything in it
+                // is older than the cutoff, as distribution's own purge would have it.
+                Err(_) => {
+                    if self.untouched_since(name, &id, cutoff).await? {
+                        if !dry_run {
+                            self.discard(name, &id, None).await;
+                        }
+                        removed.push(id);
+                    }
+                    continue;
+                }
             };
-            let Some(state) = state else { continue };
             if state.started_at < cutoff {
                 if !dry_run {
                     self.discard(name, &id, Some(&state)).await;
@@ -537,6 +545,46 @@ impl UploadSessions {
             }
         }
         Ok(removed)
+    }
+
+    /// Whether session `id` holds objects and none was written since `cutoff` (unix seconds).
+    async fn untouched_since(&self, name: &RepositoryName, id: &str, cutoff: u64) -> Result<bool> {
+        let keys: Vec<String> = self
+            .store
+            .list_recursive(&layout::upload_prefix(name, id))
+            .collect::<Vec<_>>()
+            .await
+            .into_iter()
+            .collect::<std::result::Result<_, _>>()?;
+        if keys.is_empty() {
+            return Ok(false);
+        }
+        for key in keys {
+            let written = match self.store.stat(&key).await {
+                Ok(info) => info.last_modified,
+                Err(StorageError::NotFound(_)) => continue,
+                Err(e) => return Err(e.into()),
+            };
+            let secs = written
+                .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+                .map_or(u64::MAX, |d| d.as_secs());
+            if secs >= cutoff {
+                return Ok(false);
+            }
+        }
+        Ok(true)
+    }
+
+    /// Whether session `id` exists and its state names the multipart write `handle`.
+    pub async fn names_multipart(
+        &self,
+        name: &RepositoryName,
+        id: &str,
+        handle: &crate::storage::MultipartHandle,
+    ) -> bool {
+        self.load(name, id)
+            .await
+            .is_ok_and(|l| l.state.multipart.as_ref() == Some(handle))
     }
 
     async fn discard(&self, name: &RepositoryName, id: &str, state: Option<&UploadState>) {

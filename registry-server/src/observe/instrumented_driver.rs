@@ -169,6 +169,14 @@ impl StorageDriver for InstrumentedDriver {
         )
     }
 
+    async fn dangling_multiparts(
+        &self,
+        prefix: &str,
+        before: std::time::SystemTime,
+    ) -> Result<Vec<registry_core::storage::DanglingMultipart>, StorageError> {
+        self.inner.dangling_multiparts(prefix, before).await
+    }
+
     async fn abort_multipart(
         &self,
         key: &str,

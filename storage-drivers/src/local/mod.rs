@@ -681,6 +681,15 @@ impl StorageDriver for LocalDriver {
         .map_err(StorageError::backend)?
     }
 
+    async fn dangling_multiparts(
+        &self,
+        _prefix: &str,
+        _before: std::time::SystemTime,
+    ) -> Result<Vec<registry_core::storage::DanglingMultipart>, StorageError> {
+        // A session's data is one file under its prefix, removed with it.
+        Ok(Vec::new())
+    }
+
     async fn abort_multipart(
         &self,
         key: &str,
