@@ -207,3 +207,38 @@ fn stalled_store_requests_are_cut_and_sent_again() {
     assert!(proxy.faulted() > 0);
     assert!(took < std::time::Duration::from_secs(45), "{took:?}");
 }
+
+/// Store requests an operation costs, counted by the proxy.
+fn cost(proxy: &FaultProxy, op: impl FnOnce()) -> u64 {
+    let before = proxy.store_requests();
+    op();
+    proxy.store_requests() - before
+}
+
+#[test]
+fn store_requests_per_operation() {
+    let (_moto, proxy, berth) = on_moto("");
+    let work = tempfile::tempdir().unwrap();
+    let src = work.path().join("src");
+    write_image(&src, "v1", 77, &[30 << 20, 5 << 20, 10 << 10]);
+    let remote = format!("docker://{}/team/app:v1", berth.host);
+    let layout = format!("oci:{}:v1", src.display());
+    let push = cost(&proxy, || assert!(copy(&layout, &remote).0));
+    let again = cost(&proxy, || assert!(copy(&layout, &remote).0));
+    let dst = work.path().join("dst");
+    let pull = cost(&proxy, || {
+        assert!(copy(&remote, &format!("oci:{}:v1", dst.display())).0)
+    });
+    let get = cost(&proxy, || {
+        let ok = Command::new("curl")
+            .args(["-sf", "-o", "/dev/null"])
+            .arg(format!("{}/v2/team/app/manifests/v1", berth.url))
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok);
+    });
+    eprintln!(
+        "store requests: push {push}, re-push {again}, pull {pull} (besides presigned GETs), manifest GET by tag {get}"
+    );
+}

@@ -39,7 +39,8 @@ struct Args {
 }
 
 impl Args {
-    /// Whether a local scenario (mono, chunked, pull, manifest, rss) was selected with `--only`.
+    /// Whether a local scenario (mono, chunked, pull, manifest, rss, pullrss) was selected with
+    /// `--only`.
     fn wants(&self, scenario: &str) -> bool {
         self.only
             .as_ref()
@@ -68,7 +69,7 @@ fn parse_args() -> Args {
     a.command = it.next().cloned().unwrap_or_default();
     if !matches!(a.command.as_str(), "push" | "all") {
         eprintln!(
-            "usage: berth-bench all|push [--backend filesystem|s3|azure] [--size-mib N] [--chunk-mib N] [--runs N] [--uploads N] [--upload-mib N] [--tags N] [--load-seconds N] [--only mono,chunked,pull,manifest,rss] [--skip-s3] [--berth-only] [--against-berth PATH]"
+            "usage: berth-bench all|push [--backend filesystem|s3|azure] [--size-mib N] [--chunk-mib N] [--runs N] [--uploads N] [--upload-mib N] [--tags N] [--load-seconds N] [--only mono,chunked,pull,manifest,rss,pullrss] [--skip-s3] [--berth-only] [--against-berth PATH]"
         );
         std::process::exit(2);
     }
@@ -669,6 +670,52 @@ async fn run_local(a: &Args, rows: &mut Vec<Row>) {
         drop(pair);
         peak_rss(a, &Pair::start("filesystem", Beside::of(a)), rows).await;
     }
+    if a.wants("pullrss") {
+        peak_rss_of_pulls(&Pair::start("filesystem", Beside::of(a)), &base, rows).await;
+    }
+}
+
+/// Peak resident memory of fresh processes serving four concurrent pulls of one blob of the
+/// benchmark's size from local disk (mapped page-cache pages count, as they do in a pod's
+/// working set).
+async fn peak_rss_of_pulls(pair: &Pair, base: &Bytes, rows: &mut Vec<Row>) {
+    eprintln!("peak RSS under 4 concurrent pulls");
+    let mut rss = Vec::new();
+    let mut rates = Vec::new();
+    for (who, api) in pair.apis() {
+        let data = blob_for(base, who, 60);
+        let digest = sha256(&data);
+        monolithic_push(&api, "bench/pullrss", &data, &digest).await;
+        let mib = data.len() as f64 / 1048576.0;
+        drop(data);
+        // A first pull warms the page cache: Berth writes blobs with O_DIRECT, distribution
+        // through the cache, and cold reads would measure the disk, not the registries.
+        pull(&api, "bench/pullrss", &digest).await;
+        let started = Instant::now();
+        let pulls = (0..4).map(|_| pull(&api, "bench/pullrss", &digest));
+        futures::future::join_all(pulls).await;
+        rates.push(4.0 * mib / started.elapsed().as_secs_f64());
+        let pid = if who == "berth" {
+            pair.berth.pid()
+        } else {
+            pair.other.as_ref().unwrap().pid()
+        };
+        rss.push(peak_rss_mib(pid));
+    }
+    rows.push(row(
+        "peak RSS, 4 concurrent pulls of one blob",
+        rss[0],
+        rss.get(1).copied(),
+        "MiB",
+        false,
+    ));
+    rows.push(row(
+        "  those pulls together",
+        rates[0],
+        rates.get(1).copied(),
+        "MiB/s",
+        true,
+    ));
 }
 
 /// Manifest GET by tag under wrk, then a tags list of `a.tags` tags.
