@@ -66,6 +66,8 @@ pub struct Counts {
     pub presigned: AtomicU64,
     /// Requests answered with a fault (or left hanging first).
     pub faulted: AtomicU64,
+    /// `METHOD /path?query` of every request passed to the store, in order.
+    pub seen: Mutex<Vec<String>>,
 }
 
 /// A running fault proxy.
@@ -138,6 +140,11 @@ impl FaultProxy {
     /// Requests passed to the store so far, presigned GETs excluded.
     pub fn store_requests(&self) -> u64 {
         self.counts.passed.load(Ordering::SeqCst) - self.counts.presigned.load(Ordering::SeqCst)
+    }
+
+    /// `METHOD /path?query` of the store requests passed since the `from`-th.
+    pub fn requests_since(&self, from: usize) -> Vec<String> {
+        self.counts.seen.lock().unwrap()[from..].to_vec()
     }
 
     /// Requests answered with a fault so far.
@@ -298,6 +305,11 @@ async fn handle(
         Err(_) => return Ok(error_body(StatusCode::BAD_GATEWAY)),
     };
     counts.passed.fetch_add(1, Ordering::SeqCst);
+    counts
+        .seen
+        .lock()
+        .unwrap()
+        .push(format!("{} {path}", parts.method));
     if presigned {
         counts.presigned.fetch_add(1, Ordering::SeqCst);
     }

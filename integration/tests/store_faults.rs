@@ -208,10 +208,16 @@ fn stalled_store_requests_are_cut_and_sent_again() {
     assert!(took < std::time::Duration::from_secs(45), "{took:?}");
 }
 
-/// Store requests an operation costs, counted by the proxy.
+/// Store requests an operation costs, counted by the proxy (listed with BERTH_SHOW_REQUESTS).
 fn cost(proxy: &FaultProxy, op: impl FnOnce()) -> u64 {
     let before = proxy.store_requests();
+    let seen = proxy.requests_since(0).len();
     op();
+    if std::env::var_os("BERTH_SHOW_REQUESTS").is_some() {
+        for r in proxy.requests_since(seen) {
+            eprintln!("  {r}");
+        }
+    }
     proxy.store_requests() - before
 }
 

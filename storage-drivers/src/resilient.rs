@@ -310,6 +310,17 @@ impl StorageDriver for Resilient {
         Ok(())
     }
 
+    async fn publish(&self, from: &str, to: &str) -> Result<(), StorageError> {
+        // Every store behind this copies; a move (a copy, then a delete that may fail after it
+        // was applied) is not safe to try again.
+        self.copy(from, to).await
+    }
+
+    async fn delete_known(&self, prefix: &str, keys: &[String]) -> Result<(), StorageError> {
+        self.retry("delete", || self.inner.delete_known(prefix, keys))
+            .await
+    }
+
     async fn presign_get(
         &self,
         key: &str,

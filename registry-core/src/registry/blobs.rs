@@ -11,6 +11,15 @@ use crate::names::RepositoryName;
 use crate::storage::{ByteStream, GetResponse, ObjectInfo, StorageError};
 use crate::upload::ChunkRange;
 
+/// What is known of bytes just stored: their size.
+fn stored(size: u64) -> ObjectInfo {
+    ObjectInfo {
+        size,
+        last_modified: None,
+        version: Default::default(),
+    }
+}
+
 impl Registry {
     /// Whether the repository links the blob (as a layer, or as a manifest revision).
     async fn is_linked(&self, name: &RepositoryName, digest: &Digest) -> Result<bool> {
@@ -25,11 +34,9 @@ impl Registry {
         if !self.is_linked(name, digest).await? {
             return Err(RegistryError::BlobUnknown(digest.clone()));
         }
-        match self.store.stat(&layout::blob_data(digest)).await {
-            Ok(info) => Ok(info),
-            Err(StorageError::NotFound(_)) => Err(RegistryError::BlobUnknown(digest.clone())),
-            Err(e) => Err(e.into()),
-        }
+        self.stored_blob_bytes(digest)
+            .await?
+            .ok_or_else(|| RegistryError::BlobUnknown(digest.clone()))
     }
 
     /// Reads a blob, or a range of it; the caller has already checked membership with `stat_blob`.
@@ -71,8 +78,14 @@ impl Registry {
     /// says nothing about who may read them: only a caller that knows the repository may
     /// have the blob (a cache whose upstream confirmed it) links them with `link_blob`.
     pub async fn stored_blob_bytes(&self, digest: &Digest) -> Result<Option<ObjectInfo>> {
+        if let Some(info) = self.blob_sizes.get(digest) {
+            return Ok(Some(info));
+        }
         match self.store.stat(&layout::blob_data(digest)).await {
-            Ok(info) => Ok(Some(info)),
+            Ok(info) => {
+                self.blob_sizes.put(digest, &info);
+                Ok(Some(info))
+            }
             Err(StorageError::NotFound(_)) => Ok(None),
             Err(e) => Err(e.into()),
         }
@@ -116,6 +129,7 @@ impl Registry {
         body: ByteStream,
     ) -> Result<u64> {
         let size = self.uploads.finish(name, id, digest, range, body).await?;
+        self.blob_sizes.put(digest, &stored(size));
         self.link_blob(name, digest).await?;
         Ok(size)
     }
@@ -128,6 +142,7 @@ impl Registry {
         body: ByteStream,
     ) -> Result<u64> {
         let size = self.uploads.monolithic(name, digest, body).await?;
+        self.blob_sizes.put(digest, &stored(size));
         self.link_blob(name, digest).await?;
         Ok(size)
     }

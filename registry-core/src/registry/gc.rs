@@ -284,6 +284,7 @@ impl Registry {
                     continue;
                 }
                 self.store.delete(&key).await?;
+                self.blob_sizes.forget(&d);
             }
             report.bytes += info.size;
             report.swept.push(d.to_string());

@@ -61,6 +61,27 @@ impl Registry {
             Reference::Tag(_) => Digest::of(Algorithm::Sha256, &body),
         };
         let manifest = Manifest::parse(&body, content_type)?;
+        let mut all_tags: Vec<&Tag> = tags.iter().collect();
+        if let Reference::Tag(t) = reference {
+            all_tags.push(t);
+        }
+        // What the tags name now (for the audit log, and to see a re-push).
+        let previous = try_join_all(all_tags.iter().map(|t| self.current_tag(name, t))).await?;
+        // Every tag names this manifest already: a re-push (an idempotent retry, a CI job run
+        // twice). What the first push wrote is there, and the tags keep it from garbage
+        // collection, so nothing is written again.
+        if !all_tags.is_empty()
+            && previous.iter().all(|p| p.as_ref() == Some(&digest))
+            && self
+                .exists(&layout::manifest_revision_link(name, &digest))
+                .await?
+        {
+            return Ok(PutManifestOutcome {
+                subject: manifest.subject.as_ref().map(|s| s.digest.clone()),
+                digest,
+                moved: Vec::new(),
+            });
+        }
         let checks = manifest.requirements().into_iter().map(|req| async move {
             let (key, d) = match &req {
                 Requirement::Blob(d) => (layout::layer_link(name, d), d),
@@ -72,13 +93,7 @@ impl Registry {
                 Err(RegistryError::ManifestBlobUnknown(d.clone()))
             }
         });
-        let mut all_tags: Vec<&Tag> = tags.iter().collect();
-        if let Reference::Tag(t) = reference {
-            all_tags.push(t);
-        }
-        // What the tags name now, read while the requirements are checked.
-        let previous = try_join_all(all_tags.iter().map(|t| self.current_tag(name, t)));
-        let (_, previous) = futures::try_join!(try_join_all(checks), previous)?;
+        try_join_all(checks).await?;
         let moved: Vec<(Tag, Digest)> = all_tags
             .iter()
             .zip(previous)

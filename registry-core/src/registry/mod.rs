@@ -1,5 +1,6 @@
 //! Registry operations (blobs, uploads, manifests, tags, referrers, catalog) over a storage driver.
 
+mod blob_sizes;
 mod blobs;
 mod cache_expiry;
 mod catalog;
@@ -45,6 +46,7 @@ pub struct Registry {
     uploads: UploadSessions,
     settings: RegistrySettings,
     manifests: manifest_cache::ManifestCache,
+    blob_sizes: blob_sizes::BlobSizes,
 }
 
 impl Registry {
@@ -55,6 +57,7 @@ impl Registry {
             store,
             settings,
             manifests: manifest_cache::ManifestCache::new(64 << 20),
+            blob_sizes: Default::default(),
         }
     }
 

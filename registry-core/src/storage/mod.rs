@@ -218,6 +218,21 @@ pub trait StorageDriver: Send + Sync + Debug + 'static {
         self.delete(from).await
     }
 
+    /// Makes `from`'s object available at `to` for a caller that removes what is left under
+    /// `from`'s prefix right after (with [`StorageDriver::delete_known`]): local disk moves the
+    /// file, object stores copy it and leave the source to that removal, sparing a request.
+    async fn publish(&self, from: &str, to: &str) -> Result<(), StorageError> {
+        self.rename(from, to).await
+    }
+
+    /// Deletes `keys`, which the caller knows to be everything under `prefix` (ending with
+    /// `/`): object stores delete just those, in one batch, without listing; local disk
+    /// removes the prefix's directory. A key that is already gone is no error.
+    async fn delete_known(&self, prefix: &str, keys: &[String]) -> Result<(), StorageError> {
+        let _ = keys;
+        self.delete_prefix(prefix).await
+    }
+
     /// A URL a client can GET the object from directly, or `None` if the backend cannot sign.
     async fn presign_get(
         &self,

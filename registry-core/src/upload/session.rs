@@ -76,7 +76,8 @@ struct Loaded {
     version: ObjectVersion,
 }
 
-/// Appends one request's bytes to a session, committing state as parts complete.
+/// Appends one request's bytes to a session, committing state after every part (a crash loses
+/// at most the part in flight) and at its end.
 struct Appender<'a> {
     store: &'a dyn StorageDriver,
     name: &'a RepositoryName,
@@ -87,6 +88,10 @@ struct Appender<'a> {
     hasher: DigestHasher,
     buf: Vec<Bytes>,
     buf_len: u64,
+    /// Staged fragments already joined into parts, deleted once a commit no longer names them.
+    joined: Vec<StagedFragment>,
+    /// Whether this request changed the session since its claim was written.
+    changed: bool,
 }
 
 impl<'a> Appender<'a> {
@@ -98,6 +103,13 @@ impl<'a> Appender<'a> {
         self.state.hash_state = hex::encode(self.hasher.save());
         self.version =
             write_state(self.store, self.name, self.id, &self.state, &self.version).await?;
+        for f in std::mem::take(&mut self.joined) {
+            // Unreferenced now; a failure here only leaves garbage for upload purging.
+            let _ = self
+                .store
+                .delete(&layout::upload_staged(self.name, self.id, f.generation))
+                .await;
+        }
         Ok(())
     }
 
@@ -169,17 +181,10 @@ impl<'a> Appender<'a> {
         let mut data = self.read_staged().await?;
         data.extend(fresh);
         self.write_part(data, self.policy.part_size).await?;
-        let old_staged = std::mem::take(&mut self.state.staged);
+        let joined = std::mem::take(&mut self.state.staged);
+        self.joined.extend(joined);
         self.state.offset = self.state.parts_bytes;
-        self.commit().await?;
-        for f in old_staged {
-            // Unreferenced now; a failure here only leaves garbage for upload purging.
-            let _ = self
-                .store
-                .delete(&layout::upload_staged(self.name, self.id, f.generation))
-                .await;
-        }
-        Ok(())
+        self.commit().await
     }
 
     /// Persists what is buffered at the end of a request and commits.
@@ -196,7 +201,13 @@ impl<'a> Appender<'a> {
                 .await?;
             self.state.staged.push(StagedFragment { generation, len });
             self.state.offset += len;
+            self.changed = true;
         }
+        // A request that brought no bytes (a PUT that only finishes) left the claim as it was.
+        if !self.changed {
+            return Ok(());
+        }
+        self.changed = false;
         self.commit().await
     }
 }
@@ -336,6 +347,8 @@ impl UploadSessions {
             version: l.version,
             buf: Vec::new(),
             buf_len: 0,
+            joined: Vec::new(),
+            changed: false,
         })
     }
 
@@ -355,46 +368,67 @@ impl UploadSessions {
             let size = self
                 .stream_verified(name, id, digest, body, range.map(|r| r.len()))
                 .await;
-            let _ = self
-                .store
-                .delete_prefix(&layout::upload_prefix(name, id))
-                .await;
+            self.discard(name, id, Some(&l.state)).await;
             return size;
         }
         let mut app = self.appender(name, id, l)?;
-        if !app.state.assembled {
+        let source = if app.state.assembled {
+            // A session assembled by an older version of Berth, which recorded it.
+            layout::upload_data(name, id)
+        } else {
             append_body(&mut app, body, range.map(|r| r.len())).await?;
-            self.assemble(&mut app).await?;
-        }
+            self.assemble(&mut app).await?
+        };
         let computed = if digest.algorithm() == Algorithm::Sha256 {
             app.hasher.clone().finish()
         } else {
-            self.hash_object(&layout::upload_data(name, id), digest.algorithm())
-                .await?
+            self.hash_object(&source, digest.algorithm()).await?
         };
         let size = app.state.offset;
-        let result = self
-            .place(&layout::upload_data(name, id), digest, &computed)
-            .await;
-        self.discard(name, id, None).await;
+        let result = self.place(&source, digest, &computed).await;
+        self.discard(name, id, Some(&app.state)).await;
         result.map(|_| size)
     }
 
-    /// Moves every byte of the session to its data key as one object.
-    async fn assemble(&self, app: &mut Appender<'_>) -> Result<()> {
+    /// Brings every byte of the session together as one object and returns its key: the
+    /// completed multipart write at the data key, or a lone staged fragment where it is (a blob
+    /// smaller than a part: no copy). The state is not rewritten: a finish tried again after a
+    /// crash finds the multipart write completed by the object at the data key.
+    async fn assemble(&self, app: &mut Appender<'_>) -> Result<String> {
         let data_key = app.data_key();
-        let staged = app.read_staged().await?;
         let staged_len = app.state.staged_len();
-        match app.state.multipart.clone() {
+        let source = match app.state.multipart.clone() {
             Some(handle) => {
-                if staged_len > 0 {
-                    app.write_part(staged, staged_len).await?;
+                let completed: Result<()> = async {
+                    if staged_len > 0 {
+                        let staged = app.read_staged().await?;
+                        app.write_part(staged, staged_len).await?;
+                    }
+                    self.store
+                        .complete_multipart(
+                            &data_key,
+                            &handle,
+                            &app.state.parts,
+                            app.state.parts_bytes,
+                        )
+                        .await?;
+                    Ok(())
                 }
-                self.store
-                    .complete_multipart(&data_key, &handle, &app.state.parts, app.state.parts_bytes)
-                    .await?;
+                .await;
+                if let Err(e) = completed {
+                    // Completed by an earlier try of this finish?
+                    match self.store.stat(&data_key).await {
+                        Ok(info) if info.size == app.state.offset => {}
+                        _ => return Err(e),
+                    }
+                }
+                data_key
+            }
+            None if app.state.staged.len() == 1 => {
+                layout::upload_staged(app.name, app.id, app.state.staged[0].generation)
             }
             None => {
+                let staged = app.read_staged().await?;
                 self.store
                     .put_bytes(
                         &data_key,
@@ -402,10 +436,11 @@ impl UploadSessions {
                         PutCondition::Overwrite,
                     )
                     .await?;
+                data_key
             }
-        }
+        };
         app.state.assembled = true;
-        app.commit().await
+        Ok(source)
     }
 
     async fn hash_object(&self, key: &str, algorithm: Algorithm) -> Result<Digest> {
@@ -426,9 +461,10 @@ impl UploadSessions {
             )));
         }
         let blob_key = layout::blob_data(expected);
+        // What is left at the data key goes with the session, right after.
         match self.store.stat(&blob_key).await {
-            Ok(_) => self.store.delete(data_key).await?,
-            Err(StorageError::NotFound(_)) => self.store.rename(data_key, &blob_key).await?,
+            Ok(_) => {}
+            Err(StorageError::NotFound(_)) => self.store.publish(data_key, &blob_key).await?,
             Err(e) => return Err(e.into()),
         }
         Ok(())
@@ -496,7 +532,10 @@ impl UploadSessions {
         let r = self.stream_verified(name, &id, digest, body, None).await;
         let _ = self
             .store
-            .delete_prefix(&layout::upload_prefix(name, &id))
+            .delete_known(
+                &layout::upload_prefix(name, &id),
+                &[layout::upload_data(name, &id)],
+            )
             .await;
         r
     }
@@ -596,10 +635,23 @@ impl UploadSessions {
                 .abort_multipart(&layout::upload_data(name, id), h)
                 .await;
         }
-        let _ = self
-            .store
-            .delete_prefix(&layout::upload_prefix(name, id))
-            .await;
+        let prefix = layout::upload_prefix(name, id);
+        let _ = match state {
+            // Everything the session wrote is named by its state: no listing needed.
+            Some(s) => {
+                let mut keys = vec![
+                    layout::upload_state(name, id),
+                    layout::upload_data(name, id),
+                ];
+                keys.extend(
+                    s.staged
+                        .iter()
+                        .map(|f| layout::upload_staged(name, id, f.generation)),
+                );
+                self.store.delete_known(&prefix, &keys).await
+            }
+            None => self.store.delete_prefix(&prefix).await,
+        };
     }
 }
 

@@ -169,6 +169,14 @@ impl StorageDriver for InstrumentedDriver {
         )
     }
 
+    async fn publish(&self, from: &str, to: &str) -> Result<(), StorageError> {
+        timed!(self, "publish", self.inner.publish(from, to))
+    }
+
+    async fn delete_known(&self, prefix: &str, keys: &[String]) -> Result<(), StorageError> {
+        timed!(self, "delete", self.inner.delete_known(prefix, keys))
+    }
+
     async fn dangling_multiparts(
         &self,
         prefix: &str,
