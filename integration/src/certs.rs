@@ -41,10 +41,46 @@ pub fn self_signed(dir: &Path, name: &str) -> (PathBuf, PathBuf) {
 /// `server.key`), in `dir`: returns the CA, the certificate and the key.
 pub fn ca_and_server(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
     let (ca, ca_key) = self_signed(dir, "ca");
+    let (cert, key) = signed_by(
+        dir,
+        (&ca, &ca_key),
+        "server",
+        "127.0.0.1",
+        "basicConstraints=CA:FALSE\nsubjectAltName=IP:127.0.0.1\n",
+    );
+    (ca, cert, key)
+}
+
+/// A client certificate for `/CN=cn` that the CA (`ca`, `ca_key`) signed, as `name.crt` and
+/// `name.key` in `dir`.
+pub fn client_certificate(
+    dir: &Path,
+    ca: (&Path, &Path),
+    name: &str,
+    cn: &str,
+) -> (PathBuf, PathBuf) {
+    signed_by(
+        dir,
+        ca,
+        name,
+        cn,
+        "basicConstraints=CA:FALSE\nextendedKeyUsage=clientAuth\n",
+    )
+}
+
+/// A P-256 key and a certificate for `/CN=cn` with extensions `ext` that the CA signed, as
+/// `name.crt` and `name.key` in `dir`.
+fn signed_by(
+    dir: &Path,
+    (ca, ca_key): (&Path, &Path),
+    name: &str,
+    cn: &str,
+    ext: &str,
+) -> (PathBuf, PathBuf) {
     let (cert, key, csr) = (
-        dir.join("server.crt"),
-        dir.join("server.key"),
-        dir.join("server.csr"),
+        dir.join(format!("{name}.crt")),
+        dir.join(format!("{name}.key")),
+        dir.join(format!("{name}.csr")),
     );
     run(Command::new("openssl")
         .args([
@@ -55,27 +91,23 @@ pub fn ca_and_server(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
             "-pkeyopt",
             "ec_paramgen_curve:P-256",
         ])
-        .args(["-nodes", "-subj", "/CN=127.0.0.1", "-keyout"])
+        .args(["-nodes", "-subj", &format!("/CN={cn}"), "-keyout"])
         .arg(&key)
         .arg("-out")
         .arg(&csr));
-    let ext = dir.join("server.ext");
-    std::fs::write(
-        &ext,
-        "basicConstraints=CA:FALSE\nsubjectAltName=IP:127.0.0.1\n",
-    )
-    .unwrap();
+    let ext_file = dir.join(format!("{name}.ext"));
+    std::fs::write(&ext_file, ext).unwrap();
     run(Command::new("openssl")
         .args(["x509", "-req", "-days", "1", "-in"])
         .arg(&csr)
         .arg("-CA")
-        .arg(&ca)
+        .arg(ca)
         .arg("-CAkey")
-        .arg(&ca_key)
+        .arg(ca_key)
         .arg("-CAcreateserial")
         .arg("-extfile")
-        .arg(&ext)
+        .arg(&ext_file)
         .arg("-out")
         .arg(&cert));
-    (ca, cert, key)
+    (cert, key)
 }

@@ -111,14 +111,7 @@ impl FaultProxy {
         let (stop, stopped) = tokio::sync::oneshot::channel();
         let upstream = upstream.trim_end_matches('/').to_owned();
         let (f, c) = (faults.clone(), counts.clone());
-        std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(2)
-                .enable_all()
-                .build()
-                .unwrap();
-            rt.block_on(serve(listener, upstream, f, c, stopped));
-        });
+        crate::listener::on_own_runtime(serve(listener, upstream, f, c, stopped));
         FaultProxy {
             endpoint: format!("http://{addr}"),
             faults,

@@ -31,6 +31,42 @@ pub fn header(resp: &Response, name: &str) -> Option<String> {
 }
 
 impl Api {
+    /// Gets a token for pushing to `repo` from the built-in issuer (service `berth-test`) as
+    /// `user`, then starts an upload there with it: the upload's status (202, or 401 when the
+    /// token lacks the push).
+    pub async fn start_upload_with_issued_token(
+        &self,
+        user: &str,
+        password: &str,
+        repo: &str,
+    ) -> u16 {
+        let r = self
+            .client
+            .get(self.url("/auth/token"))
+            .query(&[
+                ("service", "berth-test"),
+                ("scope", &format!("repository:{repo}:pull,push")),
+            ])
+            .basic_auth(user, Some(password))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200, "token request");
+        let token = r.json::<serde_json::Value>().await.unwrap()["token"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        self.send(
+            Method::POST,
+            &format!("/v2/{repo}/blobs/uploads/"),
+            &[("authorization", &format!("Bearer {token}"))],
+            None,
+        )
+        .await
+        .status()
+        .as_u16()
+    }
+
     /// A client for `base` that does not follow redirects.
     pub fn new(base: &str) -> Api {
         let client = Client::builder()

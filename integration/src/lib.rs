@@ -1,6 +1,7 @@
 //! Helpers for end-to-end tests: start the real `berth` binary and reference servers on loopback,
 //! make OCI image layouts, and require the external clients the tests drive.
 
+pub mod balancer;
 pub mod certs;
 pub mod credentials;
 pub mod distribution;
@@ -12,8 +13,11 @@ pub mod http;
 pub mod image;
 pub mod layout;
 pub mod listener;
+pub mod oidc_issuer;
 pub mod scripted;
 pub mod server;
+pub mod soak;
+pub mod store_cost;
 pub mod tools;
 
 pub use server::Berth;

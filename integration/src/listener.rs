@@ -74,3 +74,19 @@ pub fn response(status: &str, json_body: &str) -> String {
         json_body.len()
     )
 }
+
+/// Runs `serve` on a thread with a runtime of its own, so that sync and async tests can use
+/// the server alike.
+pub fn on_own_runtime<F>(serve: F)
+where
+    F: std::future::Future<Output = ()> + Send + 'static,
+{
+    std::thread::spawn(move || {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap()
+            .block_on(serve);
+    });
+}

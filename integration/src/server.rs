@@ -154,6 +154,30 @@ impl Drop for Berth {
 }
 
 /// A free TCP port on 127.0.0.1 (for servers that cannot report the port they bound).
+/// Runs `berth ARGS --config CONFIG` (a command such as `token create`) to its end.
+pub fn berth_command(config: &Path, args: &[&str]) -> std::process::Output {
+    Command::new(berth_binary())
+        .args(args)
+        .arg("--config")
+        .arg(config)
+        .output()
+        .expect("cannot run berth")
+}
+
+/// Creates a robot token `name` with `access` through `berth token create`; the token.
+pub fn create_robot_token(config: &Path, name: &str, access: &str) -> String {
+    let out = berth_command(
+        config,
+        &["token", "create", "--name", name, "--access", access],
+    );
+    assert!(
+        out.status.success(),
+        "berth token create: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()

@@ -29,6 +29,19 @@ pub fn run(cmd: &mut Command) -> Output {
     out
 }
 
+/// Pushes the image `v1` of the OCI layout `src` to `host/repo:v1` as `creds` (`user:password`),
+/// without retries; whether skopeo succeeded (for pushes that must be refused).
+pub fn skopeo_push_as(src: &Path, host: &str, repo: &str, creds: &str) -> bool {
+    require("skopeo");
+    Command::new("skopeo")
+        .args(["--insecure-policy", "copy", "--dest-tls-verify=false"])
+        .args(["--dest-creds", creds, "--retry-times", "0"])
+        .arg(format!("oci:{}:v1", src.display()))
+        .arg(format!("docker://{host}/{repo}:v1"))
+        .output()
+        .is_ok_and(|o| o.status.success())
+}
+
 /// `skopeo copy` between two references, without TLS (loopback only).
 pub fn skopeo_copy(src: &str, dst: &str, extra: &[&str]) -> Output {
     require("skopeo");

@@ -1,6 +1,7 @@
 //! The real Docker engine and client against the real `berth`: push, pull, retag, a push that
 //! mounts across repositories, a manifest list, `docker login`/`logout` with htpasswd and with
-//! the built-in issuer, HTTPS, and S3 where `docker pull` follows the redirect to the store.
+//! the built-in issuer, with a robot token and a CI job's ID token, HTTPS, and S3 where
+//! `docker pull` follows the redirect to the store.
 
 use integration::Berth;
 use integration::credentials::{TokenIssuer, htpasswd};
@@ -204,4 +205,77 @@ async fn on_s3_docker_pull_follows_the_redirect_to_the_store() {
         .and_then(|v| v.trim().parse().ok())
         .unwrap_or(0);
     assert!(redirects >= 2, "the config and the layer: {metrics}");
+}
+
+/// `docker login` with a robot token and with a CI job's ID token: each pushes where the
+/// access policy lets it, and is refused elsewhere.
+#[test]
+fn docker_logs_in_with_a_robot_token_and_with_an_id_token() {
+    let docker = DockerEngine::start();
+    docker.busybox_image("local/app:2", "identities");
+    let dir = tempfile::tempdir().unwrap();
+    let oidc = integration::oidc_issuer::OidcIssuer::start(dir.path());
+    let users = htpasswd(dir.path(), &[("root", "root-pass")]);
+    let policy = dir.path().join("policy.yml");
+    std::fs::write(
+        &policy,
+        "rules:
+  - repository: team/*
+    actions: [pull, push]
+    accounts: [ci-bot]
+    kinds: [robot]
+  - repository: 'gh/{repository}/*'
+    actions: [pull, push]
+    kinds: [oidc]
+    claims: {ref: refs/heads/main}
+",
+    )
+    .unwrap();
+    let yaml = format!(
+        "storage:\n  filesystem:\n    rootdirectory: {root}/data\nauth:\n  htpasswd:\n    realm: Registry Realm\n    path: {users}\nberth:\n  policy:\n    file: {policy}\n  oidc:\n    - issuer: {iss}\n      audience: berth\n",
+        root = dir.path().display(),
+        users = users.display(),
+        policy = policy.display(),
+        iss = oidc.url
+    );
+    let config = dir.path().join("config.yml");
+    std::fs::write(&config, &yaml).unwrap();
+    let berth = Berth::with_config(&yaml, &[("SSL_CERT_FILE", oidc.ca.to_str().unwrap())]);
+    let robot = integration::server::create_robot_token(&config, "ci-bot", "*:pull,push");
+    let id_token = oidc.token(
+        0,
+        serde_json::json!({"sub": "repo:org/app", "aud": "berth", "repository": "org/app", "ref": "refs/heads/main"}),
+    );
+    for (user, password, allowed, refused) in [
+        ("ci-bot", robot.as_str(), "team/app:v2", "other/app:v2"),
+        (
+            "ci",
+            id_token.as_str(),
+            "gh/org/app/web:v2",
+            "gh/org/other/web:v2",
+        ),
+    ] {
+        let login = docker.run_with_input(
+            &["login", "-u", user, "--password-stdin", &berth.host],
+            password,
+        );
+        assert!(
+            login.status.success(),
+            "{user}: {}",
+            String::from_utf8_lossy(&login.stderr)
+        );
+        let (ok, no) = (
+            format!("{}/{allowed}", berth.host),
+            format!("{}/{refused}", berth.host),
+        );
+        docker.run(&["tag", "local/app:2", &ok]);
+        docker.run(&["tag", "local/app:2", &no]);
+        docker.run(&["push", &ok]);
+        assert!(
+            !docker.try_run(&["push", &no]).status.success(),
+            "{user} pushed {refused}"
+        );
+        docker.run(&["logout", &berth.host]);
+        docker.run(&["image", "rm", &ok, &no]);
+    }
 }

@@ -106,7 +106,12 @@ async fn s3_upload_part_copy_for_large_objects() {
     // The UploadPartCopy path normally starts above 5 GiB; a low threshold exercises it here.
     let moto = Moto::start();
     moto.create_bucket("bigcopy");
-    let mut o = s3_options(&moto.endpoint, MOTO_KEYS, "bigcopy");
+    // Through a proxy that lists the requests, to see which copy was made.
+    let proxy = integration::fault_proxy::FaultProxy::start(
+        &moto.endpoint,
+        integration::fault_proxy::Faults::default(),
+    );
+    let mut o = s3_options(&proxy.endpoint, MOTO_KEYS, "bigcopy");
     o.copy_threshold = 1 << 20;
     o.copy_part_size = 5 << 20;
     let d = s3_driver(&o).unwrap();
@@ -116,7 +121,16 @@ async fn s3_upload_part_copy_for_large_objects() {
     d.put_stream("big/src", Box::pin(futures::stream::iter(chunks)))
         .await
         .unwrap();
-    d.copy("big/src", "big/dst").await.unwrap();
+    let before = proxy.requests_since(0).len();
+    d.publish("big/src", "big/dst", data.len() as u64)
+        .await
+        .unwrap();
+    let copies: Vec<String> = proxy
+        .requests_since(before)
+        .into_iter()
+        .filter(|r| r.starts_with("PUT") && r.contains("big/dst?partNumber="))
+        .collect();
+    assert_eq!(copies.len(), 3, "12 MiB in 5 MiB parts: {copies:?}");
     let (got, _) = d.read_small("big/dst").await.unwrap();
     assert!(got.as_ref() == data.as_slice(), "copied object differs");
 }

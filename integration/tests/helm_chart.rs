@@ -201,3 +201,83 @@ fn rendered_s3_config_runs_berth_against_moto() {
     skopeo_copy(&remote, &format!("oci:{}:v1", dst.display()), &[]);
     assert_eq!(tree(&src.join("blobs")), tree(&dst.join("blobs")));
 }
+
+/// A policy in the values: its own ConfigMap, mounted as a directory (kubelet updates those,
+/// and Berth reads the file again), named in config.yml beside the OIDC issuers; and the two
+/// rendered files together are what `berth policy explain` reads.
+#[test]
+fn a_policy_and_oidc_issuers_render_into_a_config_berth_reads() {
+    let values = json!({
+        "secrets": {"htpasswd": "alice:$2y$05$abc"},
+        "policy": {"groups": {"devs": ["alice"]},
+                   "rules": [{"name": "devs push team", "repository": "team/*", "actions": ["pull", "push"], "groups": ["devs"]}]},
+        "oidc": [{"issuer": "https://token.actions.githubusercontent.com", "audience": "registry.example.com"}],
+    });
+    let objects = render(&values).unwrap_or_else(|e| panic!("{e}"));
+    let maps: Vec<&Value> = objects
+        .iter()
+        .filter(|o| o["kind"] == "ConfigMap")
+        .collect();
+    let policy_map = maps
+        .iter()
+        .find(|m| m["data"]["policy.yml"].is_string())
+        .expect("no ConfigMap holds the policy");
+    let config_map = maps
+        .iter()
+        .find(|m| m["data"]["config.yml"].is_string())
+        .unwrap();
+    let config = config_map["data"]["config.yml"].as_str().unwrap();
+    assert!(config.contains("/etc/berth/policy/policy.yml"), "{config}");
+    assert!(
+        config.contains("token.actions.githubusercontent.com"),
+        "{config}"
+    );
+    let pod = &find(&objects, "Deployment")["spec"]["template"]["spec"];
+    let mount = pod["containers"][0]["volumeMounts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["mountPath"] == "/etc/berth/policy")
+        .expect("the policy is not mounted");
+    assert!(
+        mount.get("subPath").is_none(),
+        "a subPath mount never sees an update"
+    );
+
+    // What the pod would read, run by berth itself.
+    let dir = tempfile::tempdir().unwrap();
+    let policy = dir.path().join("policy.yml");
+    std::fs::write(&policy, policy_map["data"]["policy.yml"].as_str().unwrap()).unwrap();
+    std::fs::write(dir.path().join("htpasswd"), "alice:$2y$05$abc\n").unwrap();
+    let local = config
+        .replace("/etc/berth/policy/policy.yml", policy.to_str().unwrap())
+        .replace(
+            "/etc/berth/auth/htpasswd",
+            dir.path().join("htpasswd").to_str().unwrap(),
+        )
+        .replace(
+            "/var/lib/registry",
+            dir.path().join("data").to_str().unwrap(),
+        );
+    let config_path = dir.path().join("config.yml");
+    std::fs::write(&config_path, local).unwrap();
+    let out = integration::server::berth_command(
+        &config_path,
+        &[
+            "policy",
+            "explain",
+            "--account",
+            "alice",
+            "--repository",
+            "team/app",
+            "--action",
+            "push",
+        ],
+    );
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && said.contains("allowed by rule devs push team"),
+        "{said}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

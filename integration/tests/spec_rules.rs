@@ -1208,3 +1208,41 @@ async fn a_chunk_refused_before_it_is_read_still_gets_its_answer() {
         assert!(String::from_utf8_lossy(&answer[..n]).starts_with("HTTP/1.1 204"));
     }
 }
+
+#[tokio::test]
+async fn a_deleted_blob_is_gone_at_once_though_a_manifest_naming_it_was_just_pulled() {
+    let f = start();
+    let m = f.api.image_manifest("del/app", "gone").await;
+    let r = f.api.put_manifest("del/app", "v1", OCI_MANIFEST, &m).await;
+    assert_eq!(r.status(), 201);
+    let manifest: serde_json::Value = serde_json::from_slice(&m).unwrap();
+    let layer = manifest["layers"][0]["digest"].as_str().unwrap().to_owned();
+    let pull_manifest = || async {
+        let r = f
+            .api
+            .send(
+                Method::GET,
+                "/v2/del/app/manifests/v1",
+                &[("accept", OCI_MANIFEST)],
+                None,
+            )
+            .await;
+        assert_eq!(r.status(), 200);
+    };
+    // The pull takes the manifest's blobs as linked (no store request per layer)...
+    pull_manifest().await;
+    let blob = format!("/v2/del/app/blobs/{layer}");
+    assert_eq!(
+        f.api.send(Method::GET, &blob, &[], None).await.status(),
+        200
+    );
+    // ...and a delete through this replica is seen at once, pulled again or not.
+    let r = f.api.send(Method::DELETE, &blob, &[], None).await;
+    assert_eq!(r.status(), 202);
+    for _ in 0..2 {
+        let r = f.api.send(Method::GET, &blob, &[], None).await;
+        assert_eq!(r.status(), 404);
+        assert_eq!(error_code(r).await, "BLOB_UNKNOWN");
+        pull_manifest().await;
+    }
+}

@@ -140,3 +140,113 @@ fn a_pull_through_cache_verifies_an_https_upstream() {
         .unwrap();
     assert_eq!(String::from_utf8_lossy(&out.stdout), "502");
 }
+
+/// `curl` over HTTPS trusting `ca`, with a client certificate if given: the HTTP status, or
+/// 0 when the handshake failed.
+fn curl_status(method: &str, url: &str, ca: &Path, client: Option<(&Path, &Path)>) -> u16 {
+    let mut cmd = Command::new("curl");
+    cmd.args([
+        "-s",
+        "-o",
+        "/dev/null",
+        "-w",
+        "%{http_code}",
+        "-X",
+        method,
+        "--cacert",
+    ])
+    .arg(ca);
+    if let Some((cert, key)) = client {
+        cmd.arg("--cert").arg(cert).arg("--key").arg(key);
+    }
+    let out = cmd.arg(url).output().unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .trim()
+        .parse()
+        .unwrap_or(0)
+}
+
+#[test]
+fn client_certificates_are_accounts_the_policy_sees() {
+    use integration::certs::client_certificate;
+    let dir = tempfile::tempdir().unwrap();
+    let (ca, cert, key) = ca_and_server(dir.path());
+    let ca_key = dir.path().join("ca.key");
+    let (builder, builder_key) =
+        client_certificate(dir.path(), (&ca, &ca_key), "builder", "builder");
+    let (rogue_ca, rogue_ca_key) = self_signed(dir.path(), "rogue-ca");
+    let (rogue, rogue_key) =
+        client_certificate(dir.path(), (&rogue_ca, &rogue_ca_key), "rogue", "builder");
+    let users = integration::credentials::htpasswd(dir.path(), &[("alice", "a-pass")]);
+    let policy = dir.path().join("policy.yml");
+    std::fs::write(
+        &policy,
+        "rules:
+  - name: the build machine pushes team
+    repository: team/*
+    actions: [pull, push]
+    accounts: [builder]
+    kinds: [certificate]
+  - name: alice pulls
+    repository: '*'
+    actions: [pull]
+    accounts: [alice]
+",
+    )
+    .unwrap();
+    let tls = |clientauth: &str| {
+        format!(
+            "http:\n  tls:\n    certificate: {}\n    key: {}\n    clientcas: [{}]\n    clientauth: {clientauth}\n",
+            cert.display(),
+            key.display(),
+            ca.display()
+        )
+    };
+    let yaml = format!(
+        "storage:\n  filesystem:\n    rootdirectory: {root}/data\n{tls}auth:\n  htpasswd:\n    realm: test\n    path: {users}\nberth:\n  policy:\n    file: {policy}\n",
+        root = dir.path().display(),
+        tls = tls("optional"),
+        users = users.display(),
+        policy = policy.display()
+    );
+    let berth = Berth::with_config(&yaml, &[]);
+    let at = |path: &str| format!("{}{path}", berth.url);
+    let mine = Some((builder.as_path(), builder_key.as_path()));
+    let uploads = at("/v2/team/app/blobs/uploads/");
+    assert_eq!(curl_status("POST", &uploads, &ca, mine), 202);
+    assert_eq!(
+        curl_status("POST", &at("/v2/other/app/blobs/uploads/"), &ca, mine),
+        401,
+        "the certificate's account pushed outside the policy"
+    );
+    // Optional: without a certificate, a client authenticates as before.
+    assert_eq!(curl_status("POST", &uploads, &ca, None), 401);
+    // A certificate another CA signed never gets through the handshake, whatever its name.
+    let theirs = Some((rogue.as_path(), rogue_key.as_path()));
+    assert_eq!(curl_status("POST", &uploads, &ca, theirs), 0);
+
+    // skopeo with the certificate in its cert dir, verification on.
+    let certs = dir.path().join("certs");
+    std::fs::create_dir_all(&certs).unwrap();
+    std::fs::copy(&ca, certs.join("ca.crt")).unwrap();
+    std::fs::copy(&builder, certs.join("client.cert")).unwrap();
+    std::fs::copy(&builder_key, certs.join("client.key")).unwrap();
+    let src = dir.path().join("src");
+    write_image(&src, "v1", 92, &[256 << 10]);
+    run(Command::new("skopeo")
+        .args(["--insecure-policy", "copy", "--dest-cert-dir"])
+        .arg(&certs)
+        .arg(format!("oci:{}:v1", src.display()))
+        .arg(format!("docker://{}/team/app:v1", berth.host)));
+
+    // Required (distribution's way): no certificate, no connection.
+    let strict = format!(
+        "storage:\n  filesystem:\n    rootdirectory: {}/strict\n{}",
+        dir.path().display(),
+        tls("required")
+    );
+    let strict = Berth::with_config(&strict, &[]);
+    let base = format!("{}/v2/", strict.url);
+    assert_eq!(curl_status("GET", &base, &ca, None), 0);
+    assert_eq!(curl_status("GET", &base, &ca, mine), 200);
+}

@@ -67,6 +67,14 @@ pub enum RegistryError {
     /// Another request changed the same upload at the same time.
     #[error("upload was changed by a concurrent request")]
     Conflict(String),
+    /// A push or delete would move or remove a tag an immutability rule protects.
+    #[error("tag {tag} is immutable (rule {rule})")]
+    TagImmutable {
+        /// The tag.
+        tag: String,
+        /// The rule protecting it.
+        rule: String,
+    },
     /// The store failed; details are logged, not sent to clients.
     #[error("storage error: {0}")]
     Storage(#[from] StorageError),

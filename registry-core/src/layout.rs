@@ -174,6 +174,35 @@ pub fn cache_use_marker(name: &RepositoryName, reference: &crate::Reference) -> 
     }
 }
 
+/// Where a collection holds a blob's bytes while it makes sure nothing came to rely on them
+/// during their removal (see `registry::gc`).
+pub fn gc_quarantine(d: &Digest) -> String {
+    format!("{ROOT}/berth/gc-quarantine/{}/{}", d.algorithm(), d.hex())
+}
+
+/// Prefix of the bytes collections hold.
+pub fn gc_quarantine_prefix() -> String {
+    format!("{ROOT}/berth/gc-quarantine/")
+}
+
+/// Parses a quarantine key back into its digest.
+pub fn digest_of_quarantine_key(key: &str) -> Option<Digest> {
+    let rest = key.strip_prefix(&gc_quarantine_prefix())?;
+    let (alg, hex) = rest.split_once('/')?;
+    format!("{alg}:{hex}").parse().ok()
+}
+
+/// A robot token's record (its name, a hash of the token, its access): the store is where every
+/// replica learns of tokens and of their revocation.
+pub fn robot_token(name: &str) -> String {
+    format!("{}{name}.json", robot_tokens_prefix())
+}
+
+/// Prefix of the robot token records.
+pub fn robot_tokens_prefix() -> String {
+    format!("{ROOT}/berth/robots/")
+}
+
 /// The lease that lets one process at a time collect garbage.
 pub fn gc_lease() -> String {
     format!("{ROOT}/berth/gc-lease")
@@ -218,5 +247,6 @@ mod tests {
             catalog_name_of(catalog_entry(&n).rsplit('/').next().unwrap()),
             "library/ubuntu"
         );
+        assert_eq!(digest_of_quarantine_key(&gc_quarantine(&d)), Some(d));
     }
 }

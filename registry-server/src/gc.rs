@@ -8,14 +8,16 @@ use registry_core::registry::gc::GcOptions;
 use crate::api::App;
 use crate::config::{GcSettings, UpstreamSettings};
 
-/// A collector that outlives this without renewing has died; its lease is taken over.
-const LEASE_TTL: Duration = Duration::from_secs(6 * 3600);
+/// A collector renews its lease every quarter of this; one that has not for this long has died
+/// (a killed pod), and its lease is taken over (`berth.gc.leasettl` for the scheduled ones).
+pub const LEASE_TTL: Duration = Duration::from_secs(120);
 
 /// Options for one run by this process; the caches among `proxies` expire what nobody pulls.
 pub fn options(
     grace: Duration,
     dry_run: bool,
     delete_untagged: bool,
+    lease_ttl: Duration,
     proxies: &[UpstreamSettings],
 ) -> GcOptions {
     let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "berth".into());
@@ -24,7 +26,7 @@ pub fn options(
         dry_run,
         delete_untagged,
         holder: format!("{host}/{}", std::process::id()),
-        lease_ttl: LEASE_TTL,
+        lease_ttl,
         cache_expiry: crate::upstream::expiry_rules(proxies),
     }
 }
@@ -39,6 +41,7 @@ pub async fn schedule(app: Arc<App>, s: GcSettings) {
                 s.grace,
                 s.dry_run,
                 s.delete_untagged,
+                s.lease_ttl,
                 &app.settings.proxies,
             ))
             .await

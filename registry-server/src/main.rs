@@ -1,5 +1,7 @@
 //! The `berth` binary: `berth serve [CONFIG]` (the default) runs the registry, `berth gc [CONFIG]`
-//! collects garbage once, `berth htpasswd -Bbn USER PASSWORD` writes a password entry.
+//! collects garbage once, `berth htpasswd -Bbn USER PASSWORD` writes a password entry, `berth
+//! token create|list|revoke` manages robot tokens, `berth usage` says what repositories hold,
+//! `berth policy explain` which rule decides.
 //! distribution's `registry serve CONFIG` and `registry garbage-collect CONFIG` invocations work
 //! too, and so does `--config` (or `BERTH_CONFIG`) before or after the command.
 
@@ -35,6 +37,65 @@ enum Command {
     /// Write a bcrypt password entry, as Apache's `htpasswd -B` does (`-Bbn USER PASSWORD`
     /// prints it; `-Bb FILE USER PASSWORD` adds or replaces it in FILE, `-c` creates FILE).
     Htpasswd(HtpasswdArgs),
+    /// Create, list and revoke robot tokens (kept in the store the config names).
+    Token {
+        #[command(subcommand)]
+        action: TokenCommand,
+    },
+    /// Print what each repository holds (bytes, bytes no other repository shares, tags,
+    /// manifests, last push) and the registry's total, as JSON, walked from the store.
+    Usage,
+    /// Ask the access policy (`berth.policy.file`) what it decides.
+    Policy {
+        #[command(subcommand)]
+        action: PolicyCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum PolicyCommand {
+    /// Print which rule decides whether ACCOUNT may do ACTION on REPOSITORY, and why (exit 0
+    /// when allowed, 1 when denied).
+    Explain {
+        /// The account (`anonymous` for a client without credentials).
+        #[arg(long)]
+        account: String,
+        /// How it authenticates: password, robot, token, certificate (anonymous for `anonymous`).
+        #[arg(long, default_value = "password", value_parser = ["password", "robot", "token", "certificate", "anonymous"])]
+        kind: String,
+        /// The repository (not needed for catalog and admin).
+        #[arg(long)]
+        repository: Option<String>,
+        /// pull, push, delete, catalog or admin.
+        #[arg(long, value_parser = ["pull", "push", "delete", "catalog", "admin"])]
+        action: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum TokenCommand {
+    /// Create a token and print it (the only time it is shown): `docker login -u NAME -p TOKEN`.
+    Create {
+        /// The account name it logs in as (a-z, 0-9, '.', '_', '-').
+        #[arg(long)]
+        name: String,
+        /// What it may do: REPOSITORY-GLOB:ACTIONS, e.g. 'team/*:pull,push' (repeatable).
+        #[arg(long, required = true)]
+        access: Vec<String>,
+        /// When it stops working (e.g. 90d, 12h); never, without it.
+        #[arg(long)]
+        expires: Option<String>,
+        /// A group the access policy sees it in (repeatable).
+        #[arg(long = "group")]
+        groups: Vec<String>,
+    },
+    /// List tokens: name, access, expiry, last use (JSON on stdout).
+    List,
+    /// Revoke a token: every replica refuses it within seconds.
+    Revoke {
+        /// The token's name.
+        name: String,
+    },
 }
 
 #[derive(Args)]
@@ -107,6 +168,7 @@ fn main() -> ExitCode {
         Command::Htpasswd(args) => return htpasswd(args),
         Command::Serve { file } => file.clone(),
         Command::Gc(args) => args.file.clone(),
+        Command::Token { .. } | Command::Policy { .. } | Command::Usage => None,
     };
     let path = cli.config.or(file);
     let source = path.as_deref().map_or(Source::Embedded, Source::File);
@@ -151,11 +213,153 @@ fn main() -> ExitCode {
                 grace,
                 args.dry_run,
                 args.delete_untagged,
+                registry_server::gc::LEASE_TTL,
                 &settings.proxies,
             );
             run_gc(&runtime, settings, options)
         }
         Command::Htpasswd(_) => ExitCode::SUCCESS,
+        Command::Token { action } => runtime.block_on(token(settings, action)),
+        Command::Policy { action } => policy(&settings, action),
+        Command::Usage => runtime.block_on(usage(settings)),
+    }
+}
+
+/// `berth usage`.
+async fn usage(settings: Settings) -> ExitCode {
+    let app = match registry_server::serve::app(settings) {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("berth: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    match app.registry.usage().await {
+        Ok(u) => {
+            println!("{}", serde_json::to_string_pretty(&u).unwrap_or_default());
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("berth usage: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// `berth policy explain`.
+fn policy(settings: &Settings, action: PolicyCommand) -> ExitCode {
+    use registry_server::auth::policy::{IdentityKind, Subject};
+    let PolicyCommand::Explain {
+        account,
+        kind,
+        repository,
+        action,
+    } = action;
+    let Some(policy) = &settings.auth.policy else {
+        eprintln!("berth policy: the configuration has no berth.policy.file");
+        return ExitCode::from(2);
+    };
+    let policy = policy.current();
+    let who = match (account.as_str(), kind.as_str()) {
+        ("anonymous", _) | (_, "anonymous") => Subject::anonymous(),
+        (a, "robot") => Subject::account(a, IdentityKind::Robot),
+        (a, "token") => Subject::account(a, IdentityKind::Token),
+        (a, "certificate") => Subject::account(a, IdentityKind::Certificate),
+        (a, _) => Subject::account(a, IdentityKind::Password),
+    };
+    let needs_repository = !matches!(action.as_str(), "catalog" | "admin");
+    if needs_repository && repository.is_none() {
+        eprintln!("berth policy: --repository is needed for {action}");
+        return ExitCode::from(2);
+    }
+    let decision = policy.decide(&who, repository.as_deref(), &action);
+    let groups = who
+        .account
+        .as_deref()
+        .map(|a| policy.groups_of(a).join(", "))
+        .unwrap_or_default();
+    println!(
+        "{} ({}{}) {action} {}: {decision}",
+        who.account.as_deref().unwrap_or("anonymous"),
+        who.kind.name(),
+        if groups.is_empty() {
+            String::new()
+        } else {
+            format!("; groups: {groups}")
+        },
+        repository.as_deref().unwrap_or("-"),
+    );
+    if decision.allowed {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    }
+}
+
+/// `berth token`: robot tokens in the configured store.
+async fn token(settings: Settings, action: TokenCommand) -> ExitCode {
+    use registry_server::auth::robots::{RobotAccess, RobotTokens};
+    let store = match registry_server::backend::build(&settings.storage, settings.retry) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("berth: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let tokens = RobotTokens::new(store);
+    let done = match action {
+        TokenCommand::Create {
+            name,
+            access,
+            expires,
+            groups,
+        } => {
+            // Days too (90d), which Go durations in config files lack.
+            let parse = |s: &str| match s.strip_suffix('d').map(str::parse::<u64>) {
+                Some(Ok(days)) => Some(std::time::Duration::from_secs(days * 86_400)),
+                _ => config::parse_duration(s),
+            };
+            let expires_in = match expires.as_deref().map(parse) {
+                None => None,
+                Some(Some(d)) => Some(d),
+                Some(None) => {
+                    eprintln!("berth token: --expires is not a duration like 90d or 12h");
+                    return ExitCode::from(2);
+                }
+            };
+            let access: Result<Vec<RobotAccess>, _> =
+                access.iter().map(|a| RobotAccess::parse(a)).collect();
+            match access {
+                Err(e) => Err(e),
+                Ok(access) => {
+                    tokens
+                        .create(&name, access, groups, expires_in)
+                        .await
+                        .map(|(t, _)| {
+                            eprintln!("berth token: {name} created; the token is shown this once");
+                            println!("{t}");
+                        })
+                }
+            }
+        }
+        TokenCommand::List => tokens.list().await.map(|records| {
+            // Never the hashes: a listing may end up in a ticket.
+            let shown: Vec<serde_json::Value> = records.iter().map(|r| r.shown()).collect();
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&shown).unwrap_or_default()
+            );
+        }),
+        TokenCommand::Revoke { name } => tokens.revoke(&name).await.map(|()| {
+            eprintln!("berth token: {name} revoked");
+        }),
+    };
+    match done {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("berth token: {e}");
+            ExitCode::FAILURE
+        }
     }
 }
 

@@ -17,13 +17,26 @@ pub fn app(settings: Settings) -> Result<Arc<App>, ConfigError> {
             metrics.clone(),
         ),
     );
+    // Robot tokens are kept in the store; the authorizer learns of it here.
+    let _ = settings
+        .auth
+        .robots
+        .set(Arc::new(crate::auth::robots::RobotTokens::new(
+            store.clone(),
+        )));
     let registry = Arc::new(Registry::new(
         store,
         RegistrySettings {
             delete_enabled: settings.delete_enabled,
             max_manifest_bytes: settings.max_manifest_bytes,
+            tag_cache_ttl: settings.tag_cache_ttl,
         },
     ));
+    if let Some(policy) = settings.auth.policy.clone() {
+        registry.guard_tags(Arc::new(move |name, tag| {
+            policy.current().immutable_rule(name.as_str(), tag.as_str())
+        }));
+    }
     // Delivery tasks start here: call inside the runtime.
     let notifier = crate::notify::Notifier::start(settings.notifications.clone());
     let content = crate::content::Content::new(registry.clone(), &settings.proxies)
@@ -61,6 +74,9 @@ pub async fn run(settings: Settings) -> Result<(), StartupError> {
     ));
     if let Some(cert) = &tls {
         tokio::spawn(reload_on_change(cert.clone()));
+    }
+    if let Some(policy) = &app.settings.auth.policy {
+        tokio::spawn(policy.clone().watch());
     }
     let listener = tokio::net::TcpListener::bind(addr)
         .await

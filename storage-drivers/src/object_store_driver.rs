@@ -78,6 +78,16 @@ pub trait LargeCopy: Send + Sync + std::fmt::Debug {
     fn threshold(&self) -> u64;
     /// Copies `from` (of `size` bytes) to `to` inside the store.
     async fn copy(&self, from: &Path, to: &Path, size: u64) -> Result<(), StorageError>;
+    /// Copies the `len` bytes of `from` into part `index` of the multipart write `upload_id`
+    /// to `to`; returns the part's id.
+    async fn copy_into_part(
+        &self,
+        from: &Path,
+        to: &Path,
+        upload_id: &str,
+        index: usize,
+        len: u64,
+    ) -> Result<String, StorageError>;
 }
 
 impl std::fmt::Debug for ObjectStoreDriver {
@@ -333,9 +343,15 @@ impl StorageDriver for ObjectStoreDriver {
             .map_err(|e| map_err(from, e))
     }
 
-    async fn publish(&self, from: &str, to: &str) -> Result<(), StorageError> {
-        // The source goes with the session's delete_known right after.
-        self.copy(from, to).await
+    async fn publish(&self, from: &str, to: &str, size: u64) -> Result<(), StorageError> {
+        // The source goes with the session's delete_known right after. A store's single copy
+        // has a limit (S3: 5 GiB); above the copier's threshold, the copy goes part by part.
+        match &self.large_copy {
+            Some(copier) if size > copier.threshold() => {
+                copier.copy(&self.path(from), &self.path(to), size).await
+            }
+            _ => self.copy(from, to).await,
+        }
     }
 
     async fn delete_known(&self, _prefix: &str, keys: &[String]) -> Result<(), StorageError> {
@@ -398,6 +414,30 @@ impl StorageDriver for ObjectStoreDriver {
         Ok(WrittenPart {
             content_id: part.content_id,
         })
+    }
+
+    async fn put_part_copy(
+        &self,
+        key: &str,
+        handle: &MultipartHandle,
+        slot: PartSlot,
+        source: &str,
+        len: u64,
+    ) -> Result<WrittenPart, StorageError> {
+        let Some(copier) = &self.large_copy else {
+            let (bytes, _) = self.read_small(source).await?;
+            return self.put_part(key, handle, slot, vec![bytes]).await;
+        };
+        let content_id = copier
+            .copy_into_part(
+                &self.path(source),
+                &self.path(key),
+                &handle.upload_id,
+                slot.index,
+                len,
+            )
+            .await?;
+        Ok(WrittenPart { content_id })
     }
 
     async fn complete_multipart(

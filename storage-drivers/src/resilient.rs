@@ -310,10 +310,11 @@ impl StorageDriver for Resilient {
         Ok(())
     }
 
-    async fn publish(&self, from: &str, to: &str) -> Result<(), StorageError> {
-        // Every store behind this copies; a move (a copy, then a delete that may fail after it
-        // was applied) is not safe to try again.
-        self.copy(from, to).await
+    async fn publish(&self, from: &str, to: &str, size: u64) -> Result<(), StorageError> {
+        // Every store behind this publishes by a copy, which is safe to try again (a move, a
+        // copy then a delete that may fail after it was applied, would not be).
+        self.retry("publish", || self.inner.publish(from, to, size))
+            .await
     }
 
     async fn delete_known(&self, prefix: &str, keys: &[String]) -> Result<(), StorageError> {
@@ -344,6 +345,20 @@ impl StorageDriver for Resilient {
     ) -> Result<WrittenPart, StorageError> {
         self.retry("put part", || {
             self.inner.put_part(key, handle, slot, data.clone())
+        })
+        .await
+    }
+
+    async fn put_part_copy(
+        &self,
+        key: &str,
+        handle: &MultipartHandle,
+        slot: PartSlot,
+        source: &str,
+        len: u64,
+    ) -> Result<WrittenPart, StorageError> {
+        self.retry("copy part", || {
+            self.inner.put_part_copy(key, handle, slot, source, len)
         })
         .await
     }

@@ -297,6 +297,23 @@ impl LargeCopy for PartCopy {
         self.threshold
     }
 
+    async fn copy_into_part(
+        &self,
+        from: &Path,
+        to: &Path,
+        upload_id: &str,
+        index: usize,
+        len: u64,
+    ) -> Result<String, StorageError> {
+        if len == 0 {
+            return Err(StorageError::Backend(
+                "an empty part cannot be copied".into(),
+            ));
+        }
+        self.copy_part(from, to, upload_id, index, (0, len - 1))
+            .await
+    }
+
     async fn copy(&self, from: &Path, to: &Path, size: u64) -> Result<(), StorageError> {
         let id = self
             .s3

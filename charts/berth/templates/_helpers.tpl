@@ -71,6 +71,9 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
 {{- if ne (toString .Values.proxy.ttl) "" -}}{{- $_ := set $proxy "ttl" (toString .Values.proxy.ttl) -}}{{- end -}}
 {{- $_ := set $config "proxy" $proxy -}}
 {{- end -}}
-{{- $_ := set $config "berth" (dict "gc" (dict "enabled" .Values.gc.enabled "interval" .Values.gc.interval "grace" .Values.gc.grace "deleteuntagged" .Values.gc.deleteUntagged)) -}}
+{{- $berth := dict "gc" (dict "enabled" .Values.gc.enabled "interval" .Values.gc.interval "grace" .Values.gc.grace "deleteuntagged" .Values.gc.deleteUntagged "leasettl" .Values.gc.leaseTTL) -}}
+{{- if .Values.policy -}}{{- $_ := set $berth "policy" (dict "file" "/etc/berth/policy/policy.yml") -}}{{- end -}}
+{{- if .Values.oidc -}}{{- $_ := set $berth "oidc" .Values.oidc -}}{{- end -}}
+{{- $_ := set $config "berth" $berth -}}
 {{- toYaml (mustMergeOverwrite $config .Values.configData) -}}
 {{- end -}}

@@ -20,6 +20,7 @@ use integration::layout::sha256;
 use reqwest::Method;
 use sha2::Digest as _;
 
+#[derive(Clone)]
 struct Args {
     command: String,
     backend: String,
@@ -48,56 +49,71 @@ impl Args {
     }
 }
 
+/// Benchmarks berth beside CNCF distribution 2.8 on the same storage, alternating the two.
+/// Start it with BERTH_BIN pointing at a release build of berth.
+#[derive(clap::Parser)]
+#[command(name = "berth-bench")]
+struct Cli {
+    /// `all`: every scenario (local disk, then S3 on moto) in one table of medians with
+    /// distribution/berth ratios; `push`: only the chunked push.
+    #[arg(value_parser = ["all", "push"])]
+    command: String,
+    /// The backend of `push`.
+    #[arg(long, default_value = "filesystem", value_parser = ["filesystem", "s3", "azure"])]
+    backend: String,
+    /// The blob size of the push and pull scenarios.
+    #[arg(long, default_value_t = 1024)]
+    size_mib: usize,
+    /// The chunk size of the chunked push.
+    #[arg(long, default_value_t = 16)]
+    chunk_mib: usize,
+    /// Runs of each scenario (the median is reported).
+    #[arg(long, default_value_t = 3)]
+    runs: usize,
+    /// Concurrent uploads of the concurrency scenario.
+    #[arg(long, default_value_t = 32)]
+    uploads: usize,
+    /// Size of each of those uploads.
+    #[arg(long, default_value_t = 256)]
+    upload_mib: usize,
+    /// Tags of the listing scenario.
+    #[arg(long, default_value_t = 10_000)]
+    tags: usize,
+    /// Length of the load scenario.
+    #[arg(long, default_value_t = 10)]
+    load_seconds: u32,
+    /// Scenarios to run (mono, chunked, pull, manifest, rss, pullrss, storecost).
+    #[arg(long, value_delimiter = ',')]
+    only: Option<Vec<String>>,
+    /// Skips the S3 scenarios.
+    #[arg(long)]
+    skip_s3: bool,
+    /// Runs Berth alone (for profiling it without distribution's runs in between).
+    #[arg(long)]
+    berth_only: bool,
+    /// Another berth build (a baseline) to run where distribution would, to see what a
+    /// change to Berth is worth with the same alternation that cancels the machine's swings.
+    #[arg(long)]
+    against_berth: Option<std::path::PathBuf>,
+}
+
 fn parse_args() -> Args {
-    let mut a = Args {
-        command: String::new(),
-        backend: "filesystem".into(),
-        size: 1 << 30,
-        chunk: 16 << 20,
-        runs: 3,
-        uploads: 32,
-        upload_size: 256 << 20,
-        tags: 10_000,
-        load_seconds: 10,
-        skip_s3: false,
-        berth_only: false,
-        against_berth: None,
-        only: None,
-    };
-    let argv: Vec<String> = std::env::args().skip(1).collect();
-    let mut it = argv.iter();
-    a.command = it.next().cloned().unwrap_or_default();
-    if !matches!(a.command.as_str(), "push" | "all") {
-        eprintln!(
-            "usage: berth-bench all|push [--backend filesystem|s3|azure] [--size-mib N] [--chunk-mib N] [--runs N] [--uploads N] [--upload-mib N] [--tags N] [--load-seconds N] [--only mono,chunked,pull,manifest,rss,pullrss] [--skip-s3] [--berth-only] [--against-berth PATH]"
-        );
-        std::process::exit(2);
+    let c = <Cli as clap::Parser>::parse();
+    Args {
+        command: c.command,
+        backend: c.backend,
+        size: c.size_mib << 20,
+        chunk: c.chunk_mib << 20,
+        runs: c.runs,
+        uploads: c.uploads,
+        upload_size: c.upload_mib << 20,
+        tags: c.tags,
+        load_seconds: c.load_seconds,
+        skip_s3: c.skip_s3,
+        berth_only: c.berth_only,
+        against_berth: c.against_berth,
+        only: c.only,
     }
-    while let Some(flag) = it.next() {
-        if flag == "--skip-s3" {
-            a.skip_s3 = true;
-            continue;
-        }
-        if flag == "--berth-only" {
-            a.berth_only = true;
-            continue;
-        }
-        let v = it.next().unwrap_or_else(|| panic!("{flag} needs a value"));
-        match flag.as_str() {
-            "--backend" => a.backend = v.clone(),
-            "--size-mib" => a.size = v.parse::<usize>().unwrap() << 20,
-            "--chunk-mib" => a.chunk = v.parse::<usize>().unwrap() << 20,
-            "--runs" => a.runs = v.parse().unwrap(),
-            "--uploads" => a.uploads = v.parse().unwrap(),
-            "--upload-mib" => a.upload_size = v.parse::<usize>().unwrap() << 20,
-            "--tags" => a.tags = v.parse().unwrap(),
-            "--load-seconds" => a.load_seconds = v.parse().unwrap(),
-            "--only" => a.only = Some(v.split(',').map(str::to_owned).collect()),
-            "--against-berth" => a.against_berth = Some(v.into()),
-            other => panic!("unknown flag {other}"),
-        }
-    }
-    a
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -239,6 +255,14 @@ impl Pair {
         }
         v
     }
+
+    /// The process id of the registry `apis` names `who`.
+    fn pid(&self, who: &str) -> u32 {
+        match (who, &self.other) {
+            ("other", Some(o)) => o.pid(),
+            _ => self.berth.pid(),
+        }
+    }
 }
 
 /// One row of the final table.
@@ -321,12 +345,7 @@ where
         for (who, api) in apis {
             // Flush the previous run's dirty pages so one registry's writes don't throttle the next.
             let _ = Command::new("sync").status();
-            let server = if who == "berth" {
-                pair.berth.pid()
-            } else {
-                pair.other.as_ref().map_or(0, Other::pid)
-            }
-            .to_string();
+            let server = pair.pid(who).to_string();
             // The closure's synchronous part (preparing the blob and its digest) runs first,
             // outside the CPU counted for the run.
             let run_op = op(who, api, run);
@@ -695,12 +714,7 @@ async fn peak_rss_of_pulls(pair: &Pair, base: &Bytes, rows: &mut Vec<Row>) {
         let pulls = (0..4).map(|_| pull(&api, "bench/pullrss", &digest));
         futures::future::join_all(pulls).await;
         rates.push(4.0 * mib / started.elapsed().as_secs_f64());
-        let pid = if who == "berth" {
-            pair.berth.pid()
-        } else {
-            pair.other.as_ref().unwrap().pid()
-        };
-        rss.push(peak_rss_mib(pid));
+        rss.push(peak_rss_mib(pair.pid(who)));
     }
     rows.push(row(
         "peak RSS, 4 concurrent pulls of one blob",
@@ -778,12 +792,7 @@ async fn peak_rss(a: &Args, pair: &Pair, rows: &mut Vec<Row>) {
     let mut rss = Vec::new();
     for (i, (who, api)) in pair.apis().into_iter().enumerate() {
         concurrent_uploads(&api, a.uploads, a.upload_size, i as u8 + 1).await;
-        let pid = if who == "berth" {
-            pair.berth.pid()
-        } else {
-            pair.other.as_ref().unwrap().pid()
-        };
-        rss.push(peak_rss_mib(pid));
+        rss.push(peak_rss_mib(pair.pid(who)));
     }
     rows.push(row(
         format!(
@@ -854,6 +863,109 @@ async fn run_s3(a: &Args, rows: &mut Vec<Row>) {
     });
 }
 
+/// Added to every store request to count sequential round trips: large beside moto's own
+/// swings (a few hundred milliseconds per push on this machine), so that they blur the count
+/// by one or two at most.
+const STORE_LATENCY_MS: u64 = 100;
+
+/// Store requests and sequential store round trips per operation, each registry on its own
+/// bucket behind its own fault proxy: `--runs` pairs of runs, one without added latency and
+/// one with [`STORE_LATENCY_MS`] per store request; requests from the first run, round trips
+/// the median over the pairs.
+fn run_store_cost(a: &Args, rows: &mut Vec<Row>) {
+    use integration::fault_proxy::{FaultProxy, Faults};
+    use integration::store_cost::{OperationCosts, measure, sequential_round_trips};
+    let latency = std::time::Duration::from_millis(STORE_LATENCY_MS);
+    let beside = Beside::of(a);
+    let work = tempfile::tempdir().unwrap();
+    let mut runs: Vec<(OperationCosts, Option<OperationCosts>)> = Vec::new();
+    let plan = (0..a.runs.max(1)).flat_map(|_| [std::time::Duration::ZERO, latency]);
+    for (i, added) in plan.enumerate() {
+        eprintln!("store cost, {} ms per store request", added.as_millis());
+        let moto = Moto::start();
+        moto.create_bucket("berth");
+        moto.create_bucket("dist");
+        let faults = Faults {
+            latency: added,
+            ..Faults::default()
+        };
+        let (pb, po) = (
+            FaultProxy::start(&moto.endpoint, faults.clone()),
+            FaultProxy::start(&moto.endpoint, faults),
+        );
+        let berth_yaml = |bucket: &str, proxy: &FaultProxy| {
+            format!(
+                "version: 0.1\nstorage:\n  {}\n",
+                moto.storage_yaml(bucket)
+                    .replace(&moto.endpoint, &proxy.endpoint)
+            )
+        };
+        let berth = Berth::with_config(&berth_yaml("berth", &pb), &[("RUST_LOG", "warn")]);
+        let berth_costs = measure(&berth.host, &pb, work.path(), 900 + i as u64);
+        let other_costs = match beside {
+            Beside::Nothing => None,
+            Beside::Distribution => {
+                let d = Distribution::start(&format!(
+                    "s3:\n    region: us-east-1\n    regionendpoint: {}\n    bucket: dist\n    accesskey: test\n    secretkey: test\n    secure: false\n    v4auth: true\n    chunksize: {}\n    rootdirectory: /registry",
+                    po.endpoint,
+                    16 << 20
+                ));
+                Some(measure(&d.host, &po, work.path(), 900 + i as u64))
+            }
+            Beside::Berth(bin) => {
+                let b =
+                    Berth::with_config_of(bin, &berth_yaml("dist", &po), &[("RUST_LOG", "warn")]);
+                Some(measure(&b.host, &po, work.path(), 900 + i as u64))
+            }
+        };
+        runs.push((berth_costs, other_costs));
+    }
+    type Pick = fn(&OperationCosts) -> integration::store_cost::Cost;
+    let ops: [(&str, Pick); 4] = [
+        ("push of a 3-layer image (30 MiB, 5 MiB, 10 KiB)", |c| {
+            c.push
+        }),
+        ("re-push, every blob there", |c| c.repush),
+        ("pull (besides presigned GETs)", |c| c.pull),
+        ("manifest GET by tag", |c| c.manifest_get),
+    ];
+    for (name, op) in ops {
+        let (b, o) = &runs[0];
+        rows.push(row(
+            format!("S3 store requests: {name}"),
+            op(b).requests as f64,
+            o.as_ref().map(|o| op(o).requests as f64),
+            "requests",
+            false,
+        ));
+    }
+    for (name, op) in ops {
+        let trips =
+            |pick: fn(&(OperationCosts, Option<OperationCosts>)) -> Option<OperationCosts>| {
+                let each: Option<Vec<f64>> = runs
+                    .chunks(2)
+                    .filter(|pair| pair.len() == 2)
+                    .map(|pair| {
+                        Some(sequential_round_trips(
+                            op(&pick(&pair[0])?),
+                            op(&pick(&pair[1])?),
+                            latency,
+                        ))
+                    })
+                    .collect();
+                Some(median(each?))
+            };
+        let b = trips(|r| Some(r.0)).unwrap_or(0.0);
+        rows.push(row(
+            format!("  sequential store round trips (+{STORE_LATENCY_MS} ms each, median): {name}"),
+            b,
+            trips(|r| r.1),
+            "trips",
+            false,
+        ));
+    }
+}
+
 #[tokio::main]
 async fn main() {
     let a = parse_args();
@@ -880,6 +992,17 @@ async fn main() {
         run_local(&a, &mut rows).await;
         if !a.skip_s3 {
             run_s3(&a, &mut rows).await;
+        }
+        if a.wants("storecost") {
+            let a = a.clone();
+            let mut cost_rows = Vec::new();
+            cost_rows = tokio::task::spawn_blocking(move || {
+                run_store_cost(&a, &mut cost_rows);
+                cost_rows
+            })
+            .await
+            .unwrap();
+            rows.extend(cost_rows);
         }
     }
     let column = Beside::of(&a).column();

@@ -11,16 +11,25 @@ use super::tags::{Page, paginate};
 use crate::error::Result;
 use crate::layout;
 use crate::names::RepositoryName;
-use crate::storage::PutCondition;
+use crate::storage::{PutCondition, StorageError};
 
 impl Registry {
+    /// Records the repository in the index; entries are never removed, so one this process
+    /// wrote or found recently is not asked for again.
     pub(super) async fn add_to_catalog(&self, name: &RepositoryName) -> Result<()> {
-        let key = layout::catalog_entry(name);
-        if !self.exists(&key).await? {
-            self.store
-                .put_bytes(&key, Bytes::new(), PutCondition::Overwrite)
-                .await?;
+        if self.catalogued.knows(name) {
+            return Ok(());
         }
+        let key = layout::catalog_entry(name);
+        match self
+            .store
+            .put_bytes(&key, Bytes::new(), PutCondition::CreateOnly)
+            .await
+        {
+            Ok(_) | Err(StorageError::AlreadyExists(_)) | Err(StorageError::Precondition(_)) => {}
+            Err(e) => return Err(e.into()),
+        }
+        self.catalogued.remember(name.clone());
         Ok(())
     }
 

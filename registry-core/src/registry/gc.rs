@@ -4,8 +4,10 @@
 //! children) and the revisions themselves. Sweep: unmarked blobs, but only those whose bytes are
 //! older than the grace window and whose "touched" marker (refreshed by every link and manifest
 //! put that relies on the blob) is older than the collection's start minus the grace window. So a
-//! blob uploaded, mounted or referenced while the collector runs is never removed. A lease object
-//! in the store lets one process collect at a time; times are the store's own clock.
+//! blob uploaded, mounted or referenced while the collector runs is never removed. Removal itself
+//! races with a push that relies on an old blob: its bytes are moved aside, the marker read
+//! again, and put back if it appeared (`remove_unless_relied_on`). A lease object in the store
+//! lets one process collect at a time; times are the store's own clock.
 
 use std::collections::HashSet;
 use std::time::{Duration, SystemTime};
@@ -72,8 +74,12 @@ fn older_than(t: Option<SystemTime>, cutoff: SystemTime) -> bool {
 }
 
 impl Registry {
-    /// Takes the GC lease; `None` when another live collector holds it. Returns the store's time.
-    async fn take_lease(&self, o: &GcOptions) -> Result<Option<SystemTime>> {
+    /// Takes the GC lease; `None` when another live collector holds it. Returns the store's time
+    /// and the lease's version.
+    async fn take_lease(
+        &self,
+        o: &GcOptions,
+    ) -> Result<Option<(SystemTime, crate::storage::ObjectVersion)>> {
         let key = layout::gc_lease();
         let body = Bytes::from(
             serde_json::to_vec(&Lease {
@@ -108,13 +114,41 @@ impl Registry {
             }
             Err(e) => return Err(e.into()),
         }
-        Ok(Some(
-            self.store
-                .stat(&key)
-                .await?
-                .last_modified
-                .unwrap_or_else(SystemTime::now),
-        ))
+        let held = self.store.stat(&key).await?;
+        Ok(Some((
+            held.last_modified.unwrap_or_else(SystemTime::now),
+            held.version,
+        )))
+    }
+
+    /// Rewrites the lease every quarter of its TTL while a collection runs, so that a collector
+    /// that died (a killed pod) is replaced within the TTL and a live one never is. Ends when
+    /// the lease is lost: two collectors at once only repeat work, as markers keep pushes safe.
+    async fn hold_lease(&self, o: &GcOptions, mut version: crate::storage::ObjectVersion) {
+        let body = Bytes::from(
+            serde_json::to_vec(&Lease {
+                holder: o.holder.clone(),
+            })
+            .unwrap_or_default(),
+        );
+        loop {
+            tokio::time::sleep(o.lease_ttl / 4).await;
+            match self
+                .store
+                .put_bytes(
+                    &layout::gc_lease(),
+                    body.clone(),
+                    PutCondition::IfVersion(version.clone()),
+                )
+                .await
+            {
+                Ok(info) => version = info.version,
+                Err(e) => {
+                    tracing::warn!(error = %e, "the garbage collection lease could not be renewed");
+                    return;
+                }
+            }
+        }
     }
 
     pub(super) async fn revisions(&self, name: &RepositoryName) -> Result<Vec<Digest>> {
@@ -131,7 +165,7 @@ impl Registry {
     }
 
     /// The references of a stored manifest: config, layers, index children.
-    async fn references(&self, d: &Digest) -> Result<Vec<Digest>> {
+    pub(super) async fn references(&self, d: &Digest) -> Result<Vec<Digest>> {
         let body = match self.store.read_small(&layout::blob_data(d)).await {
             Ok((b, _)) => b,
             Err(StorageError::NotFound(_)) => return Ok(Vec::new()),
@@ -199,6 +233,18 @@ impl Registry {
             }
             if !o.dry_run {
                 self.delete_revision(name, &d).await?;
+                // An index pushed meanwhile may name it: it marks its children before it
+                // checks their revisions, so a marker now means it may have seen this one (and
+                // one that cannot be read is taken as one that appeared).
+                let relied_on = self.touched_since(&d, cutoff).await;
+                if !matches!(relied_on, Ok(false)) {
+                    tracing::info!(repository = %name, digest = %d, "an untagged revision being removed may have been relied on meanwhile: put back");
+                    self.write_link(&layout::manifest_revision_link(name, &d), &d)
+                        .await?;
+                    relied_on?;
+                    stay.push(d);
+                    continue;
+                }
             }
             report.untagged.push(format!("{name}@{d}"));
         }
@@ -239,12 +285,90 @@ impl Registry {
         }
     }
 
+    /// Removes a blob's bytes unless something comes to rely on them while they go. A
+    /// manifest or mount that relies on a blob writes its marker and only then checks the
+    /// bytes, so the bytes are moved aside first, the marker read again, and the bytes put
+    /// back if it appeared: whoever checked in between saw them (and keeps them) or saw them
+    /// gone (and refused). Returns whether they were removed.
+    async fn remove_unless_relied_on(
+        &self,
+        d: &Digest,
+        key: &str,
+        size: u64,
+        cutoff: SystemTime,
+    ) -> Result<bool> {
+        let held = layout::gc_quarantine(d);
+        self.store.publish(key, &held, size).await?;
+        // Once the bytes may be gone from their key, a marker that cannot be read counts as
+        // one that appeared: they go back (and the error stops the collection after).
+        let relied_on = match self.store.delete(key).await {
+            Ok(()) => self.touched_since(d, cutoff).await,
+            Err(e) => Err(e.into()),
+        };
+        if !matches!(relied_on, Ok(false)) {
+            if matches!(relied_on, Ok(true)) {
+                tracing::info!(digest = %d, "a blob being removed was relied on meanwhile: put back");
+            }
+            self.store.publish(&held, key, size).await?;
+            self.store.delete(&held).await?;
+            return relied_on.map(|_| false);
+        }
+        self.store.delete(&held).await?;
+        Ok(true)
+    }
+
+    /// Bytes a collection that died left moved aside (older than a lease, so no live one
+    /// holds them): put back when anything marks or touches them now, removed otherwise.
+    async fn settle_quarantine(
+        &self,
+        marked: &HashSet<Digest>,
+        cutoff: SystemTime,
+        abandoned_before: SystemTime,
+    ) -> Result<()> {
+        let held: Vec<String> = self
+            .store
+            .list_recursive(&layout::gc_quarantine_prefix())
+            .try_collect()
+            .await?;
+        for key in held {
+            let Some(d) = layout::digest_of_quarantine_key(&key) else {
+                continue;
+            };
+            let info = match self.store.stat(&key).await {
+                Ok(i) => i,
+                Err(StorageError::NotFound(_)) => continue,
+                Err(e) => return Err(e.into()),
+            };
+            if !older_than(info.last_modified, abandoned_before) {
+                continue;
+            }
+            if (marked.contains(&d) || self.touched_since(&d, cutoff).await?)
+                && !self.exists(&layout::blob_data(&d)).await?
+            {
+                tracing::warn!(digest = %d, "bytes a failed collection held are relied on: put back");
+                self.store
+                    .publish(&key, &layout::blob_data(&d), info.size)
+                    .await?;
+            }
+            self.store.delete(&key).await?;
+        }
+        Ok(())
+    }
+
     /// Runs one collection; `None` when another process holds the lease.
     pub async fn collect_garbage(&self, o: &GcOptions) -> Result<Option<GcReport>> {
-        let Some(start) = self.take_lease(o).await? else {
+        let Some((start, version)) = self.take_lease(o).await? else {
             return Ok(None);
         };
-        let result = self.collect(o, start).await;
+        let collect = std::pin::pin!(self.collect(o, start));
+        let hold = std::pin::pin!(async {
+            self.hold_lease(o, version).await;
+            std::future::pending::<()>().await
+        });
+        let result = match futures::future::select(collect, hold).await {
+            futures::future::Either::Left((result, _)) => result,
+            futures::future::Either::Right(((), _)) => unreachable!("holding never ends"),
+        };
         let _ = self.store.delete(&layout::gc_lease()).await;
         result.map(Some)
     }
@@ -261,6 +385,11 @@ impl Registry {
             .list_recursive(&layout::blobs_prefix())
             .try_collect()
             .await?;
+        if !o.dry_run {
+            let abandoned_before = start.checked_sub(o.lease_ttl).unwrap_or(start);
+            self.settle_quarantine(&marked, cutoff, abandoned_before)
+                .await?;
+        }
         for key in blobs {
             let Some(d) = layout::digest_of_blob_key(&key) else {
                 continue;
@@ -268,22 +397,28 @@ impl Registry {
             if marked.contains(&d) {
                 continue;
             }
+            // The marker before the bytes: bytes written again after it was read are seen new.
+            if self.touched_since(&d, cutoff).await? {
+                report.spared += 1;
+                continue;
+            }
             let info = match self.store.stat(&key).await {
                 Ok(i) => i,
                 Err(StorageError::NotFound(_)) => continue,
                 Err(e) => return Err(e.into()),
             };
-            if !older_than(info.last_modified, cutoff) || self.touched_since(&d, cutoff).await? {
+            if !older_than(info.last_modified, cutoff) {
                 report.spared += 1;
                 continue;
             }
             if !o.dry_run {
-                // Checked once more right before deleting: a push may have begun meanwhile.
-                if self.touched_since(&d, cutoff).await? {
+                if !self
+                    .remove_unless_relied_on(&d, &key, info.size, cutoff)
+                    .await?
+                {
                     report.spared += 1;
                     continue;
                 }
-                self.store.delete(&key).await?;
                 self.blob_sizes.forget(&d);
             }
             report.bytes += info.size;

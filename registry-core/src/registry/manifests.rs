@@ -83,55 +83,103 @@ impl Registry {
             });
         }
         let checks = manifest.requirements().into_iter().map(|req| async move {
-            let (key, d) = match &req {
-                Requirement::Blob(d) => (layout::layer_link(name, d), d),
-                Requirement::Manifest(d) => (layout::manifest_revision_link(name, d), d),
+            let (linked, d) = match &req {
+                Requirement::Blob(d) => (self.has_layer(name, d).await?, d),
+                Requirement::Manifest(d) => (
+                    self.exists(&layout::manifest_revision_link(name, d))
+                        .await?,
+                    d,
+                ),
             };
-            if self.exists(&key).await? {
+            if linked {
                 Ok(())
             } else {
                 Err(RegistryError::ManifestBlobUnknown(d.clone()))
             }
         });
-        try_join_all(checks).await?;
         let moved: Vec<(Tag, Digest)> = all_tags
             .iter()
             .zip(previous)
             .filter_map(|(t, p)| p.filter(|p| *p != digest).map(|p| ((*t).clone(), p)))
             .collect();
-        // Before anything points at them: a GC running now must spare these blobs.
+        // Before anything is written: an immutable tag may be pushed again with what it names,
+        // never moved.
+        for (t, _) in &moved {
+            self.check_mutable(name, t)?;
+        }
+        // Before anything points at them: a collection running now must spare what this
+        // manifest relies on, its own bytes included (a collection that looked at old bytes
+        // of this digest before they were written again would otherwise remove them). Beside
+        // the checks that the repository links them: a manifest refused leaves markers only.
         let relied_on: Vec<Digest> = manifest
             .requirements()
             .into_iter()
             .map(|r| match r {
                 Requirement::Blob(d) | Requirement::Manifest(d) => d,
             })
-            .chain([digest.clone()])
+            .chain(std::iter::once(digest.clone()))
             .collect();
-        self.touch(&relied_on).await?;
-
-        let blob_key = layout::blob_data(&digest);
-        if !self.exists(&blob_key).await? {
-            self.store
-                .put_bytes(&blob_key, body.clone(), PutCondition::Overwrite)
-                .await?;
-        }
+        futures::try_join!(try_join_all(checks), self.touch(&relied_on))?;
+        // Beside the check that what it relies on is still stored: the manifest's own bytes,
+        // written without asking first, even when this process saw them stored (a manifest is
+        // small, the same bytes again are harmless, and another replica's collection may have
+        // removed them). Refused, they are garbage nothing links.
+        let bytes_key = layout::blob_data(&digest);
+        let write_bytes = self
+            .store
+            .put_bytes(&bytes_key, body.clone(), PutCondition::Overwrite);
+        let (info, ()) = futures::try_join!(
+            async { write_bytes.await.map_err(RegistryError::from) },
+            self.still_stored(name, &manifest)
+        )?;
+        self.blob_sizes.put(&digest, &info);
+        // The revision before the tags: collections find what to keep through revisions.
         self.write_link(&layout::manifest_revision_link(name, &digest), &digest)
             .await?;
-        for tag in all_tags {
-            self.point_tag(name, tag, &digest).await?;
-        }
+        // Once the revision exists, what names it is written together: one round trip.
         let subject = manifest.subject.as_ref().map(|s| s.digest.clone());
-        if let Some(s) = &subject {
-            let desc = manifest.referrer_descriptor(digest.clone(), body.len() as u64);
-            self.add_referrer(name, s, &desc).await?;
-        }
-        self.add_to_catalog(name).await?;
+        let tags = try_join_all(all_tags.iter().map(|t| self.point_tag(name, t, &digest)));
+        let referrer = async {
+            match &subject {
+                Some(s) => {
+                    let desc = manifest.referrer_descriptor(digest.clone(), body.len() as u64);
+                    self.add_referrer(name, s, &desc).await
+                }
+                None => Ok(()),
+            }
+        };
+        futures::try_join!(tags, referrer, self.add_to_catalog(name))?;
+        self.remember(digest.clone(), body);
         Ok(PutManifestOutcome {
             digest,
             subject,
             moved,
         })
+    }
+
+    /// Checks, after their markers were written, that what a manifest relies on is stored:
+    /// bytes for blobs, revisions for child manifests. Asked of the store, not of memory: a
+    /// collection on another replica may have removed them, and only a removal that began
+    /// before the markers is possible (it sees them, or undoes itself when it does; see
+    /// `gc`), so a check after them cannot be overtaken.
+    async fn still_stored(&self, name: &RepositoryName, manifest: &Manifest) -> Result<()> {
+        let checks = manifest.requirements().into_iter().map(|req| async move {
+            let (stored, d) = match &req {
+                Requirement::Blob(d) => (self.blob_bytes_in_store(d).await?.is_some(), d),
+                Requirement::Manifest(d) => (
+                    self.exists(&layout::manifest_revision_link(name, d))
+                        .await?,
+                    d,
+                ),
+            };
+            if stored {
+                Ok(())
+            } else {
+                Err(RegistryError::ManifestBlobUnknown(d.clone()))
+            }
+        });
+        try_join_all(checks).await?;
+        Ok(())
     }
 
     /// Stores a manifest fetched from an upstream registry, under `tag` if given.
@@ -175,6 +223,7 @@ impl Registry {
 
     /// Removes a tag (its current link and its index of past targets).
     pub(super) async fn drop_tag(&self, name: &RepositoryName, tag: &Tag) -> Result<()> {
+        self.tags.forget(name, tag);
         self.store
             .delete_prefix(&layout::tag_prefix(name, tag))
             .await?;
@@ -183,15 +232,23 @@ impl Registry {
 
     /// Points `tag` at a manifest revision the repository holds (a cache following its upstream).
     pub async fn point_tag(&self, name: &RepositoryName, tag: &Tag, digest: &Digest) -> Result<()> {
-        self.write_link(&layout::tag_index_link(name, tag, digest), digest)
-            .await?;
-        self.write_link(&layout::tag_current_link(name, tag), digest)
-            .await
+        // The index of past targets (distribution's layout) is history, not a precondition.
+        let (index, current) = (
+            layout::tag_index_link(name, tag, digest),
+            layout::tag_current_link(name, tag),
+        );
+        futures::try_join!(
+            self.write_link(&index, digest),
+            self.write_link(&current, digest),
+        )?;
+        self.tags.put(name, tag, digest);
+        Ok(())
     }
 
     /// The digest `tag` names now, `None` when it names nothing.
+    /// Asked of the store, never the tag cache: a write decides by it.
     async fn current_tag(&self, name: &RepositoryName, tag: &Tag) -> Result<Option<Digest>> {
-        match self.resolve(name, &Reference::Tag(tag.clone())).await {
+        match self.read_tag(name, tag).await {
             Ok(d) => Ok(Some(d)),
             Err(RegistryError::ManifestUnknown(_)) => Ok(None),
             Err(e) => Err(e),
@@ -211,19 +268,29 @@ impl Registry {
                     Err(RegistryError::ManifestUnknown(d.to_string()))
                 }
             }
-            Reference::Tag(t) => match self
-                .store
-                .read_small(&layout::tag_current_link(name, t))
-                .await
-            {
-                Ok((body, _)) => layout::parse_link(&body).ok_or_else(|| {
-                    RegistryError::ManifestUnknown(format!("tag {t} has a corrupt link"))
-                }),
-                Err(StorageError::NotFound(_)) => {
-                    Err(RegistryError::ManifestUnknown(t.to_string()))
-                }
-                Err(e) => Err(e.into()),
+            Reference::Tag(t) => match self.tags.get(name, t) {
+                Some(d) => Ok(d),
+                None => self.read_tag(name, t).await,
             },
+        }
+    }
+
+    /// What the tag's link names in the store.
+    async fn read_tag(&self, name: &RepositoryName, t: &Tag) -> Result<Digest> {
+        match self
+            .store
+            .read_small(&layout::tag_current_link(name, t))
+            .await
+        {
+            Ok((body, _)) => {
+                let d = layout::parse_link(&body).ok_or_else(|| {
+                    RegistryError::ManifestUnknown(format!("tag {t} has a corrupt link"))
+                })?;
+                self.tags.put(name, t, &d);
+                Ok(d)
+            }
+            Err(StorageError::NotFound(_)) => Err(RegistryError::ManifestUnknown(t.to_string())),
+            Err(e) => Err(e.into()),
         }
     }
 
@@ -252,6 +319,28 @@ impl Registry {
         Ok(self.remember(digest, body))
     }
 
+    /// Takes the blobs a manifest of this repository names as linked here, without asking the
+    /// store: a revision is stored only once every blob it names was linked (its push checked
+    /// them, here as in distribution), and links go only by a blob delete, which this replica
+    /// sees at once and others within the minute links are trusted. A pull then costs no
+    /// request per layer. Only for repositories whose revisions were pushed: a pull-through
+    /// cache stores manifests before their blobs.
+    pub fn trust_links_of(&self, name: &RepositoryName, m: &ManifestContent) {
+        let key = (name.clone(), m.digest.clone());
+        if self.warmed.knows(&key) {
+            return;
+        }
+        let Ok(manifest) = Manifest::parse(&m.body, Some(&m.media_type)) else {
+            return;
+        };
+        for r in manifest.requirements() {
+            if let Requirement::Blob(d) = r {
+                self.links.remember((name.clone(), d));
+            }
+        }
+        self.warmed.remember(key);
+    }
+
     /// Keeps a manifest's bytes in the in-memory cache (they never change for a digest).
     fn remember(&self, digest: Digest, body: Bytes) -> ManifestContent {
         let media_type = sniff_media_type(&body);
@@ -276,6 +365,7 @@ impl Registry {
                 if !self.exists(&layout::tag_current_link(name, t)).await? {
                     return Err(RegistryError::ManifestUnknown(t.to_string()));
                 }
+                self.check_mutable(name, t)?;
                 self.drop_tag(name, t).await?;
             }
             Reference::Digest(d) => self.delete_revision(name, d).await?,
@@ -284,7 +374,8 @@ impl Registry {
     }
 
     /// Removes a manifest revision from a repository, with the tags pointing at it and its entry
-    /// in its subject's referrers. `ManifestUnknown` if the repository lacks it.
+    /// in its subject's referrers. `ManifestUnknown` if the repository lacks it,
+    /// `TagImmutable` if an immutable tag names it.
     pub(super) async fn delete_revision(&self, name: &RepositoryName, d: &Digest) -> Result<()> {
         let mut pointing = Vec::new();
         for tag in self.all_tags(name).await? {
@@ -296,6 +387,7 @@ impl Registry {
                     .as_ref()
                     == Some(d)
             {
+                self.check_mutable(name, &t)?;
                 pointing.push(t);
             }
         }

@@ -7,8 +7,11 @@ mod catalog;
 pub mod gc;
 mod manifest_cache;
 mod manifests;
+mod recently_seen;
 mod referrers;
+mod tag_cache;
 mod tags;
+mod usage;
 
 use std::sync::Arc;
 
@@ -21,6 +24,7 @@ use crate::upload::UploadSessions;
 pub use cache_expiry::CacheExpiry;
 pub use manifests::{ManifestContent, PutManifestOutcome};
 pub use tags::Page;
+pub use usage::{RepositoryUsage, Usage};
 
 /// Behaviour switches that come from configuration.
 #[derive(Debug, Clone)]
@@ -29,6 +33,8 @@ pub struct RegistrySettings {
     pub delete_enabled: bool,
     /// Largest manifest body accepted, in bytes.
     pub max_manifest_bytes: usize,
+    /// How long this process trusts what a tag named (zero: every lookup asks the store).
+    pub tag_cache_ttl: std::time::Duration,
 }
 
 impl Default for RegistrySettings {
@@ -36,9 +42,14 @@ impl Default for RegistrySettings {
         RegistrySettings {
             delete_enabled: true,
             max_manifest_bytes: 4 << 20,
+            tag_cache_ttl: std::time::Duration::ZERO,
         }
     }
 }
+
+/// Says whether a tag of a repository is immutable, and by which rule (its name).
+pub type TagGuard =
+    Arc<dyn Fn(&crate::names::RepositoryName, &crate::names::Tag) -> Option<String> + Send + Sync>;
 
 /// The registry: every operation the HTTP API exposes, independent of HTTP.
 pub struct Registry {
@@ -47,17 +58,54 @@ pub struct Registry {
     settings: RegistrySettings,
     manifests: manifest_cache::ManifestCache,
     blob_sizes: blob_sizes::BlobSizes,
+    links: recently_seen::RecentLinks,
+    missing: recently_seen::RecentLinks,
+    warmed: recently_seen::RecentLinks,
+    catalogued: recently_seen::RecentlySeen<crate::names::RepositoryName>,
+    tags: tag_cache::TagCache,
+    /// Immutable tags, when configured.
+    tag_guard: std::sync::OnceLock<TagGuard>,
 }
 
 impl Registry {
     /// A registry over `store`.
     pub fn new(store: Arc<dyn StorageDriver>, settings: RegistrySettings) -> Self {
+        let tags = tag_cache::TagCache::new(settings.tag_cache_ttl);
         Registry {
             uploads: UploadSessions::new(store.clone()),
             store,
             settings,
             manifests: manifest_cache::ManifestCache::new(64 << 20),
             blob_sizes: Default::default(),
+            links: recently_seen::RecentlySeen::new(std::time::Duration::from_secs(60)),
+            missing: recently_seen::RecentlySeen::new(std::time::Duration::from_secs(2)),
+            // Manifests whose blobs were taken as linked: once in ten minutes, so that after the
+            // links' minute the store is asked again.
+            warmed: recently_seen::RecentlySeen::new(std::time::Duration::from_secs(600)),
+            catalogued: recently_seen::RecentlySeen::new(std::time::Duration::from_secs(600)),
+            tags,
+            tag_guard: std::sync::OnceLock::new(),
+        }
+    }
+
+    /// Protects tags: a push that would move one `guard` names, or a delete that would remove
+    /// it, is refused (`TagImmutable`). Set once, when the registry is built.
+    pub fn guard_tags(&self, guard: TagGuard) {
+        let _ = self.tag_guard.set(guard);
+    }
+
+    /// `TagImmutable` if a rule protects `tag` of `name`.
+    fn check_mutable(
+        &self,
+        name: &crate::names::RepositoryName,
+        tag: &crate::names::Tag,
+    ) -> Result<()> {
+        match self.tag_guard.get().and_then(|g| g(name, tag)) {
+            Some(rule) => Err(RegistryError::TagImmutable {
+                tag: tag.to_string(),
+                rule,
+            }),
+            None => Ok(()),
         }
     }
 

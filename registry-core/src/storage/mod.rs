@@ -221,7 +221,9 @@ pub trait StorageDriver: Send + Sync + Debug + 'static {
     /// Makes `from`'s object available at `to` for a caller that removes what is left under
     /// `from`'s prefix right after (with [`StorageDriver::delete_known`]): local disk moves the
     /// file, object stores copy it and leave the source to that removal, sparing a request.
-    async fn publish(&self, from: &str, to: &str) -> Result<(), StorageError> {
+    /// `size` is the object's length, for stores that copy large objects another way.
+    async fn publish(&self, from: &str, to: &str, size: u64) -> Result<(), StorageError> {
+        let _ = size;
         self.rename(from, to).await
     }
 
@@ -251,6 +253,27 @@ pub trait StorageDriver: Send + Sync + Debug + 'static {
         slot: PartSlot,
         data: Vec<Bytes>,
     ) -> Result<WrittenPart, StorageError>;
+
+    /// Writes the part `slot` names with the `len` bytes of the object `source`. Stores that
+    /// can copy into a part (S3's UploadPartCopy) do it inside the store, so the bytes are not
+    /// sent again; this default reads them back and writes them as a part.
+    async fn put_part_copy(
+        &self,
+        key: &str,
+        handle: &MultipartHandle,
+        slot: PartSlot,
+        source: &str,
+        len: u64,
+    ) -> Result<WrittenPart, StorageError> {
+        let (bytes, _) = self.read_small(source).await?;
+        if bytes.len() as u64 != len {
+            return Err(StorageError::Backend(format!(
+                "{source} holds {} bytes, not {len}",
+                bytes.len()
+            )));
+        }
+        self.put_part(key, handle, slot, vec![bytes]).await
+    }
 
     /// Writes the part `slot` names from a stream and returns it with the bytes written. Asked
     /// only of drivers with loose parts (`fixed_size: false`), which stream a whole request into

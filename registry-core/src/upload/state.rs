@@ -7,10 +7,15 @@ use crate::storage::{MultipartHandle, WrittenPart};
 /// A fragment smaller than a part, stored as its own small object until more bytes arrive.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StagedFragment {
-    /// Generation number; names the object `staged/<generation>`.
+    /// Names the object `staged/<generation>`; random, so that two requests racing on one
+    /// version of the state never write the same object.
     pub generation: u64,
     /// Length in bytes.
     pub len: u64,
+    /// The bytes themselves, in hex, for a fragment small enough to ride in the state instead
+    /// of an object of its own (no `staged/<generation>` object then).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub inline: Option<String>,
 }
 
 /// Everything a replica needs to continue an upload another replica started.
@@ -30,16 +35,37 @@ pub struct UploadState {
     pub parts_bytes: u64,
     /// Fragments waiting to fill the next part.
     pub staged: Vec<StagedFragment>,
-    /// Next generation number for a staged fragment.
-    pub next_generation: u64,
-    /// Bumped by every request that changes the session, so two cannot both act on one version.
+    /// Bumped by every request that writes to a store whose parts share one file (local disk),
+    /// so a request that lost the session can never overwrite a newer one's bytes. Object
+    /// stores name every part and fragment uniquely, and the conditional commit of the state
+    /// decides which request's parts count: there no claim is written.
     pub claim: u64,
     /// Set once the multipart write is completed and the bytes sit at the upload's data key.
     #[serde(default)]
     pub assembled: bool,
+    /// Set by a cancel: the session is over, whatever URL names it (one whose state was never
+    /// written included), until the purge removes what is left.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub ended: bool,
 }
 
 impl UploadState {
+    /// A session nothing was written to yet, started `started_at` (unix seconds).
+    pub fn new(started_at: u64, hash_state: String) -> Self {
+        UploadState {
+            started_at,
+            offset: 0,
+            hash_state,
+            multipart: None,
+            parts: Vec::new(),
+            parts_bytes: 0,
+            staged: Vec::new(),
+            claim: 0,
+            assembled: false,
+            ended: false,
+        }
+    }
+
     /// Bytes held in staged fragments.
     pub fn staged_len(&self) -> u64 {
         self.staged.iter().map(|f| f.len).sum()

@@ -63,7 +63,18 @@ pub(crate) async fn get(ctx: &Ctx, name: &str, digest: &str) -> ApiResult {
     let digest: Digest = digest.parse().map_err(RegistryError::from)?;
     let registry = &ctx.app.registry;
     let head = ctx.method == Method::HEAD;
-    let info = match ctx.app.content.source(&name).blob(&digest, head).await? {
+    let source = ctx.app.content.source(&name);
+    // A pull's GET needs neither the size nor the bytes, only the link and a signed URL: one
+    // store request fewer per layer (unless a notification wants the size).
+    if !head
+        && ctx.app.settings.redirect
+        && !ctx.app.notifier.enabled()
+        && source.links_locally(&digest).await?
+        && let Some(resp) = redirect(ctx, &digest).await?
+    {
+        return Ok(resp);
+    }
+    let info = match source.blob(&digest, head).await? {
         Blob::Stored(info) => info,
         Blob::Fetched { length, body } => return Ok(fetched(ctx, &name, &digest, length, body)),
     };
@@ -77,30 +88,16 @@ pub(crate) async fn get(ctx: &Ctx, name: &str, digest: &str) -> ApiResult {
             None,
         );
     }
-    let common = [
-        ("docker-content-digest", digest.to_string()),
-        ("etag", format!("\"{digest}\"")),
-        ("accept-ranges", "bytes".to_owned()),
-        ("cache-control", "max-age=31536000".to_owned()),
-    ];
+    let common = blob_headers(&digest);
     if head {
         let mut resp = empty(StatusCode::OK, &common);
         set_length_and_type(&mut resp, info.size);
         return Ok(resp);
     }
     if ctx.app.settings.redirect
-        && let Some(url) = registry
-            .presign_blob(&digest, ctx.app.settings.redirect_expiry)
-            .await?
+        && let Some(resp) = redirect(ctx, &digest).await?
     {
-        // S3 signs for the public endpoint itself; Azure and GCS signatures do not cover the host.
-        let url = match &ctx.app.settings.redirect_public_endpoint {
-            Some(public) => rewrite_origin(&url, public),
-            None => url,
-        };
-        let mut headers = common.to_vec();
-        headers.push(("location", url));
-        return Ok(empty(StatusCode::TEMPORARY_REDIRECT, &headers));
+        return Ok(resp);
     }
     let requested = ctx.header("range").and_then(ByteRange::parse);
     let range = match &requested {
@@ -178,6 +175,36 @@ fn fetched(
         resp.headers_mut().insert("content-length", n.into());
     }
     resp
+}
+
+/// Headers every answer with a blob's bytes carries.
+fn blob_headers(digest: &Digest) -> [(&'static str, String); 4] {
+    [
+        ("docker-content-digest", digest.to_string()),
+        ("etag", format!("\"{digest}\"")),
+        ("accept-ranges", "bytes".to_owned()),
+        ("cache-control", "max-age=31536000".to_owned()),
+    ]
+}
+
+/// A redirect to a presigned URL of the blob's bytes, where the store signs one.
+async fn redirect(ctx: &Ctx, digest: &Digest) -> Result<Option<Response>, RegistryError> {
+    let Some(url) = ctx
+        .app
+        .registry
+        .presign_blob(digest, ctx.app.settings.redirect_expiry)
+        .await?
+    else {
+        return Ok(None);
+    };
+    // S3 signs for the public endpoint itself; Azure and GCS signatures do not cover the host.
+    let url = match &ctx.app.settings.redirect_public_endpoint {
+        Some(public) => rewrite_origin(&url, public),
+        None => url,
+    };
+    let mut headers = blob_headers(digest).to_vec();
+    headers.push(("location", url));
+    Ok(Some(empty(StatusCode::TEMPORARY_REDIRECT, &headers)))
 }
 
 /// Points a presigned URL at the public scheme, host and port, keeping path and signature.

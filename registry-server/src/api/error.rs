@@ -127,6 +127,9 @@ impl From<RegistryError> for ApiError {
             }
             RegistryError::Conflict(r) => ApiError::new(S::CONFLICT, "BLOB_UPLOAD_INVALID", msg)
                 .detail(json!({ "reason": r })),
+            // 409, not 403: docker retries a 403 for a minute; this answer will not change.
+            RegistryError::TagImmutable { tag, rule } => ApiError::new(S::CONFLICT, "DENIED", msg)
+                .detail(json!({ "tag": tag, "rule": rule })),
             RegistryError::Storage(StorageError::Full(detail)) => {
                 tracing::error!(error = %detail, "storage full");
                 // 507 says what is wrong without naming paths; no OCI code is closer than UNKNOWN.

@@ -1,12 +1,14 @@
 //! The OCI distribution HTTP API: one dispatcher over [`route::Route`] and a module per resource.
 
 pub mod access_log;
+mod admin;
 mod blobs;
 pub mod error;
 mod listing;
 mod manifests;
 mod referrers;
 pub mod route;
+mod upload_ref;
 mod uploads;
 
 use std::sync::Arc;
@@ -49,16 +51,25 @@ pub fn router(app: Arc<App>) -> Router {
             axum::routing::get(token).post(|| async { ApiError::no_route().into_response() }),
         );
     }
-    r.route("/healthz", axum::routing::get(|| async { "ok" }))
-        .route("/readyz", axum::routing::get(readyz))
-        .route("/metrics", axum::routing::get(metrics))
-        .fallback(dispatch)
-        .layer(axum::middleware::map_response(api_version_header))
-        .layer(axum::middleware::from_fn_with_state(
-            app.clone(),
-            access_log::observe,
-        ))
-        .with_state(app)
+    r.route(
+        admin::TOKENS_PATH,
+        axum::routing::get(admin::list_tokens).post(admin::create_token),
+    )
+    .route(
+        &format!("{}/{{name}}", admin::TOKENS_PATH),
+        axum::routing::delete(admin::revoke_token),
+    )
+    .route(admin::USAGE_PATH, axum::routing::get(admin::usage))
+    .route("/healthz", axum::routing::get(|| async { "ok" }))
+    .route("/readyz", axum::routing::get(readyz))
+    .route("/metrics", axum::routing::get(metrics))
+    .fallback(dispatch)
+    .layer(axum::middleware::map_response(api_version_header))
+    .layer(axum::middleware::from_fn_with_state(
+        app.clone(),
+        access_log::observe,
+    ))
+    .with_state(app)
 }
 
 async fn api_version_header(mut resp: Response) -> Response {
@@ -277,6 +288,30 @@ async fn token(State(app): State<Arc<App>>, req: Request) -> Response {
     }
 }
 
+/// Admits a request needing `need` (credentials, client certificate, policy) and says who
+/// made it.
+pub(crate) async fn authorize(
+    app: &App,
+    parts: &Parts,
+    need: &[crate::auth::Access],
+) -> Result<crate::auth::Identity, ApiError> {
+    app.settings
+        .auth
+        .check(
+            &parts.headers,
+            need,
+            app.settings.host.as_deref(),
+            origin_of(app, parts),
+            parts
+                .extensions
+                .get::<crate::connections::tls::ClientCertificate>()
+                .map(|c| c.0.as_str()),
+            &app.metrics,
+        )
+        .await
+        .map_err(ApiError::from)
+}
+
 async fn dispatch(State(app): State<Arc<App>>, req: Request) -> Response {
     let Some(route) = Route::parse(req.uri().path()) else {
         return ApiError::no_route().into_response();
@@ -286,20 +321,9 @@ async fn dispatch(State(app): State<Arc<App>>, req: Request) -> Response {
     let mount_from = query.get("mount").and(query.get("from"));
     let need = route.required_access(&parts.method, mount_from);
     let origin = origin_of(&app, &parts);
-    let identity = match app
-        .settings
-        .auth
-        .check(
-            &parts.headers,
-            &need,
-            app.settings.host.as_deref(),
-            origin,
-            &app.metrics,
-        )
-        .await
-    {
+    let identity = match authorize(&app, &parts, &need).await {
         Ok(identity) => identity,
-        Err(e) => return ApiError::from(e).into_response(),
+        Err(e) => return e.into_response(),
     };
     let writes = matches!(
         parts.method,

@@ -3,17 +3,17 @@
 use axum::body::Body;
 use axum::http::StatusCode;
 use registry_core::upload::ChunkRange;
-use registry_core::upload::session::parse_upload_id;
 use registry_core::{Digest, RegistryError, RepositoryName};
 
 use super::error::{ApiError, ApiResult, upload_range};
+use super::upload_ref::UploadRef;
 use super::{Ctx, body_stream, empty, parse_name};
 
 /// Media type of blobs in notification events.
 const BLOB_MEDIA_TYPE: &str = "application/octet-stream";
 
-fn upload_path(name: &RepositoryName, id: &str) -> String {
-    format!("/v2/{name}/blobs/uploads/{id}")
+fn upload_path(name: &RepositoryName, id: &str, fresh: bool) -> String {
+    format!("/v2/{name}/blobs/uploads/{}", UploadRef::segment(id, fresh))
 }
 
 fn created(ctx: &Ctx, name: &RepositoryName, digest: &Digest) -> axum::response::Response {
@@ -36,11 +36,12 @@ fn progress(
     name: &RepositoryName,
     id: &str,
     offset: u64,
+    fresh: bool,
 ) -> axum::response::Response {
     let mut headers = vec![
-        ("location", ctx.location(&upload_path(name, id))),
+        ("location", ctx.location(&upload_path(name, id, fresh))),
         ("range", upload_range(offset)),
-        ("docker-upload-uuid", id.to_owned()),
+        ("docker-upload-uuid", UploadRef::segment(id, fresh)),
         ("content-length", "0".into()),
     ];
     if let Some(min) = ctx.app.registry.uploads().chunk_min_length() {
@@ -50,13 +51,19 @@ fn progress(
 }
 
 /// Errors about an existing session carry its Location, so the client can resume.
-fn with_location(ctx: &Ctx, name: &RepositoryName, id: &str, e: RegistryError) -> ApiError {
-    let resumable = matches!(e, RegistryError::UploadRangeInvalid { .. });
+fn with_location(ctx: &Ctx, name: &RepositoryName, at: &UploadRef, e: RegistryError) -> ApiError {
+    let offset = match e {
+        RegistryError::UploadRangeInvalid { offset } => Some(offset),
+        _ => None,
+    };
     let err = ApiError::from(e);
-    if resumable {
-        err.with_header("location", &ctx.location(&upload_path(name, id)))
-    } else {
-        err
+    match offset {
+        // Nothing stored yet: the URL that says so stays.
+        Some(offset) => err.with_header(
+            "location",
+            &ctx.location(&upload_path(name, &at.id, at.fresh && offset == 0)),
+        ),
+        None => err,
     }
 }
 
@@ -107,34 +114,61 @@ pub(crate) async fn start(ctx: &Ctx, name: &str, body: Body) -> ApiResult {
         ctx.notify("push", &name, BLOB_MEDIA_TYPE, &digest, size, None);
         return Ok(created(ctx, &name, &digest));
     }
-    let id = registry.uploads().start(&name).await?;
-    Ok(progress(ctx, StatusCode::ACCEPTED, &name, &id, 0))
+    let started = registry.uploads().start(&name).await?;
+    Ok(progress(
+        ctx,
+        StatusCode::ACCEPTED,
+        &name,
+        &started.id,
+        0,
+        started.deferred,
+    ))
 }
 
 pub(crate) async fn status(ctx: &Ctx, name: &str, id: &str) -> ApiResult {
     let name = parse_name(name)?;
-    let id = parse_upload_id(id)?;
-    let offset = ctx.app.registry.uploads().status(&name, &id).await?;
-    Ok(progress(ctx, StatusCode::NO_CONTENT, &name, &id, offset))
+    let at = UploadRef::parse(id)?;
+    let offset = ctx
+        .app
+        .registry
+        .uploads()
+        .status(&name, &at.id, at.fresh)
+        .await?;
+    Ok(progress(
+        ctx,
+        StatusCode::NO_CONTENT,
+        &name,
+        &at.id,
+        offset,
+        at.fresh && offset == 0,
+    ))
 }
 
 pub(crate) async fn patch(ctx: &Ctx, name: &str, id: &str, body: Body) -> ApiResult {
     let name = parse_name(name)?;
-    let id = parse_upload_id(id)?;
+    let at = UploadRef::parse(id)?;
     let range = chunk_range(ctx)?;
     let offset = ctx
         .app
         .registry
         .uploads()
-        .append(&name, &id, range, body_stream(body))
+        .append(&name, &at.id, at.fresh, range, body_stream(body))
         .await
-        .map_err(|e| with_location(ctx, &name, &id, e))?;
-    Ok(progress(ctx, StatusCode::ACCEPTED, &name, &id, offset))
+        .map_err(|e| with_location(ctx, &name, &at, e))?;
+    // An empty chunk stores nothing: the session is still as its start left it.
+    Ok(progress(
+        ctx,
+        StatusCode::ACCEPTED,
+        &name,
+        &at.id,
+        offset,
+        at.fresh && offset == 0,
+    ))
 }
 
 pub(crate) async fn finish(ctx: &Ctx, name: &str, id: &str, body: Body) -> ApiResult {
     let name = parse_name(name)?;
-    let id = parse_upload_id(id)?;
+    let at = UploadRef::parse(id)?;
     let digest: Digest = ctx
         .query
         .get("digest")
@@ -147,16 +181,20 @@ pub(crate) async fn finish(ctx: &Ctx, name: &str, id: &str, body: Body) -> ApiRe
     let size = ctx
         .app
         .registry
-        .finish_upload(&name, &id, &digest, range, body_stream(body))
+        .finish_upload(&name, &at.id, at.fresh, &digest, range, body_stream(body))
         .await
-        .map_err(|e| with_location(ctx, &name, &id, e))?;
+        .map_err(|e| with_location(ctx, &name, &at, e))?;
     ctx.notify("push", &name, BLOB_MEDIA_TYPE, &digest, size, None);
     Ok(created(ctx, &name, &digest))
 }
 
 pub(crate) async fn cancel(ctx: &Ctx, name: &str, id: &str) -> ApiResult {
     let name = parse_name(name)?;
-    let id = parse_upload_id(id)?;
-    ctx.app.registry.uploads().cancel(&name, &id).await?;
+    let at = UploadRef::parse(id)?;
+    ctx.app
+        .registry
+        .uploads()
+        .cancel(&name, &at.id, at.fresh)
+        .await?;
     Ok(empty(StatusCode::NO_CONTENT, &[]))
 }

@@ -108,9 +108,41 @@ impl Logins {
         if users.remembered(user, password) {
             return Ok(());
         }
-        let result = self.check_slow(users, user, password, origin).await;
+        self.gate(
+            user,
+            "password",
+            origin,
+            metrics,
+            self.bcrypt(users, user, password),
+        )
+        .await
+    }
+
+    /// Runs a credential check (`kind`: a password, a robot token, an ID token) through the
+    /// gate every login passes: refused at once while the client or the account is locked out,
+    /// a refusal counted toward the lockouts, the outcome in the metrics and the audit log.
+    pub async fn gate<T>(
+        &self,
+        user: &str,
+        kind: &str,
+        origin: Origin,
+        metrics: &Metrics,
+        check: impl std::future::Future<Output = Result<T, LoginRefused>>,
+    ) -> Result<T, LoginRefused> {
+        let result = match self.throttle.locked(user, origin.client) {
+            Some(wait) => Err(LoginRefused::Throttled(wait)),
+            None => {
+                let r = check.await;
+                match &r {
+                    Ok(_) => self.throttle.succeeded(user, origin.client),
+                    Err(LoginRefused::Invalid) => self.throttle.failed(user, origin.client),
+                    Err(_) => {}
+                }
+                r
+            }
+        };
         let outcome = match &result {
-            Ok(()) => "accepted",
+            Ok(_) => "accepted",
             Err(LoginRefused::Invalid) => "refused",
             Err(LoginRefused::Throttled(_)) => "throttled",
             Err(LoginRefused::Busy) => "busy",
@@ -120,22 +152,20 @@ impl Logins {
             target: "berth::audit",
             event = "login",
             outcome,
+            kind,
             account = user,
             client = %origin.client,
         );
         result
     }
 
-    async fn check_slow(
+    /// bcrypt, off the async workers and bounded in how many wait.
+    async fn bcrypt(
         &self,
         users: &Arc<Htpasswd>,
         user: &str,
         password: &str,
-        origin: Origin,
     ) -> Result<(), LoginRefused> {
-        if let Some(wait) = self.throttle.locked(user, origin.client) {
-            return Err(LoginRefused::Throttled(wait));
-        }
         if self.waiting.fetch_add(1, Ordering::AcqRel) >= MAX_WAITING {
             self.waiting.fetch_sub(1, Ordering::AcqRel);
             return Err(LoginRefused::Busy);
@@ -153,10 +183,8 @@ impl Logins {
         .await
         .unwrap_or(false);
         if ok {
-            self.throttle.succeeded(user, origin.client);
             Ok(())
         } else {
-            self.throttle.failed(user, origin.client);
             Err(LoginRefused::Invalid)
         }
     }

@@ -3,6 +3,9 @@
 
 pub mod htpasswd;
 pub mod logins;
+pub mod oidc;
+pub mod policy;
+pub mod robots;
 pub mod scope;
 pub mod throttle;
 pub mod token;
@@ -14,6 +17,7 @@ use base64::Engine;
 
 use crate::observe::Metrics;
 use logins::{LoginRefused, Logins, Origin};
+use policy::{IdentityKind, Subject};
 pub use scope::Access;
 use token::{TokenIssuer, TokenVerifier};
 
@@ -63,6 +67,13 @@ pub struct Authorizer {
     pub issuer: Option<TokenIssuer>,
     /// Password checks: throttled, off the async workers.
     pub logins: Logins,
+    /// Robot tokens, once the store they are kept in is open.
+    pub robots: std::sync::OnceLock<Arc<robots::RobotTokens>>,
+    /// The access policy (`berth.policy`): without it, every htpasswd account may do
+    /// everything (as in distribution) and the built-in issuer grants by its `access` rules.
+    pub policy: Option<Arc<policy::PolicyFileWatch>>,
+    /// Trusted OIDC issuers (`berth.oidc`): their ID tokens are passwords.
+    pub oidc: Option<Arc<oidc::OidcIssuers>>,
 }
 
 impl Authorizer {
@@ -72,6 +83,9 @@ impl Authorizer {
             auth: Auth::None,
             issuer: None,
             logins: Logins::new(Default::default()),
+            robots: Default::default(),
+            policy: None,
+            oidc: None,
         }
     }
 }
@@ -251,25 +265,75 @@ fn challenge(
 
 impl Authorizer {
     /// Admits a request needing `need` and says who made it, or answers 401 (no or bad
-    /// credentials), 403 (too little access) or 429 (too many failed logins).
+    /// credentials, or too little access) or 429 (too many failed logins). `certificate`: the
+    /// account of the connection's verified client certificate, if any; credentials in the
+    /// request come first.
     pub async fn check(
         &self,
         headers: &HeaderMap,
         need: &[Access],
         host: Option<&str>,
         origin: Origin,
+        certificate: Option<&str>,
         metrics: &Metrics,
     ) -> Result<Identity, AuthError> {
         match &self.auth {
-            Auth::None => Ok(Identity::Anonymous),
+            Auth::None => {
+                Ok(certificate.map_or(Identity::Anonymous, |c| Identity::Account(c.into())))
+            }
             Auth::Htpasswd { realm, users } => {
                 let challenge = format!("Basic realm=\"{realm}\"");
+                let denied = || AuthError::Denied {
+                    challenge: challenge.clone(),
+                };
                 match basic_credentials(headers) {
+                    BasicCredentials::Given(u, p) if p.starts_with(robots::TOKEN_PREFIX) => {
+                        let robot = self
+                            .robot_login(&u, &p, &challenge, origin, metrics)
+                            .await?;
+                        if !robot.allows(need) {
+                            audit_access(
+                                &u,
+                                IdentityKind::Robot,
+                                need,
+                                "the token's access",
+                                false,
+                            );
+                            return Err(denied());
+                        }
+                        self.by_policy(&robot.subject(), need)
+                            .map_err(|()| denied())?;
+                        Ok(Identity::Account(u))
+                    }
+                    BasicCredentials::Given(u, p) if self.takes_oidc(&p) => {
+                        let who = self.oidc_login(&u, &p, &challenge, origin, metrics).await?;
+                        self.by_policy(&who, need).map_err(|()| denied())?;
+                        Ok(Identity::Account(who.account.unwrap_or_default()))
+                    }
                     BasicCredentials::Given(u, p) => {
                         match self.logins.check(users, &u, &p, origin, metrics).await {
-                            Ok(()) => Ok(Identity::Account(u)),
+                            Ok(()) => {
+                                self.by_policy(&Subject::account(&u, IdentityKind::Password), need)
+                                    .map_err(|()| denied())?;
+                                Ok(Identity::Account(u))
+                            }
                             Err(refusal) => Err(refused_login(refusal, &challenge)),
                         }
+                    }
+                    // A verified client certificate is an account, as a password is.
+                    BasicCredentials::Absent if let Some(c) = certificate => {
+                        self.by_policy(&Subject::account(c, IdentityKind::Certificate), need)
+                            .map_err(|()| denied())?;
+                        Ok(Identity::Account(c.to_owned()))
+                    }
+                    // Anonymous clients get what the policy gives them, but never the base
+                    // endpoint: `docker login` takes a 200 there for a login that worked.
+                    BasicCredentials::Absent
+                        if !need.is_empty()
+                            && self.policy.is_some()
+                            && self.by_policy(&Subject::anonymous(), need).is_ok() =>
+                    {
+                        Ok(Identity::Anonymous)
                     }
                     BasicCredentials::Absent | BasicCredentials::Malformed => {
                         Err(AuthError::Unauthenticated { challenge })
@@ -283,9 +347,13 @@ impl Authorizer {
                 let Some(token) = bearer(headers) else {
                     return Err(unauthorized(None));
                 };
-                let (subject, grants) = verifier
+                let verified = verifier
                     .verify(token)
                     .map_err(|_| unauthorized(Some("invalid_token")))?;
+                if verified.robot && !self.robot_still_valid(&verified.subject).await {
+                    return Err(unauthorized(Some("invalid_token")));
+                }
+                let (subject, grants) = (verified.subject, verified.access);
                 if need.iter().all(|n| n.satisfied_by(&grants)) {
                     Ok(if subject.is_empty() {
                         Identity::Anonymous
@@ -325,6 +393,31 @@ impl Authorizer {
             BasicCredentials::Malformed => {
                 return Err(refused_login(LoginRefused::Invalid, CHALLENGE));
             }
+            BasicCredentials::Given(u, p) if p.starts_with(robots::TOKEN_PREFIX) => {
+                let robot = self.robot_login(&u, &p, CHALLENGE, origin, metrics).await?;
+                let mut access = robot.grant(&requested_scopes(scopes));
+                if let Some(policy) = &self.policy {
+                    access = policy.current().grant(&robot.subject(), &access);
+                }
+                return issuer
+                    .issue_for_robot(service.unwrap_or_default(), &u, access)
+                    .map_err(AuthError::BadTokenRequest);
+            }
+            BasicCredentials::Given(u, p) if self.takes_oidc(&p) => {
+                let who = self.oidc_login(&u, &p, CHALLENGE, origin, metrics).await?;
+                let access = match &self.policy {
+                    Some(policy) => policy.current().grant(&who, &requested_scopes(scopes)),
+                    None => Vec::new(),
+                };
+                return issuer
+                    .sign(
+                        service.unwrap_or_default(),
+                        who.account.as_deref(),
+                        access,
+                        false,
+                    )
+                    .map_err(AuthError::BadTokenRequest);
+            }
             BasicCredentials::Given(u, p) => {
                 let Some(users) = issuer.users() else {
                     return Err(refused_login(LoginRefused::Invalid, CHALLENGE));
@@ -336,17 +429,157 @@ impl Authorizer {
                 Some(u)
             }
         };
-        let requested: Vec<Access> = scopes
-            .iter()
-            .flat_map(|s| s.split(' '))
-            .filter(|s| !s.is_empty())
-            .filter_map(Access::parse)
-            .collect();
+        let requested = requested_scopes(scopes);
         let service = service.unwrap_or_default();
-        issuer
-            .issue(service, account.as_deref(), &requested)
-            .map_err(AuthError::BadTokenRequest)
+        match &self.policy {
+            Some(policy) => {
+                let who = match &account {
+                    Some(a) => Subject::account(a, IdentityKind::Password),
+                    None => Subject::anonymous(),
+                };
+                let access = policy.current().grant(&who, &requested);
+                issuer.sign(service, account.as_deref(), access, false)
+            }
+            None => issuer.issue(service, account.as_deref(), &requested),
+        }
+        .map_err(AuthError::BadTokenRequest)
     }
+
+    /// Asks the policy (when there is one) about everything `need` names, and writes the
+    /// decision to the audit log.
+    fn by_policy(&self, who: &Subject, need: &[Access]) -> Result<(), ()> {
+        let Some(policy) = &self.policy else {
+            return Ok(());
+        };
+        let account = who.account.as_deref().unwrap_or("anonymous");
+        match policy.current().check(who, need) {
+            Ok(decision) => {
+                if let Some(d) = decision {
+                    audit_access(
+                        account,
+                        who.kind,
+                        need,
+                        d.rule.as_deref().unwrap_or(""),
+                        true,
+                    );
+                }
+                Ok(())
+            }
+            Err(d) => {
+                let rule = d.rule.as_deref().unwrap_or("(none)");
+                audit_access(account, who.kind, need, rule, false);
+                Err(())
+            }
+        }
+    }
+
+    /// A robot token's login: its record, or a refusal as for a wrong password. Through the
+    /// login gate: a token cannot be guessed, but every unknown name costs a store read, so
+    /// a client failing again and again is locked out as for passwords.
+    async fn robot_login(
+        &self,
+        name: &str,
+        token: &str,
+        challenge: &str,
+        origin: Origin,
+        metrics: &Metrics,
+    ) -> Result<robots::RobotRecord, AuthError> {
+        let Some(robots) = self.robots.get() else {
+            return Err(refused_login(LoginRefused::Invalid, challenge));
+        };
+        // As a password verified a moment ago: no guess, no gate, no log line per request.
+        if let Some(r) = robots.remembered(name, token).await {
+            return Ok(r);
+        }
+        let check = async {
+            match robots.authenticate(name, token).await {
+                Ok(Some(r)) => Ok(r),
+                Ok(None) => Err(LoginRefused::Invalid),
+                Err(e) => {
+                    tracing::warn!(robot = name, error = %e, "robot tokens could not be read");
+                    Err(LoginRefused::Busy)
+                }
+            }
+        };
+        self.logins
+            .gate(name, "robot", origin, metrics, check)
+            .await
+            .map_err(|r| refused_login(r, challenge))
+    }
+
+    /// Whether a password is an ID token for the trusted OIDC issuers to check.
+    fn takes_oidc(&self, password: &str) -> bool {
+        self.oidc.is_some() && oidc::looks_like_jwt(password)
+    }
+
+    /// An OIDC login (`user` as the client named itself): the identity its ID token names, or
+    /// a refusal as for a wrong password, through the login gate.
+    async fn oidc_login(
+        &self,
+        user: &str,
+        token: &str,
+        challenge: &str,
+        origin: Origin,
+        metrics: &Metrics,
+    ) -> Result<Subject, AuthError> {
+        let Some(issuers) = &self.oidc else {
+            return Err(refused_login(LoginRefused::Invalid, challenge));
+        };
+        // As a password verified a moment ago: no guess, no gate, no log line per request.
+        if let Some(id) = issuers.remembered(token) {
+            return Ok(Subject::oidc(&id.account, id.claims));
+        }
+        let check = async {
+            issuers
+                .verify(token)
+                .await
+                .map(|id| Subject::oidc(&id.account, id.claims))
+                .map_err(|why| {
+                    tracing::info!(reason = %why, "an ID token was refused");
+                    LoginRefused::Invalid
+                })
+        };
+        self.logins
+            .gate(user, "oidc", origin, metrics, check)
+            .await
+            .map_err(|r| refused_login(r, challenge))
+    }
+
+    /// Whether robot `name` (whose token the issuer signed) is neither revoked nor expired.
+    async fn robot_still_valid(&self, name: &str) -> bool {
+        match self.robots.get() {
+            Some(robots) => matches!(robots.still_valid(name).await, Ok(Some(_))),
+            None => false,
+        }
+    }
+}
+
+fn scopes_of(need: &[Access]) -> String {
+    need.iter().map(Access::scope).collect::<Vec<_>>().join(" ")
+}
+
+/// One access decision in the audit log: who, which kind of identity, what it needed, which
+/// rule decided (or what else did), and whether it was allowed.
+fn audit_access(account: &str, kind: IdentityKind, need: &[Access], rule: &str, allowed: bool) {
+    tracing::info!(
+        target: "berth::audit",
+        event = "access",
+        account,
+        kind = kind.name(),
+        need = %scopes_of(need),
+        rule,
+        allowed,
+    );
+}
+
+/// The scopes a token request names (`scope` may repeat and hold several, space-separated).
+fn requested_scopes(scopes: &[&str]) -> Vec<Access> {
+    scopes
+        .iter()
+        .flat_map(|s| s.split(' '))
+        .filter(|s| !s.is_empty())
+        .filter_map(Access::parse)
+        .collect()
 }
 
 #[cfg(test)]

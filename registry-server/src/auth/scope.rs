@@ -33,6 +33,15 @@ impl Access {
         }
     }
 
+    /// Administration (robot tokens): `registry:admin:*`.
+    pub fn admin() -> Access {
+        Access {
+            kind: "registry".into(),
+            name: "admin".into(),
+            actions: vec!["*".into()],
+        }
+    }
+
     /// The scope string used in challenges and token requests.
     pub fn scope(&self) -> String {
         format!("{}:{}:{}", self.kind, self.name, self.actions.join(","))

@@ -3,17 +3,34 @@
 use std::time::Duration;
 
 use super::{
-    AuthConfig, ConfigError, LoginsConfig, TokenServerConfig, key_err, parse_duration, read_file,
-    required,
+    AuthConfig, ConfigError, LoginsConfig, OidcIssuerConfig, PolicyConfig, TokenServerConfig,
+    key_err, parse_duration, read_file, required, strings,
 };
 
 pub(super) fn authorizer(
     auth: Option<&AuthConfig>,
     server: Option<&TokenServerConfig>,
     logins: Option<&LoginsConfig>,
+    policy: Option<&PolicyConfig>,
+    oidc: &[OidcIssuerConfig],
 ) -> Result<crate::auth::Authorizer, ConfigError> {
     use crate::auth::{Auth, Authorizer, htpasswd::Htpasswd, logins::Logins, token};
     let logins = Logins::new(login_settings(logins)?);
+    let policy = match policy.and_then(|p| p.file.as_ref()) {
+        None => None,
+        Some(path) => Some(std::sync::Arc::new(
+            crate::auth::policy::PolicyFileWatch::load(path)
+                .map_err(|e| key_err("berth.policy.file", e))?,
+        )),
+    };
+    let oidc = oidc_issuers(oidc, policy.is_some())?;
+    let open = auth.is_none_or(|a| a.htpasswd.is_none() && a.token.is_none());
+    if policy.is_some() && open {
+        return Err(key_err(
+            "berth.policy",
+            "needs auth (htpasswd or token): without it every client is anonymous",
+        ));
+    }
     let Some(auth) = auth else {
         if server.is_some() {
             return Err(key_err(
@@ -125,7 +142,41 @@ pub(super) fn authorizer(
         auth: mode,
         issuer,
         logins,
+        robots: Default::default(),
+        policy,
+        oidc,
     })
+}
+
+/// The trusted OIDC issuers (`berth.oidc`); they need a policy, which alone says what their
+/// tokens' identities may do.
+fn oidc_issuers(
+    configs: &[OidcIssuerConfig],
+    have_policy: bool,
+) -> Result<Option<std::sync::Arc<crate::auth::oidc::OidcIssuers>>, ConfigError> {
+    use crate::auth::oidc::{IssuerSettings, OidcIssuers};
+    if configs.is_empty() {
+        return Ok(None);
+    }
+    if !have_policy {
+        return Err(key_err(
+            "berth.oidc",
+            "needs berth.policy: its rules say what an issuer's identities may do",
+        ));
+    }
+    let mut settings = Vec::new();
+    for c in configs {
+        let issuer = required(&c.issuer, "berth.oidc.issuer")?;
+        let audiences = c.audience.as_ref().map(strings).unwrap_or_default();
+        settings.push(IssuerSettings {
+            issuer,
+            audiences,
+            account_claim: c.account.clone().unwrap_or_else(|| "sub".into()),
+        });
+    }
+    OidcIssuers::new(settings)
+        .map(|i| Some(std::sync::Arc::new(i)))
+        .map_err(|e| key_err("berth.oidc", e))
 }
 
 fn login_settings(

@@ -345,6 +345,18 @@ pub struct PurgeSettings {
     pub dry_run: bool,
 }
 
+/// A value that is a string or a list of strings, as a list (anything else: empty).
+fn strings(v: &Value) -> Vec<String> {
+    match v {
+        Value::String(s) => vec![s.clone()],
+        Value::Sequence(items) => items
+            .iter()
+            .filter_map(|i| i.as_str().map(str::to_owned))
+            .collect(),
+        _ => Vec::new(),
+    }
+}
+
 /// Parses distribution's Go-style durations: `168h`, `30m`, `45s`, `1h30m`.
 pub fn parse_duration(s: &str) -> Option<Duration> {
     let mut total = 0u64;
@@ -381,8 +393,11 @@ pub struct TlsConfig {
     pub certificate: Option<PathBuf>,
     /// PEM private key.
     pub key: Option<PathBuf>,
-    /// Client certificate authorities (not supported).
+    /// PEM bundles of the CAs whose client certificates are accepted (a path or a list).
     pub clientcas: Option<Value>,
+    /// Whether a client certificate is `required` (the default, as in distribution) or
+    /// `optional` (a client without one authenticates another way).
+    pub clientauth: Option<String>,
     /// Let's Encrypt (not supported).
     pub letsencrypt: Option<Value>,
     /// Accepted for compatibility (rustls speaks TLS 1.2 and 1.3 only).
@@ -409,6 +424,30 @@ pub struct BerthConfig {
     pub logins: Option<LoginsConfig>,
     /// How object-store requests are retried.
     pub storage: Option<BerthStorageConfig>,
+    /// The access policy.
+    pub policy: Option<PolicyConfig>,
+    /// Trusted OIDC issuers, whose ID tokens are passwords.
+    pub oidc: Vec<OidcIssuerConfig>,
+}
+
+/// `berth.oidc[]`: one trusted OIDC issuer.
+#[derive(Debug, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct OidcIssuerConfig {
+    /// The issuer URL, as its tokens name it in `iss`.
+    pub issuer: Option<String>,
+    /// The audience tokens must name (a string or a list).
+    pub audience: Option<Value>,
+    /// The claim that names the account (default `sub`).
+    pub account: Option<String>,
+}
+
+/// `berth.policy`: who may do what, for every kind of identity.
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+pub struct PolicyConfig {
+    /// The policy file (groups and rules); read again when it changes.
+    pub file: Option<PathBuf>,
 }
 
 /// `berth.storage`: how a slow or failing object store is ridden out.
@@ -420,6 +459,9 @@ pub struct BerthStorageConfig {
     /// How long a store's answer may stall before the request is cut and sent again
     /// (default 30s).
     pub stalltimeout: Option<String>,
+    /// How long a replica answers a manifest GET by tag from what the tag named before,
+    /// without asking the store (default 0s: off).
+    pub tagcachettl: Option<String>,
 }
 
 /// `berth.logins`: how failed password logins are slowed down.
@@ -471,6 +513,9 @@ pub struct GcConfig {
     pub dryrun: bool,
     /// Also remove manifests no tag reaches.
     pub deleteuntagged: bool,
+    /// How long a collector that stopped renewing its lease (a killed pod) keeps others
+    /// waiting (default 2m).
+    pub leasettl: Option<String>,
 }
 
 /// Scheduled collection settings.
@@ -484,6 +529,8 @@ pub struct GcSettings {
     pub dry_run: bool,
     /// Remove untagged manifests too.
     pub delete_untagged: bool,
+    /// A lease not renewed for this long is taken over.
+    pub lease_ttl: Duration,
 }
 
 /// `auth`.
@@ -588,6 +635,8 @@ pub struct Settings {
     pub redirect_public_endpoint: Option<url::Url>,
     /// Manifest size limit.
     pub max_manifest_bytes: usize,
+    /// How long a tag's target is trusted by this replica (zero: off).
+    pub tag_cache_ttl: Duration,
     /// Authentication and authorization.
     pub auth: std::sync::Arc<crate::auth::Authorizer>,
     /// Refuse every write (maintenance).
@@ -757,16 +806,35 @@ fn validate(config: Config, warnings: &mut Vec<String>) -> Result<Settings, Conf
         config.auth.as_ref(),
         config.berth.tokenserver.as_ref(),
         config.berth.logins.as_ref(),
+        config.berth.policy.as_ref(),
+        &config.berth.oidc,
     )?);
     let tls = match &config.http.tls {
         None => None,
         Some(t) => {
-            if t.clientcas.is_some() {
-                return Err(key_err(
-                    "http.tls.clientcas",
-                    "client certificate authentication is not supported",
-                ));
-            }
+            let clients = match &t.clientcas {
+                None => None,
+                Some(v) => {
+                    let cas: Vec<PathBuf> = strings(v).into_iter().map(PathBuf::from).collect();
+                    if cas.is_empty() {
+                        return Err(key_err("http.tls.clientcas", "lists no CA files"));
+                    }
+                    for ca in &cas {
+                        read_file(ca, "http.tls.clientcas")?;
+                    }
+                    let required = match t.clientauth.as_deref() {
+                        None | Some("required") => true,
+                        Some("optional") => false,
+                        Some(other) => {
+                            return Err(key_err(
+                                "http.tls.clientauth",
+                                format!("{other:?} is not required or optional"),
+                            ));
+                        }
+                    };
+                    Some(crate::connections::tls::ClientCertificates { cas, required })
+                }
+            };
             if t.letsencrypt.is_some() {
                 return Err(key_err(
                     "http.tls.letsencrypt",
@@ -783,7 +851,11 @@ fn validate(config: Config, warnings: &mut Vec<String>) -> Result<Settings, Conf
                 .ok_or_else(|| key_err("http.tls.key", "is required"))?;
             read_file(&certificate, "http.tls.certificate")?;
             read_file(&key, "http.tls.key")?;
-            Some(TlsFiles { certificate, key })
+            Some(TlsFiles {
+                certificate,
+                key,
+                clients,
+            })
         }
     };
     if config.http.secret.is_some() {
@@ -855,6 +927,15 @@ fn validate(config: Config, warnings: &mut Vec<String>) -> Result<Settings, Conf
         berth_storage.and_then(|s| s.stalltimeout.as_deref()),
         "berth.storage.stalltimeout",
     )?;
+    let tag_cache_ttl = match berth_storage.and_then(|s| s.tagcachettl.as_deref()) {
+        None => Duration::ZERO,
+        Some(text) => parse_duration(text).ok_or_else(|| {
+            key_err(
+                "berth.storage.tagcachettl",
+                format!("{text:?} is not a duration like 5s"),
+            )
+        })?,
+    };
     let mut storage = storage;
     match &mut storage {
         StorageChoice::S3(o) => o.stall_timeout = stall,
@@ -874,6 +955,7 @@ fn validate(config: Config, warnings: &mut Vec<String>) -> Result<Settings, Conf
         redirect_expiry: Duration::from_secs(expiry),
         redirect_public_endpoint: public_endpoint,
         max_manifest_bytes,
+        tag_cache_ttl,
         auth,
         read_only: s
             .maintenance

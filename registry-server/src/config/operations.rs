@@ -78,6 +78,7 @@ pub(super) fn gc_settings(
         grace: duration_key(&c.grace, "2h", "berth.gc.grace")?,
         dry_run: c.dryrun,
         delete_untagged: c.deleteuntagged,
+        lease_ttl: duration_key(&c.leasettl, "2m", "berth.gc.leasettl")?,
     }))
 }
 

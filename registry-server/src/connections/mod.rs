@@ -214,6 +214,9 @@ async fn connection(
         shared.body_idle,
         shared.on_body_expiry.clone(),
     );
+    // Known once the TLS handshake is done, before the first request.
+    let certificate: Arc<std::sync::OnceLock<tls::ClientCertificate>> = Default::default();
+    let certified = certificate.clone();
     let service = hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
         let in_flight = activity.request();
         let (parts, body) = req.into_parts();
@@ -225,6 +228,9 @@ async fn connection(
         let mut req = hyper::Request::from_parts(parts, axum::body::Body::new(handler_body));
         req.extensions_mut()
             .insert(axum::extract::ConnectInfo(peer));
+        if let Some(c) = certified.get() {
+            req.extensions_mut().insert(c.clone());
+        }
         let router = router.clone();
         async move {
             let mut resp = router.oneshot(req).await?;
@@ -253,6 +259,15 @@ async fn connection(
         }
         Some(acceptor) => match acceptor.accept(io).await {
             Ok(tls) => {
+                if let Some(c) = tls
+                    .get_ref()
+                    .1
+                    .peer_certificates()
+                    .and_then(|chain| chain.first())
+                    .and_then(|der| tls::ClientCertificate::of(der))
+                {
+                    let _ = certificate.set(c);
+                }
                 watcher
                     .watch(builder.serve_connection(TokioIo::new(tls), service))
                     .await

@@ -1,5 +1,6 @@
 //! The server's TLS: a certificate and key from PEM files, swapped in when the files change (a
-//! cert-manager renewal, a mounted Secret's update) without dropping a connection.
+//! cert-manager renewal, a mounted Secret's update) without dropping a connection; and client
+//! certificates, verified against CA bundles, whose subject becomes the client's account.
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
@@ -17,6 +18,80 @@ pub struct TlsFiles {
     pub certificate: PathBuf,
     /// PEM private key.
     pub key: PathBuf,
+    /// Client certificates to verify, if any.
+    pub clients: Option<ClientCertificates>,
+}
+
+/// Which client certificates are accepted (`http.tls.clientcas`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClientCertificates {
+    /// PEM bundles of the CAs that sign them.
+    pub cas: Vec<PathBuf>,
+    /// A client without one is refused at the handshake (distribution's behaviour); else it
+    /// authenticates another way.
+    pub required: bool,
+}
+
+/// The account a verified client certificate names: its subject's common name, else its first
+/// DNS, e-mail or URI subject alternative name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClientCertificate(pub String);
+
+impl ClientCertificate {
+    /// The account of a certificate (DER), if it names one.
+    pub fn of(der: &[u8]) -> Option<ClientCertificate> {
+        use x509_parser::extensions::GeneralName;
+        let (_, cert) = x509_parser::parse_x509_certificate(der).ok()?;
+        let cn = cert
+            .subject()
+            .iter_common_name()
+            .next()
+            .and_then(|cn| cn.as_str().ok())
+            .map(str::to_owned);
+        let san = || {
+            cert.subject_alternative_name()
+                .ok()
+                .flatten()?
+                .value
+                .general_names
+                .iter()
+                .find_map(|n| match n {
+                    GeneralName::DNSName(s) | GeneralName::RFC822Name(s) | GeneralName::URI(s) => {
+                        Some((*s).to_owned())
+                    }
+                    _ => None,
+                })
+        };
+        cn.or_else(san)
+            .filter(|a| !a.is_empty() && a.len() <= 256 && !a.chars().any(char::is_control))
+            .map(ClientCertificate)
+    }
+}
+
+fn client_verifier(
+    clients: &ClientCertificates,
+) -> Result<Arc<dyn rustls::server::danger::ClientCertVerifier>, String> {
+    let mut roots = rustls::RootCertStore::empty();
+    for path in &clients.cas {
+        let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(path)
+            .and_then(|it| it.collect::<Result<_, _>>())
+            .map_err(|e| format!("{}: {e}", path.display()))?;
+        for c in certs {
+            roots
+                .add(c)
+                .map_err(|e| format!("{}: {e}", path.display()))?;
+        }
+    }
+    if roots.is_empty() {
+        return Err("http.tls.clientcas: no CA certificate found".into());
+    }
+    let builder = rustls::server::WebPkiClientVerifier::builder(Arc::new(roots));
+    let builder = if clients.required {
+        builder
+    } else {
+        builder.allow_unauthenticated()
+    };
+    builder.build().map_err(|e| e.to_string()).map(|v| v as _)
 }
 
 /// The certificate in use, replaced by [`ReloadingCertificate::reload_if_changed`].
@@ -53,6 +128,9 @@ impl ReloadingCertificate {
     /// Loads `files` now; an error names the file at fault.
     pub fn load(files: TlsFiles) -> Result<Arc<ReloadingCertificate>, String> {
         let key = load(&files)?;
+        if let Some(c) = &files.clients {
+            client_verifier(c)?;
+        }
         let at = stamp(&files);
         Ok(Arc::new(ReloadingCertificate {
             files,
@@ -84,11 +162,20 @@ impl ReloadingCertificate {
         }
     }
 
-    /// A server configuration serving this certificate, HTTP/2 and HTTP/1.1 by ALPN.
+    /// A server configuration serving this certificate, HTTP/2 and HTTP/1.1 by ALPN, and
+    /// verifying client certificates if asked (the CA bundles were read at load).
     pub fn server_config(self: &Arc<Self>) -> Arc<rustls::ServerConfig> {
-        let mut config = rustls::ServerConfig::builder()
-            .with_no_client_auth()
-            .with_cert_resolver(self.clone());
+        let verifier = self.files.clients.as_ref().and_then(|c| {
+            client_verifier(c)
+                .inspect_err(|e| tracing::error!(error = %e, "client CAs could not be read"))
+                .ok()
+        });
+        let builder = rustls::ServerConfig::builder();
+        let builder = match verifier {
+            Some(v) => builder.with_client_cert_verifier(v),
+            None => builder.with_no_client_auth(),
+        };
+        let mut config = builder.with_cert_resolver(self.clone());
         config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
         Arc::new(config)
     }

@@ -126,14 +126,31 @@ impl Source<'_> {
     /// A manifest by tag or digest.
     pub async fn manifest(&self, reference: &Reference) -> Result<ManifestContent, ContentError> {
         match self {
-            Source::Local { registry, name } => Ok(registry.get_manifest(name, reference).await?),
+            Source::Local { registry, name } => {
+                let m = registry.get_manifest(name, reference).await?;
+                registry.trust_links_of(name, &m);
+                Ok(m)
+            }
             Source::Cached(c) => c.manifest(reference).await,
+        }
+    }
+
+    /// Whether the repository links the blob, asked of a local repository only (a cached one
+    /// may have to fetch it first: `false`). Enough to redirect a GET to the bytes without
+    /// looking at them; should they be gone, the store's URL answers 404 itself.
+    pub async fn links_locally(&self, digest: &Digest) -> Result<bool, ContentError> {
+        match self {
+            Source::Local { registry, name } => Ok(registry.links_blob(name, digest).await?),
+            Source::Cached(_) => Ok(false),
         }
     }
 
     /// A blob of the repository (`head`: its size only).
     pub async fn blob(&self, digest: &Digest, head: bool) -> Result<Blob, ContentError> {
         match self {
+            Source::Local { registry, name } if head => Ok(Blob::Stored(
+                registry.stat_blob_to_push(name, digest).await?,
+            )),
             Source::Local { registry, name } => {
                 Ok(Blob::Stored(registry.stat_blob(name, digest).await?))
             }

@@ -141,6 +141,21 @@ impl StorageDriver for InstrumentedDriver {
         )
     }
 
+    async fn put_part_copy(
+        &self,
+        key: &str,
+        handle: &MultipartHandle,
+        slot: PartSlot,
+        source: &str,
+        len: u64,
+    ) -> Result<WrittenPart, StorageError> {
+        timed!(
+            self,
+            "put_part_copy",
+            self.inner.put_part_copy(key, handle, slot, source, len)
+        )
+    }
+
     async fn put_part_stream(
         &self,
         key: &str,
@@ -169,8 +184,8 @@ impl StorageDriver for InstrumentedDriver {
         )
     }
 
-    async fn publish(&self, from: &str, to: &str) -> Result<(), StorageError> {
-        timed!(self, "publish", self.inner.publish(from, to))
+    async fn publish(&self, from: &str, to: &str, size: u64) -> Result<(), StorageError> {
+        timed!(self, "publish", self.inner.publish(from, to, size))
     }
 
     async fn delete_known(&self, prefix: &str, keys: &[String]) -> Result<(), StorageError> {
