@@ -352,7 +352,7 @@ async fn one_policy_decides_for_every_identity() {
 }
 
 #[test]
-fn a_policy_without_authentication_is_refused_at_start() {
+fn access_rules_without_authentication_are_refused_at_start() {
     let dir = tempfile::tempdir().unwrap();
     let policy = dir.path().join("policy.yml");
     std::fs::write(&policy, POLICY).unwrap();
@@ -368,7 +368,7 @@ fn a_policy_without_authentication_is_refused_at_start() {
     .unwrap();
     let (ok, out) = berth(&config, &["serve"]);
     assert!(
-        !ok && out.contains("berth.policy") && out.contains("needs auth"),
+        !ok && out.contains("berth.policy") && out.contains("access rules need auth"),
         "{out}"
     );
 }

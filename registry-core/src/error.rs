@@ -75,6 +75,20 @@ pub enum RegistryError {
         /// The rule protecting it.
         rule: String,
     },
+    /// A push would take a repository past its quota.
+    #[error(
+        "quota {rule} of {limit} bytes would be exceeded: the repository holds {usage} bytes and this push adds {adds}"
+    )]
+    QuotaExceeded {
+        /// The quota's name.
+        rule: String,
+        /// Its limit in bytes.
+        limit: u64,
+        /// What the repository holds now.
+        usage: u64,
+        /// What the push would add.
+        adds: u64,
+    },
     /// The store failed; details are logged, not sent to clients.
     #[error("storage error: {0}")]
     Storage(#[from] StorageError),

@@ -160,10 +160,11 @@ pub fn touched_prefix() -> String {
     format!("{ROOT}/berth/touched/")
 }
 
-/// When a client last pulled `reference` (a tag, or a digest as `algorithm/hex`) of a cached
-/// repository. `_tags` and `_revisions` cannot be repository name components, so one
-/// repository's markers never collide with another's.
-pub fn cache_use_marker(name: &RepositoryName, reference: &crate::Reference) -> String {
+/// When a client last pulled `reference` (a tag, or a digest as `algorithm/hex`) of a
+/// repository: for cache expiry and retention. Under `cache-used`, the pull-through cache's
+/// first use of it, so markers written before stay valid. `_tags` and `_revisions` cannot be
+/// repository name components, so one repository's markers never collide with another's.
+pub fn pull_marker(name: &RepositoryName, reference: &crate::Reference) -> String {
     match reference {
         crate::Reference::Tag(t) => format!("{ROOT}/berth/cache-used/{name}/_tags/{t}"),
         crate::Reference::Digest(d) => format!(
@@ -172,6 +173,23 @@ pub fn cache_use_marker(name: &RepositoryName, reference: &crate::Reference) -> 
             d.hex()
         ),
     }
+}
+
+/// Prefix of a repository's pull markers (and of those of repositories nested under it:
+/// their keys go on with a name component, not `_tags/` or `_revisions/`).
+pub fn pull_markers_prefix(name: &RepositoryName) -> String {
+    format!("{ROOT}/berth/cache-used/{name}/")
+}
+
+/// Written by a collection while it removes a tag retention let go: a push that wrote the tag
+/// meanwhile sees it and writes the tag again once it is gone (see `registry::retention`).
+pub fn retiring_marker(name: &RepositoryName, tag: &Tag) -> String {
+    format!("{ROOT}/berth/retiring/{name}/_tags/{tag}")
+}
+
+/// A repository's quota ledger: what its revisions name and the sizes (see `registry::quota`).
+pub fn quota_ledger(name: &RepositoryName) -> String {
+    format!("{ROOT}/berth/quota/{name}/_ledger.json")
 }
 
 /// Where a collection holds a blob's bytes while it makes sure nothing came to rely on them

@@ -13,5 +13,5 @@ pub mod upload;
 pub use digest::{Algorithm, Digest};
 pub use error::{RegistryError, Result};
 pub use names::{Reference, RepositoryName, Tag};
-pub use registry::{Registry, RegistrySettings};
+pub use registry::{Quota, Registry, RegistrySettings, RepositoryRules, Retention};
 pub use storage::StorageDriver;

@@ -45,6 +45,30 @@ pub fn under_prefix<'a>(name: &'a str, prefix: Option<&str>) -> Option<&'a str> 
     }
 }
 
+/// `*` matches any run of characters (including `/`); everything else matches itself. The
+/// one glob of policy files: repository names, tags.
+pub fn glob_match(pattern: &str, text: &str) -> bool {
+    let (p, t) = (pattern.as_bytes(), text.as_bytes());
+    let (mut pi, mut ti, mut star, mut mark) = (0, 0, None, 0);
+    while ti < t.len() {
+        if pi < p.len() && p[pi] == b'*' {
+            star = Some(pi);
+            mark = ti;
+            pi += 1;
+        } else if pi < p.len() && p[pi] == t[ti] {
+            pi += 1;
+            ti += 1;
+        } else if let Some(s) = star {
+            pi = s + 1;
+            mark += 1;
+            ti = mark;
+        } else {
+            return false;
+        }
+    }
+    p[pi..].iter().all(|&c| c == b'*')
+}
+
 // One path component: [a-z0-9]+((\.|_|__|-+)[a-z0-9]+)*
 fn is_name_component(c: &str) -> bool {
     let b = c.as_bytes();

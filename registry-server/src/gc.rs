@@ -55,6 +55,7 @@ pub async fn schedule(app: Arc<App>, s: GcSettings) {
                     spared = r.spared,
                     marked = r.marked,
                     expired = r.expired.len(),
+                    retention = r.retention.len(),
                     dry_run = s.dry_run,
                     "garbage collection finished"
                 );

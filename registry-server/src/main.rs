@@ -43,8 +43,14 @@ enum Command {
         action: TokenCommand,
     },
     /// Print what each repository holds (bytes, bytes no other repository shares, tags,
-    /// manifests, last push) and the registry's total, as JSON, walked from the store.
-    Usage,
+    /// manifests, last push, last pull, quota) and the registry's total, as JSON, walked
+    /// from the store.
+    Usage {
+        /// First rebuild the quota ledgers of the repositories a quota covers from the
+        /// layout (after a restore, or to check them).
+        #[arg(long)]
+        rebuild: bool,
+    },
     /// Ask the access policy (`berth.policy.file`) what it decides.
     Policy {
         #[command(subcommand)]
@@ -168,7 +174,7 @@ fn main() -> ExitCode {
         Command::Htpasswd(args) => return htpasswd(args),
         Command::Serve { file } => file.clone(),
         Command::Gc(args) => args.file.clone(),
-        Command::Token { .. } | Command::Policy { .. } | Command::Usage => None,
+        Command::Token { .. } | Command::Policy { .. } | Command::Usage { .. } => None,
     };
     let path = cli.config.or(file);
     let source = path.as_deref().map_or(Source::Embedded, Source::File);
@@ -221,12 +227,12 @@ fn main() -> ExitCode {
         Command::Htpasswd(_) => ExitCode::SUCCESS,
         Command::Token { action } => runtime.block_on(token(settings, action)),
         Command::Policy { action } => policy(&settings, action),
-        Command::Usage => runtime.block_on(usage(settings)),
+        Command::Usage { rebuild } => runtime.block_on(usage(settings, rebuild)),
     }
 }
 
 /// `berth usage`.
-async fn usage(settings: Settings) -> ExitCode {
+async fn usage(settings: Settings, rebuild: bool) -> ExitCode {
     let app = match registry_server::serve::app(settings) {
         Ok(a) => a,
         Err(e) => {
@@ -234,6 +240,19 @@ async fn usage(settings: Settings) -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    if rebuild {
+        match app.registry.rebuild_quotas().await {
+            Ok(rebuilt) => {
+                for (name, bytes) in rebuilt {
+                    eprintln!("berth usage: quota ledger of {name} rebuilt: {bytes} bytes");
+                }
+            }
+            Err(e) => {
+                eprintln!("berth usage: {e}");
+                return ExitCode::FAILURE;
+            }
+        }
+    }
     match app.registry.usage().await {
         Ok(u) => {
             println!("{}", serde_json::to_string_pretty(&u).unwrap_or_default());

@@ -32,10 +32,8 @@ pub fn app(settings: Settings) -> Result<Arc<App>, ConfigError> {
             tag_cache_ttl: settings.tag_cache_ttl,
         },
     ));
-    if let Some(policy) = settings.auth.policy.clone() {
-        registry.guard_tags(Arc::new(move |name, tag| {
-            policy.current().immutable_rule(name.as_str(), tag.as_str())
-        }));
+    if let Some(policy) = settings.policy.clone() {
+        registry.set_rules(policy);
     }
     // Delivery tasks start here: call inside the runtime.
     let notifier = crate::notify::Notifier::start(settings.notifications.clone());
@@ -75,7 +73,7 @@ pub async fn run(settings: Settings) -> Result<(), StartupError> {
     if let Some(cert) = &tls {
         tokio::spawn(reload_on_change(cert.clone()));
     }
-    if let Some(policy) = &app.settings.auth.policy {
+    if let Some(policy) = &app.settings.policy {
         tokio::spawn(policy.clone().watch());
     }
     let listener = tokio::net::TcpListener::bind(addr)

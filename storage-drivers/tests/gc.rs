@@ -232,7 +232,7 @@ async fn expiry_scenario(store: Arc<dyn StorageDriver>) {
     let first = r.collect_garbage(&o).await.unwrap().unwrap();
     assert!(first.expired.is_empty(), "{first:?}");
     tokio::time::sleep(ttl + Duration::from_millis(100)).await;
-    r.note_cache_use(&hot, &v1).await.unwrap();
+    r.note_pull(&hot, &v1).await.unwrap();
 
     let dry = r
         .collect_garbage(&GcOptions {

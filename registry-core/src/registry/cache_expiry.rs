@@ -41,11 +41,11 @@ enum LastUse {
 }
 
 impl Registry {
-    /// Records that a client pulled `reference` of the cached repository `name` just now.
-    pub async fn note_cache_use(&self, name: &RepositoryName, reference: &Reference) -> Result<()> {
+    /// Records that a client pulled `reference` of `name` just now (cache expiry, retention).
+    pub async fn note_pull(&self, name: &RepositoryName, reference: &Reference) -> Result<()> {
         self.store
             .put_bytes(
-                &layout::cache_use_marker(name, reference),
+                &layout::pull_marker(name, reference),
                 Bytes::new(),
                 PutCondition::Overwrite,
             )
@@ -59,11 +59,7 @@ impl Registry {
         reference: &Reference,
         cutoff: SystemTime,
     ) -> Result<LastUse> {
-        match self
-            .store
-            .stat(&layout::cache_use_marker(name, reference))
-            .await
-        {
+        match self.store.stat(&layout::pull_marker(name, reference)).await {
             Ok(info) if info.last_modified.is_some_and(|t| t < cutoff) => Ok(LastUse::Before),
             Ok(_) => Ok(LastUse::Since),
             Err(StorageError::NotFound(_)) => Ok(LastUse::Unknown),
@@ -73,7 +69,7 @@ impl Registry {
 
     async fn forget_use(&self, name: &RepositoryName, reference: &Reference) -> Result<()> {
         self.store
-            .delete(&layout::cache_use_marker(name, reference))
+            .delete(&layout::pull_marker(name, reference))
             .await?;
         Ok(())
     }
@@ -119,7 +115,7 @@ impl Registry {
                         orphaned.extend(target);
                         continue;
                     }
-                    LastUse::Unknown if !dry_run => self.note_cache_use(&name, &reference).await?,
+                    LastUse::Unknown if !dry_run => self.note_pull(&name, &reference).await?,
                     _ => {}
                 }
                 live.extend(target);
@@ -137,7 +133,7 @@ impl Registry {
                 };
                 if !expired {
                     if matches!(last_use, LastUse::Unknown) && !dry_run {
-                        self.note_cache_use(&name, &reference).await?;
+                        self.note_pull(&name, &reference).await?;
                     }
                     continue;
                 }

@@ -62,6 +62,9 @@ pub struct GcReport {
     pub expired: Vec<String>,
     /// Bytes those blobs held.
     pub bytes: u64,
+    /// Tags and revisions retention rules let go (or, in a dry run, would), each with its
+    /// rule and why.
+    pub retention: Vec<super::retention::RetentionRemoval>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -251,6 +254,35 @@ impl Registry {
         Ok(stay)
     }
 
+    /// Removes revision `d` of `name` unless it was linked or relied on since `cutoff` (an
+    /// index or a tag pushed meanwhile); returns whether it went. Relied on during the
+    /// removal, it is put back.
+    pub(super) async fn unlink_unless_relied_on(
+        &self,
+        name: &RepositoryName,
+        d: &Digest,
+        cutoff: SystemTime,
+    ) -> Result<bool> {
+        let link = layout::manifest_revision_link(name, d);
+        match self.store.stat(&link).await {
+            Ok(info) if older_than(info.last_modified, cutoff) => {}
+            Ok(_) | Err(StorageError::NotFound(_)) => return Ok(false),
+            Err(e) => return Err(e.into()),
+        }
+        if self.touched_since(d, cutoff).await? {
+            return Ok(false);
+        }
+        self.delete_revision(name, d).await?;
+        let relied_on = self.touched_since(d, cutoff).await;
+        if !matches!(relied_on, Ok(false)) {
+            tracing::info!(repository = %name, digest = %d, "a revision being removed may have been relied on meanwhile: put back");
+            self.write_link(&link, d).await?;
+            relied_on?;
+            return Ok(false);
+        }
+        Ok(true)
+    }
+
     async fn mark(
         &self,
         o: &GcOptions,
@@ -265,6 +297,9 @@ impl Registry {
                 revisions = self
                     .drop_untagged(&name, revisions, cutoff, o, report)
                     .await?;
+            }
+            if !o.dry_run {
+                self.reconcile_quota(&name, &revisions, cutoff).await?;
             }
             for d in revisions {
                 report.manifests += 1;
@@ -378,6 +413,8 @@ impl Registry {
         let mut report = GcReport::default();
         // First, so that what expires is swept in this same collection.
         self.expire_cached(&o.cache_expiry, start, o.dry_run, &mut report)
+            .await?;
+        self.apply_retention(start, cutoff, o.dry_run, &mut report)
             .await?;
         let marked = self.mark(o, cutoff, &mut report).await?;
         let blobs: Vec<String> = self

@@ -133,6 +133,15 @@ impl Registry {
             self.still_stored(name, &manifest)
         )?;
         self.blob_sizes.put(&digest, &info);
+        // Counted before it is linked: a crash after this over-counts, never under-counts.
+        let names: Vec<Digest> = manifest
+            .requirements()
+            .into_iter()
+            .map(|r| match r {
+                Requirement::Blob(d) | Requirement::Manifest(d) => d,
+            })
+            .collect();
+        self.reserve_quota(name, &digest, names).await?;
         // The revision before the tags: collections find what to keep through revisions.
         self.write_link(&layout::manifest_revision_link(name, &digest), &digest)
             .await?;
@@ -149,6 +158,9 @@ impl Registry {
             }
         };
         futures::try_join!(tags, referrer, self.add_to_catalog(name))?;
+        if !all_tags.is_empty() && self.rules().is_some_and(|r| r.retention(name).is_some()) {
+            self.outlast_retirement(name, &all_tags, &digest).await?;
+        }
         self.remember(digest.clone(), body);
         Ok(PutManifestOutcome {
             digest,
@@ -417,6 +429,7 @@ impl Registry {
         self.store
             .delete(&layout::manifest_revision_link(name, d))
             .await?;
+        self.release_quota(name, d).await;
         Ok(())
     }
 }

@@ -7,8 +7,11 @@ mod catalog;
 pub mod gc;
 mod manifest_cache;
 mod manifests;
+mod quota;
 mod recently_seen;
 mod referrers;
+mod retention;
+mod rules;
 mod tag_cache;
 mod tags;
 mod usage;
@@ -23,8 +26,10 @@ use crate::upload::UploadSessions;
 
 pub use cache_expiry::CacheExpiry;
 pub use manifests::{ManifestContent, PutManifestOutcome};
+pub use retention::RetentionRemoval;
+pub use rules::{Quota, RepositoryRules, Retention};
 pub use tags::Page;
-pub use usage::{RepositoryUsage, Usage};
+pub use usage::{QuotaUsage, RepositoryUsage, Usage};
 
 /// Behaviour switches that come from configuration.
 #[derive(Debug, Clone)]
@@ -47,10 +52,6 @@ impl Default for RegistrySettings {
     }
 }
 
-/// Says whether a tag of a repository is immutable, and by which rule (its name).
-pub type TagGuard =
-    Arc<dyn Fn(&crate::names::RepositoryName, &crate::names::Tag) -> Option<String> + Send + Sync>;
-
 /// The registry: every operation the HTTP API exposes, independent of HTTP.
 pub struct Registry {
     store: Arc<dyn StorageDriver>,
@@ -63,8 +64,9 @@ pub struct Registry {
     warmed: recently_seen::RecentLinks,
     catalogued: recently_seen::RecentlySeen<crate::names::RepositoryName>,
     tags: tag_cache::TagCache,
-    /// Immutable tags, when configured.
-    tag_guard: std::sync::OnceLock<TagGuard>,
+    /// The repository policy (immutable tags, retention, quotas), when configured.
+    rules: std::sync::OnceLock<Arc<dyn RepositoryRules>>,
+    ledgers: quota::Ledgers,
 }
 
 impl Registry {
@@ -84,14 +86,21 @@ impl Registry {
             warmed: recently_seen::RecentlySeen::new(std::time::Duration::from_secs(600)),
             catalogued: recently_seen::RecentlySeen::new(std::time::Duration::from_secs(600)),
             tags,
-            tag_guard: std::sync::OnceLock::new(),
+            rules: std::sync::OnceLock::new(),
+            ledgers: Default::default(),
         }
     }
 
-    /// Protects tags: a push that would move one `guard` names, or a delete that would remove
-    /// it, is refused (`TagImmutable`). Set once, when the registry is built.
-    pub fn guard_tags(&self, guard: TagGuard) {
-        let _ = self.tag_guard.set(guard);
+    /// Follows `rules`: immutable tags refuse moves and deletes (`TagImmutable`), retention
+    /// untags at each collection, quotas refuse pushes past their limit. Set once, when the
+    /// registry is built.
+    pub fn set_rules(&self, rules: Arc<dyn RepositoryRules>) {
+        let _ = self.rules.set(rules);
+    }
+
+    /// The repository policy, when one was set.
+    pub fn rules(&self) -> Option<&Arc<dyn RepositoryRules>> {
+        self.rules.get()
     }
 
     /// `TagImmutable` if a rule protects `tag` of `name`.
@@ -100,7 +109,7 @@ impl Registry {
         name: &crate::names::RepositoryName,
         tag: &crate::names::Tag,
     ) -> Result<()> {
-        match self.tag_guard.get().and_then(|g| g(name, tag)) {
+        match self.rules().and_then(|r| r.immutable(name, tag)) {
             Some(rule) => Err(RegistryError::TagImmutable {
                 tag: tag.to_string(),
                 rule,

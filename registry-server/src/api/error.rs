@@ -130,6 +130,13 @@ impl From<RegistryError> for ApiError {
             // 409, not 403: docker retries a 403 for a minute; this answer will not change.
             RegistryError::TagImmutable { tag, rule } => ApiError::new(S::CONFLICT, "DENIED", msg)
                 .detail(json!({ "tag": tag, "rule": rule })),
+            RegistryError::QuotaExceeded {
+                rule,
+                limit,
+                usage,
+                adds,
+            } => ApiError::new(S::FORBIDDEN, "DENIED", msg)
+                .detail(json!({ "quota": rule, "limit": limit, "usage": usage, "adds": adds })),
             RegistryError::Storage(StorageError::Full(detail)) => {
                 tracing::error!(error = %detail, "storage full");
                 // 507 says what is wrong without naming paths; no OCI code is closer than UNKNOWN.

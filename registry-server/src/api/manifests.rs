@@ -26,6 +26,11 @@ pub(crate) async fn get(ctx: &Ctx, name: &str, reference: &str) -> ApiResult {
         }
     })?;
     let m = ctx.app.content.source(&name).manifest(&reference).await?;
+    // A GET by tag or digest, or a HEAD by tag (how containerd resolves before it pulls by
+    // digest), is a pull.
+    if ctx.method == Method::GET || matches!(reference, Reference::Tag(_)) {
+        ctx.app.content.note_pull(&name, &reference);
+    }
     if ctx.method == Method::GET {
         let tag = match &reference {
             Reference::Tag(t) => Some(t.as_str()),

@@ -97,6 +97,14 @@ pub(crate) async fn start(ctx: &Ctx, name: &str, body: Body) -> ApiResult {
         let digest: Digest = mount.parse().map_err(RegistryError::from)?;
         if let Some(from) = ctx.query.get("from") {
             let from = parse_name(from)?;
+            // Where a quota applies, a blob it cannot take is refused before it is linked.
+            if registry.rules().and_then(|r| r.quota(&name)).is_some()
+                && let Ok(info) = registry.stat_blob(&from, &digest).await
+            {
+                registry
+                    .check_blob_quota(&name, Some(&digest), info.size)
+                    .await?;
+            }
             if registry.mount_blob(&name, &from, &digest).await? {
                 let size = registry
                     .stat_blob(&name, &digest)
@@ -110,6 +118,13 @@ pub(crate) async fn start(ctx: &Ctx, name: &str, body: Body) -> ApiResult {
         // Cannot mount: fall through to an ordinary upload, as the spec allows.
     } else if let Some(d) = ctx.query.get("digest") {
         let digest: Digest = d.parse().map_err(RegistryError::from)?;
+        if let Some(len) = ctx
+            .headers
+            .get("content-length")
+            .and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
+        {
+            registry.check_blob_quota(&name, Some(&digest), len).await?;
+        }
         let size = registry.put_blob(&name, &digest, body_stream(body)).await?;
         ctx.notify("push", &name, BLOB_MEDIA_TYPE, &digest, size, None);
         return Ok(created(ctx, &name, &digest));
@@ -155,6 +170,12 @@ pub(crate) async fn patch(ctx: &Ctx, name: &str, id: &str, body: Body) -> ApiRes
         .append(&name, &at.id, at.fresh, range, body_stream(body))
         .await
         .map_err(|e| with_location(ctx, &name, &at, e))?;
+    // A blob already past the quota is refused now, not at its manifest: the upload keeps
+    // what it has, and goes with the purge.
+    ctx.app
+        .registry
+        .check_blob_quota(&name, None, offset)
+        .await?;
     // An empty chunk stores nothing: the session is still as its start left it.
     Ok(progress(
         ctx,

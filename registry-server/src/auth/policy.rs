@@ -3,7 +3,11 @@
 //! that matches a request's account (or its groups), repository and action decides, allow or
 //! deny, and nothing matching means deny. The file is read again when it changes.
 //!
-//! An `immutable` list protects tags: once pushed, they never move and are never deleted.
+//! The same file holds the repository rules, which need no identities: an `immutable` list
+//! protects tags (once pushed, they never move and are never deleted), a `retention` list says
+//! which tags each collection keeps (the rest are untagged and swept), and a `quotas` list caps
+//! the bytes a repository holds. For each, the first entry whose glob matches a repository
+//! decides.
 //!
 //! ```yaml
 //! immutable:
@@ -11,6 +15,14 @@
 //!     repository: prod/*
 //!     tags: ['v*']
 //!     except: [latest]
+//! retention:
+//!   - name: ci builds
+//!     repository: ci/*
+//!     keep: {newest: 10, pulledwithin: 30d, semver: 5, tags: [latest, 'release-*']}
+//! quotas:
+//!   - name: team space
+//!     repository: team/*
+//!     bytes: 10GiB
 //! groups:
 //!   devs: [alice, bob]
 //! rules:
@@ -232,6 +244,39 @@ pub struct ImmutableTags {
     pub except: Vec<String>,
 }
 
+/// What a retention rule keeps; a tag any of these keeps stays.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct KeepFile {
+    newest: Option<usize>,
+    pulledwithin: Option<String>,
+    semver: Option<usize>,
+    #[serde(default)]
+    tags: Vec<String>,
+}
+
+/// A retention rule as written.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RetentionFile {
+    #[serde(default)]
+    name: Option<String>,
+    #[serde(default = "any_repository")]
+    repository: String,
+    keep: KeepFile,
+}
+
+/// A quota as written.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct QuotaFile {
+    #[serde(default)]
+    name: Option<String>,
+    #[serde(default = "any_repository")]
+    repository: String,
+    bytes: serde_yaml_ng::Value,
+}
+
 /// The file's shape.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -242,6 +287,45 @@ struct PolicyFile {
     rules: Vec<Rule>,
     #[serde(default)]
     immutable: Vec<ImmutableTags>,
+    #[serde(default)]
+    retention: Vec<RetentionFile>,
+    #[serde(default)]
+    quotas: Vec<QuotaFile>,
+}
+
+/// `30d`, `12h`, `90m`, or any Go-style duration.
+fn parse_days_or_duration(s: &str) -> Option<Duration> {
+    match s.trim().strip_suffix('d') {
+        Some(days) => days
+            .parse::<u64>()
+            .ok()
+            .map(|d| Duration::from_secs(d * 86_400)),
+        None => crate::config::parse_duration(s),
+    }
+}
+
+/// `10GiB`, `500MB`, `1024`: bytes, with binary (KiB...TiB) or decimal (KB...TB) units.
+pub fn parse_bytes(v: &serde_yaml_ng::Value) -> Option<u64> {
+    if let Some(n) = v.as_u64() {
+        return Some(n);
+    }
+    let s = v.as_str()?.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (n, unit) = s.split_at(split);
+    let n: u64 = n.parse().ok()?;
+    let scale: u64 = match unit.trim() {
+        "" | "B" => 1,
+        "KB" => 1_000,
+        "MB" => 1_000_000,
+        "GB" => 1_000_000_000,
+        "TB" => 1_000_000_000_000,
+        "KiB" => 1 << 10,
+        "MiB" => 1 << 20,
+        "GiB" => 1 << 30,
+        "TiB" => 1 << 40,
+        _ => return None,
+    };
+    n.checked_mul(scale)
 }
 
 /// A parsed policy.
@@ -249,6 +333,8 @@ struct PolicyFile {
 pub struct Policy {
     rules: Vec<Rule>,
     immutable: Vec<ImmutableTags>,
+    retention: Vec<(String, registry_core::Retention)>,
+    quotas: Vec<(String, registry_core::Quota)>,
     /// Account → its groups.
     membership: HashMap<String, Vec<String>>,
 }
@@ -305,11 +391,71 @@ impl Policy {
         if let Some(i) = file.immutable.iter().position(|r| r.tags.is_empty()) {
             return Err(format!("immutable rule #{}: names no tags", i + 1));
         }
+        let mut retention = Vec::new();
+        for (i, r) in file.retention.into_iter().enumerate() {
+            let name = r.name.unwrap_or_else(|| format!("retention #{}", i + 1));
+            let k = r.keep;
+            let pulled_within = match &k.pulledwithin {
+                None => None,
+                Some(d) => Some(parse_days_or_duration(d).ok_or_else(|| {
+                    format!("{name}: keep.pulledwithin {d:?} is not a duration like 30d or 12h")
+                })?),
+            };
+            if k.newest.is_none()
+                && pulled_within.is_none()
+                && k.semver.is_none()
+                && k.tags.is_empty()
+            {
+                return Err(format!(
+                    "{name}: keeps nothing (give keep.newest, pulledwithin, semver or tags)"
+                ));
+            }
+            retention.push((
+                r.repository,
+                registry_core::Retention {
+                    name,
+                    newest: k.newest,
+                    pulled_within,
+                    semver: k.semver,
+                    always: k.tags,
+                },
+            ));
+        }
+        let mut quotas = Vec::new();
+        for (i, q) in file.quotas.into_iter().enumerate() {
+            let name = q.name.unwrap_or_else(|| format!("quota #{}", i + 1));
+            let bytes = parse_bytes(&q.bytes)
+                .ok_or_else(|| format!("{name}: bytes {:?} is not a size like 10GiB", q.bytes))?;
+            quotas.push((q.repository, registry_core::Quota { name, bytes }));
+        }
         Ok(Policy {
             rules: file.rules,
             immutable: file.immutable,
+            retention,
+            quotas,
             membership,
         })
+    }
+
+    /// Whether the file has access rules or groups (which need identities: auth).
+    pub fn has_access_rules(&self) -> bool {
+        !self.rules.is_empty() || !self.membership.is_empty()
+    }
+
+    /// The retention rule that covers `repository` (the first whose glob matches).
+    pub fn retention(&self, repository: &str) -> Option<&registry_core::Retention> {
+        self.retention
+            .iter()
+            .find(|(glob, _)| glob_match(glob, repository))
+            .map(|(_, r)| r)
+    }
+
+    /// The quota that covers `repository` (the first whose glob matches).
+    pub fn quota(&self, repository: &str) -> Option<&registry_core::Quota> {
+        self.quotas
+            .iter()
+            .find(|(glob, _)| glob_match(glob, repository))
+            .map(|(_, q)| q)
     }
 
     /// The name of the rule that makes `tag` of `repository` immutable, if one does.
@@ -447,6 +593,24 @@ pub struct PolicyFileWatch {
 
 fn modified(path: &Path) -> Option<SystemTime> {
     std::fs::metadata(path).and_then(|m| m.modified()).ok()
+}
+
+impl registry_core::RepositoryRules for PolicyFileWatch {
+    fn immutable(
+        &self,
+        name: &registry_core::RepositoryName,
+        tag: &registry_core::Tag,
+    ) -> Option<String> {
+        self.current().immutable_rule(name.as_str(), tag.as_str())
+    }
+
+    fn retention(&self, name: &registry_core::RepositoryName) -> Option<registry_core::Retention> {
+        self.current().retention(name.as_str()).cloned()
+    }
+
+    fn quota(&self, name: &registry_core::RepositoryName) -> Option<registry_core::Quota> {
+        self.current().quota(name.as_str()).cloned()
+    }
 }
 
 /// How often the file's modification time is looked at.
@@ -667,6 +831,51 @@ rules:
         assert_eq!(p.immutable_rule("prod/app", "latest"), None);
         assert_eq!(p.immutable_rule("dev/app", "v1.2"), None);
         assert!(Policy::parse("immutable: [{tags: []}]").is_err());
+    }
+
+    #[test]
+    fn retention_and_quotas_by_repository() {
+        let p = Policy::parse(
+            "retention:
+  - name: ci
+    repository: ci/*
+    keep: {newest: 5, pulledwithin: 30d, semver: 3, tags: [latest]}
+  - repository: '*'
+    keep: {pulledwithin: 12h}
+quotas:
+  - name: team
+    repository: team/*
+    bytes: 10GiB
+  - repository: '*'
+    bytes: 500
+",
+        )
+        .unwrap();
+        assert!(!p.has_access_rules());
+        let ci = p.retention("ci/app").unwrap();
+        assert_eq!(ci.name, "ci");
+        assert_eq!((ci.newest, ci.semver), (Some(5), Some(3)));
+        assert_eq!(ci.pulled_within, Some(Duration::from_secs(30 * 86_400)));
+        assert_eq!(ci.always, ["latest"]);
+        let rest = p.retention("dev/app").unwrap();
+        assert_eq!(rest.name, "retention #2");
+        assert_eq!(rest.pulled_within, Some(Duration::from_secs(12 * 3600)));
+        assert_eq!(p.quota("team/app").unwrap().bytes, 10 << 30);
+        assert_eq!(p.quota("other").unwrap().bytes, 500);
+        assert_eq!(p.quota("other").unwrap().name, "quota #2");
+        for bad in [
+            "retention: [{keep: {}}]",
+            "retention: [{keep: {pulledwithin: soon}}]",
+            "retention: [{keep: {newest: 1, forever: true}}]",
+            "quotas: [{bytes: 10 gigs}]",
+            "quotas: [{bytes: -1}]",
+        ] {
+            assert!(Policy::parse(bad).is_err(), "{bad}");
+        }
+        use serde_yaml_ng::Value;
+        assert_eq!(parse_bytes(&Value::from("500MB")), Some(500_000_000));
+        assert_eq!(parse_bytes(&Value::from("2KiB")), Some(2048));
+        assert_eq!(parse_bytes(&Value::from("99999999999TiB")), None);
     }
 
     #[test]

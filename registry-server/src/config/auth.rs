@@ -3,34 +3,33 @@
 use std::time::Duration;
 
 use super::{
-    AuthConfig, ConfigError, LoginsConfig, OidcIssuerConfig, PolicyConfig, TokenServerConfig,
-    key_err, parse_duration, read_file, required, strings,
+    AuthConfig, ConfigError, LoginsConfig, OidcIssuerConfig, TokenServerConfig, key_err,
+    parse_duration, read_file, required, strings,
 };
 
 pub(super) fn authorizer(
     auth: Option<&AuthConfig>,
     server: Option<&TokenServerConfig>,
     logins: Option<&LoginsConfig>,
-    policy: Option<&PolicyConfig>,
+    policy: Option<std::sync::Arc<crate::auth::policy::PolicyFileWatch>>,
     oidc: &[OidcIssuerConfig],
 ) -> Result<crate::auth::Authorizer, ConfigError> {
     use crate::auth::{Auth, Authorizer, htpasswd::Htpasswd, logins::Logins, token};
     let logins = Logins::new(login_settings(logins)?);
-    let policy = match policy.and_then(|p| p.file.as_ref()) {
-        None => None,
-        Some(path) => Some(std::sync::Arc::new(
-            crate::auth::policy::PolicyFileWatch::load(path)
-                .map_err(|e| key_err("berth.policy.file", e))?,
-        )),
-    };
-    let oidc = oidc_issuers(oidc, policy.is_some())?;
     let open = auth.is_none_or(|a| a.htpasswd.is_none() && a.token.is_none());
-    if policy.is_some() && open {
+    if open
+        && policy
+            .as_ref()
+            .is_some_and(|p| p.current().has_access_rules())
+    {
         return Err(key_err(
             "berth.policy",
-            "needs auth (htpasswd or token): without it every client is anonymous",
+            "access rules need auth (htpasswd or token): without it every client is anonymous",
         ));
     }
+    // Repository rules alone (immutable tags, retention, quotas) need no identities.
+    let policy = policy.filter(|_| !open);
+    let oidc = oidc_issuers(oidc, policy.is_some())?;
     let Some(auth) = auth else {
         if server.is_some() {
             return Err(key_err(

@@ -639,6 +639,9 @@ pub struct Settings {
     pub tag_cache_ttl: Duration,
     /// Authentication and authorization.
     pub auth: std::sync::Arc<crate::auth::Authorizer>,
+    /// The policy file (`berth.policy.file`): access rules (given to `auth`), immutable tags,
+    /// retention and quotas.
+    pub policy: Option<std::sync::Arc<crate::auth::policy::PolicyFileWatch>>,
     /// Refuse every write (maintenance).
     pub read_only: bool,
     /// Abandoned-upload purging, when on.
@@ -802,11 +805,18 @@ fn validate(config: Config, warnings: &mut Vec<String>) -> Result<Settings, Conf
             ));
         }
     };
+    let policy = match config.berth.policy.as_ref().and_then(|p| p.file.as_ref()) {
+        None => None,
+        Some(path) => Some(std::sync::Arc::new(
+            crate::auth::policy::PolicyFileWatch::load(path)
+                .map_err(|e| key_err("berth.policy.file", e))?,
+        )),
+    };
     let auth = std::sync::Arc::new(authorizer(
         config.auth.as_ref(),
         config.berth.tokenserver.as_ref(),
         config.berth.logins.as_ref(),
-        config.berth.policy.as_ref(),
+        policy.clone(),
         &config.berth.oidc,
     )?);
     let tls = match &config.http.tls {
@@ -957,6 +967,7 @@ fn validate(config: Config, warnings: &mut Vec<String>) -> Result<Settings, Conf
         max_manifest_bytes,
         tag_cache_ttl,
         auth,
+        policy,
         read_only: s
             .maintenance
             .as_ref()

@@ -346,7 +346,7 @@ impl CachedRepository<'_> {
         let registry = self.content.registry.clone();
         let (name, reference) = (self.name.clone(), reference.clone());
         tokio::spawn(async move {
-            if let Err(e) = registry.note_cache_use(&name, &reference).await {
+            if let Err(e) = registry.note_pull(&name, &reference).await {
                 tracing::warn!(repository = %name, %reference, error = %e, "could not note a pull of cached content");
             }
         });

@@ -98,6 +98,32 @@ impl Content {
         })
     }
 
+    /// Notes, off the request, that a client pulled `reference` of `name`, where a retention
+    /// rule keeps tags by their pulls: at most once an hour per reference in each process
+    /// (a cached repository notes its own pulls, for expiry).
+    pub fn note_pull(&self, name: &RepositoryName, reference: &Reference) {
+        if self.upstreams.remote_of(name.as_str()).is_some()
+            || self
+                .registry
+                .rules()
+                .and_then(|r| r.retention(name))
+                .is_none_or(|r| r.pulled_within.is_none())
+        {
+            return;
+        }
+        let key = format!("{name}\0{reference}");
+        if !self.uses.due(&key, std::time::Duration::from_secs(3600)) {
+            return;
+        }
+        let registry = self.registry.clone();
+        let (name, reference) = (name.clone(), reference.clone());
+        tokio::spawn(async move {
+            if let Err(e) = registry.note_pull(&name, &reference).await {
+                tracing::warn!(repository = %name, %reference, error = %e, "could not note a pull");
+            }
+        });
+    }
+
     /// The source of repository `name`.
     pub fn source<'a>(&'a self, name: &'a RepositoryName) -> Source<'a> {
         match self.upstreams.remote_of(name.as_str()) {
