@@ -20,6 +20,16 @@ impl RuledRegistry {
     /// `replicas` processes on one store (a moto bucket when `on_s3`, else a directory)
     /// with deletes enabled and `policy` as the policy file.
     pub fn start(on_s3: bool, policy: &str, replicas: usize) -> RuledRegistry {
+        Self::start_with(on_s3, policy, replicas, "")
+    }
+
+    /// The same, with `berth_yaml` (indented lines) added to the `berth:` section.
+    pub fn start_with(
+        on_s3: bool,
+        policy: &str,
+        replicas: usize,
+        berth_yaml: &str,
+    ) -> RuledRegistry {
         let dir = tempfile::tempdir().unwrap();
         let policy_path = dir.path().join("policy.yml");
         std::fs::write(&policy_path, policy).unwrap();
@@ -35,7 +45,7 @@ impl RuledRegistry {
             ),
         };
         let yaml = format!(
-            "storage:\n  {storage}  delete:\n    enabled: true\nberth:\n  policy:\n    file: {}\n",
+            "storage:\n  {storage}  delete:\n    enabled: true\nberth:\n  policy:\n    file: {}\n{berth_yaml}",
             policy_path.display()
         );
         let config = dir.path().join("config.yml");

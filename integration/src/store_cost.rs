@@ -84,6 +84,20 @@ pub fn measure(host: &str, proxy: &FaultProxy, work: &Path, seed: u64) -> Operat
     }
 }
 
+/// One skopeo push of a fresh three-layer image (`seed`) to `host/repo:tag`.
+pub fn push_cost(host: &str, proxy: &FaultProxy, work: &Path, seed: u64, repo: &str) -> Cost {
+    let src = work.join(format!("src-{seed}"));
+    write_image(&src, "v1", seed, &[30 << 20, 5 << 20, 10 << 10]);
+    cost(proxy, || {
+        let out = skopeo_copy(
+            &format!("oci:{}:v1", src.display()),
+            &format!("docker://{host}/{repo}:v{seed}"),
+            &["--retry-times", "0"],
+        );
+        assert!(out.status.success(), "push failed");
+    })
+}
+
 /// Store round trips made one after another: the time `latency` added, over `latency`.
 pub fn sequential_round_trips(without: Cost, with: Cost, latency: Duration) -> f64 {
     (with.took.as_secs_f64() - without.took.as_secs_f64()).max(0.0) / latency.as_secs_f64()

@@ -351,3 +351,66 @@ async fn pushes_racing_retention_lose_nothing_on_local_disk() {
 async fn pushes_racing_retention_lose_nothing_on_s3() {
     pushes_race_retention(true).await;
 }
+
+/// The server's own schedule applies retention (no `berth gc` run by hand) and exports the
+/// usage of the biggest repositories as gauges; `berth usage` says when it was last pulled.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_scheduled_collection_applies_retention_and_exports_usage_gauges() {
+    let s = RuledRegistry::start_with(
+        false,
+        "retention:\n  - repository: sched/*\n    keep: {newest: 1}\n",
+        1,
+        "  gc:\n    enabled: true\n    interval: 1s\n    grace: 0s\n  usage:\n    pullflush: 1s\n",
+    );
+    let started = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let api = Api::new(&s.berth().url);
+    for tag in ["old", "new"] {
+        let m = api.image_manifest("sched/app", tag).await;
+        assert_eq!(
+            api.put_manifest("sched/app", tag, OCI_MANIFEST, &m)
+                .await
+                .status(),
+            201
+        );
+        tokio::time::sleep(Duration::from_millis(1100)).await;
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while tags(&api, "sched/app").await != ["new"] {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "retention did not run: {:?}",
+            tags(&api, "sched/app").await
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let metrics = api.metrics().await;
+        let line = metrics
+            .lines()
+            .find(|l| l.starts_with("berth_repository_bytes{repository=\"sched/app\"}"));
+        if let Some(line) = line {
+            let bytes: u64 = line.rsplit(' ').next().unwrap().parse().unwrap();
+            assert!(bytes > 0, "{line}");
+            assert!(metrics.contains("berth_repository_tags{repository=\"sched/app\"} 1"));
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no usage gauges: {metrics}"
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    assert_eq!(status(&api, "/v2/sched/app/manifests/new").await, 200);
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let out = berth_command(&s.config, &["usage"]);
+    assert!(out.status.success(), "{out:?}");
+    let usage: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let app = &usage["repositories"][0];
+    assert_eq!(app["name"], "sched/app", "{usage}");
+    let last_pull = app["last_pull"].as_u64().unwrap_or(0);
+    assert!(last_pull >= started, "{usage}");
+}

@@ -175,11 +175,19 @@ pub fn pull_marker(name: &RepositoryName, reference: &crate::Reference) -> Strin
     }
 }
 
-/// Prefix of a repository's pull markers (and of those of repositories nested under it:
-/// their keys go on with a name component, not `_tags/` or `_revisions/`).
-pub fn pull_markers_prefix(name: &RepositoryName) -> String {
-    format!("{ROOT}/berth/cache-used/{name}/")
+/// One replica's record of when each repository was last pulled (see
+/// `registry::pull_times`).
+pub fn pull_times(replica: &str) -> String {
+    format!("{}{replica}.json", pull_times_prefix())
 }
+
+/// Prefix of the replicas' pull records.
+pub fn pull_times_prefix() -> String {
+    format!("{ROOT}/berth/pulls/")
+}
+
+/// The record that holds those of replicas that stopped.
+pub const FOLDED_PULL_TIMES: &str = "_folded";
 
 /// Written by a collection while it removes a tag retention let go: a push that wrote the tag
 /// meanwhile sees it and writes the tag again once it is gone (see `registry::retention`).
@@ -190,6 +198,19 @@ pub fn retiring_marker(name: &RepositoryName, tag: &Tag) -> String {
 /// A repository's quota ledger: what its revisions name and the sizes (see `registry::quota`).
 pub fn quota_ledger(name: &RepositoryName) -> String {
     format!("{ROOT}/berth/quota/{name}/_ledger.json")
+}
+
+/// Prefix of the quota ledgers.
+pub fn quota_ledgers_prefix() -> String {
+    format!("{ROOT}/berth/quota/")
+}
+
+/// The repository a quota ledger key belongs to.
+pub fn repository_of_quota_ledger(key: &str) -> Option<RepositoryName> {
+    key.strip_prefix(&quota_ledgers_prefix())?
+        .strip_suffix("/_ledger.json")?
+        .parse()
+        .ok()
 }
 
 /// Where a collection holds a blob's bytes while it makes sure nothing came to rely on them

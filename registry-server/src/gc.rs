@@ -49,6 +49,11 @@ pub async fn schedule(app: Arc<App>, s: GcSettings) {
             Ok(Some(r)) => {
                 app.metrics
                     .add_gc(r.swept.len() as u64, r.bytes, r.expired.len() as u64);
+                // The usage gauges, from the replica that just walked the store.
+                match app.registry.usage().await {
+                    Ok(u) => app.metrics.set_usage(&u),
+                    Err(e) => tracing::warn!(error = %e, "usage gauges not refreshed"),
+                }
                 tracing::info!(
                     swept = r.swept.len(),
                     bytes = r.bytes,

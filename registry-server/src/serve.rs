@@ -73,6 +73,7 @@ pub async fn run(settings: Settings) -> Result<(), StartupError> {
     if let Some(cert) = &tls {
         tokio::spawn(reload_on_change(cert.clone()));
     }
+    tokio::spawn(flush_pull_times(app.clone()));
     if let Some(policy) = &app.settings.policy {
         tokio::spawn(policy.clone().watch());
     }
@@ -150,4 +151,14 @@ pub enum StartupError {
     /// The listener could not be bound or the server failed.
     #[error("{0}")]
     Io(String),
+}
+
+/// Writes the pulls this replica saw to the store, every `berth.usage.pullflush`.
+async fn flush_pull_times(app: Arc<App>) {
+    loop {
+        tokio::time::sleep(app.settings.pull_flush).await;
+        if let Err(e) = app.registry.flush_pull_times().await {
+            tracing::warn!(error = %e, "the pulls of the last minutes could not be written");
+        }
+    }
 }

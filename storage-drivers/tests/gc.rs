@@ -281,3 +281,103 @@ async fn cache_expiry_on_local_disk() {
     let dir = tempfile::tempdir().unwrap();
     expiry_scenario(Arc::new(LocalDriver::new(dir.path()).unwrap())).await;
 }
+
+/// Retention of the newest tag, and a 100-byte quota, everywhere.
+struct EveryRepository;
+
+impl registry_core::RepositoryRules for EveryRepository {
+    fn immutable(&self, _: &RepositoryName, _: &registry_core::Tag) -> Option<String> {
+        None
+    }
+
+    fn retention(&self, _: &RepositoryName) -> Option<registry_core::Retention> {
+        Some(registry_core::Retention {
+            name: "newest".into(),
+            newest: Some(1),
+            ..Default::default()
+        })
+    }
+
+    fn quota(&self, _: &RepositoryName) -> Option<registry_core::Quota> {
+        Some(registry_core::Quota {
+            name: "small".into(),
+            bytes: 10_000,
+        })
+    }
+}
+
+/// A collection removed the tag a push had just written (it looked at the tag before the
+/// push): the push, finding the collection's mark, writes the tag again once it is gone.
+#[tokio::test]
+async fn a_push_that_meets_a_retiring_mark_writes_its_tag_again() {
+    let store: Arc<dyn StorageDriver> = Arc::new(memory_driver(1 << 20));
+    let r = Registry::new(store.clone(), RegistrySettings::default());
+    r.set_rules(Arc::new(EveryRepository));
+    let name: RepositoryName = "race/app".parse().unwrap();
+    let tag: registry_core::Tag = "v1".parse().unwrap();
+    let mark = registry_core::layout::retiring_marker(&name, &tag);
+    store
+        .put_bytes(&mark, Bytes::new(), PutCondition::Overwrite)
+        .await
+        .unwrap();
+    let collector = {
+        let (store, name, tag) = (store.clone(), name.clone(), tag.clone());
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            store
+                .delete_prefix(&registry_core::layout::tag_prefix(&name, &tag))
+                .await
+                .unwrap();
+            store.delete(&mark).await.unwrap();
+        })
+    };
+    let (_, _, manifest) = push_image(&r, &name).await;
+    collector.await.unwrap();
+    assert_eq!(
+        r.resolve(&name, &Reference::Tag(tag)).await.unwrap(),
+        manifest
+    );
+}
+
+/// A revision reserved in the quota ledger and never linked (a crash between the two) counts
+/// until the next collection, which lets it go; the usage then agrees with the layout.
+#[tokio::test]
+async fn a_collection_reconciles_the_quota_ledger_with_the_layout() {
+    let store: Arc<dyn StorageDriver> = Arc::new(memory_driver(1 << 20));
+    let r = Registry::new(store.clone(), RegistrySettings::default());
+    r.set_rules(Arc::new(EveryRepository));
+    let name: RepositoryName = "quota/app".parse().unwrap();
+    let (_, _, manifest) = push_image(&r, &name).await;
+    let (_, used) = r.quota_usage(&name).await.unwrap().unwrap();
+    assert!(used > 0);
+    // The crash: the revision is gone from the layout, the ledger never heard.
+    store
+        .delete(&registry_core::layout::manifest_revision_link(
+            &name, &manifest,
+        ))
+        .await
+        .unwrap();
+    store
+        .delete_prefix(&registry_core::layout::tags_prefix(&name))
+        .await
+        .unwrap();
+    assert_eq!(r.quota_usage(&name).await.unwrap().unwrap().1, used);
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    assert!(
+        r.collect_garbage(&opts(Duration::ZERO))
+            .await
+            .unwrap()
+            .is_some()
+    );
+    assert_eq!(r.quota_usage(&name).await.unwrap().unwrap().1, 0);
+    // Past the quota: refused with the numbers.
+    let big = vec![1u8; 20_000];
+    let err = r
+        .check_blob_quota(&name, None, big.len() as u64)
+        .await
+        .unwrap_err();
+    assert!(
+        err.to_string().contains("10000 bytes") && err.to_string().contains("adds 20000"),
+        "{err}"
+    );
+}

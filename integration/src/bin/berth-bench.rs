@@ -82,7 +82,7 @@ struct Cli {
     /// Length of the load scenario.
     #[arg(long, default_value_t = 10)]
     load_seconds: u32,
-    /// Scenarios to run (mono, chunked, pull, manifest, rss, pullrss, storecost).
+    /// Scenarios to run (mono, chunked, pull, manifest, rss, pullrss, storecost, quotacost).
     #[arg(long, value_delimiter = ',')]
     only: Option<Vec<String>>,
     /// Skips the S3 scenarios.
@@ -966,6 +966,103 @@ fn run_store_cost(a: &Args, rows: &mut Vec<Row>) {
     }
 }
 
+/// What quota accounting adds to a push on S3 (moto behind the fault proxy): the same build
+/// with and without a quota covering the repository, side by side, the first push into a
+/// repository (its ledger is built) and the next (the steady state), with no added latency
+/// and with STORE_LATENCY_MS per store request.
+fn run_quota_cost(a: &Args) -> Vec<Row> {
+    use integration::fault_proxy::{FaultProxy, Faults};
+    use integration::store_cost::{Cost, push_cost, sequential_round_trips};
+    let latency = std::time::Duration::from_millis(STORE_LATENCY_MS);
+    let work = tempfile::tempdir().unwrap();
+    let policy = work.path().join("policy.yml");
+    std::fs::write(
+        &policy,
+        "quotas:\n  - repository: 'cost/*'\n    bytes: 1TiB\n",
+    )
+    .unwrap();
+    // [run][latency][with quota][first, next]
+    let mut costs: Vec<[[[Cost; 2]; 2]; 2]> = Vec::new();
+    let mut seed = 7000;
+    for _ in 0..a.runs.max(1) {
+        let mut run = [[[Cost::default(); 2]; 2]; 2];
+        for (li, added) in [std::time::Duration::ZERO, latency].into_iter().enumerate() {
+            eprintln!("quota cost, {} ms per store request", added.as_millis());
+            let moto = Moto::start();
+            for (qi, with_quota) in [false, true].into_iter().enumerate() {
+                let bucket = format!("quota{qi}");
+                moto.create_bucket(&bucket);
+                let proxy = FaultProxy::start(
+                    &moto.endpoint,
+                    Faults {
+                        latency: added,
+                        ..Faults::default()
+                    },
+                );
+                let mut yaml = format!(
+                    "version: 0.1\nstorage:\n  {}\n",
+                    moto.storage_yaml(&bucket)
+                        .replace(&moto.endpoint, &proxy.endpoint)
+                );
+                if with_quota {
+                    yaml.push_str(&format!(
+                        "berth:\n  policy:\n    file: {}\n",
+                        policy.display()
+                    ));
+                }
+                let berth = Berth::with_config(&yaml, &[("RUST_LOG", "warn")]);
+                for cost in run[li][qi].iter_mut() {
+                    seed += 1;
+                    *cost = push_cost(&berth.host, &proxy, work.path(), seed, "cost/app");
+                }
+            }
+        }
+        costs.push(run);
+    }
+    let mut rows = Vec::new();
+    for (slot, name) in [(0, "first push into a repository"), (1, "next push")] {
+        let (without, with) = (costs[0][0][0][slot], costs[0][0][1][slot]);
+        rows.push(row(
+            format!("S3 store requests, {name}: with a quota / without"),
+            with.requests as f64,
+            Some(without.requests as f64),
+            "requests",
+            false,
+        ));
+        let trips = |qi: usize| {
+            median(
+                costs
+                    .iter()
+                    .map(|r| sequential_round_trips(r[0][qi][slot], r[1][qi][slot], latency))
+                    .collect(),
+            )
+        };
+        rows.push(row(
+            format!("  sequential store round trips (+{STORE_LATENCY_MS} ms each, median), {name}"),
+            trips(1),
+            Some(trips(0)),
+            "trips",
+            false,
+        ));
+        let ms = |qi: usize| {
+            median(
+                costs
+                    .iter()
+                    .map(|r| r[0][qi][slot].took.as_secs_f64() * 1000.0)
+                    .collect(),
+            )
+        };
+        rows.push(row(
+            format!("  push time, no added latency (median), {name}"),
+            ms(1),
+            Some(ms(0)),
+            "ms",
+            false,
+        ));
+    }
+    rows
+}
+
 #[tokio::main]
 async fn main() {
     let a = parse_args();
@@ -1005,8 +1102,21 @@ async fn main() {
             rows.extend(cost_rows);
         }
     }
+    if a.wants("quotacost") {
+        let a = a.clone();
+        let quota_rows = tokio::task::spawn_blocking(move || run_quota_cost(&a))
+            .await
+            .unwrap();
+        print_table("quota accounting", "with a quota", "without", &quota_rows);
+        println!();
+    }
     let column = Beside::of(&a).column();
-    println!("| scenario | Berth | {column} | Berth vs {column} |");
+    print_table("scenario", "Berth", &column, &rows);
+}
+
+/// A markdown table of `rows` under the given column heads.
+fn print_table(first: &str, ours: &str, theirs: &str, rows: &[Row]) {
+    println!("| {first} | {ours} | {theirs} | {ours} vs {theirs} |");
     println!("| --- | --- | --- | --- |");
     for r in rows {
         println!(

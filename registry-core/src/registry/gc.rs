@@ -290,7 +290,24 @@ impl Registry {
         report: &mut GcReport,
     ) -> Result<HashSet<Digest>> {
         let mut marked = HashSet::new();
-        for name in self.repositories_with("_manifests").await? {
+        let walked = self.repositories_with("_manifests").await?;
+        if !o.dry_run {
+            // Ledgers of repositories with no revision left: nothing is linked there.
+            let ledgers: Vec<String> = self
+                .store
+                .list_recursive(&layout::quota_ledgers_prefix())
+                .try_collect()
+                .await?;
+            for name in ledgers
+                .iter()
+                .filter_map(|k| layout::repository_of_quota_ledger(k))
+            {
+                if !walked.contains(&name) {
+                    self.reconcile_quota(&name, &[], cutoff).await?;
+                }
+            }
+        }
+        for name in walked {
             report.repositories += 1;
             let mut revisions = self.revisions(&name).await?;
             if o.delete_untagged {
@@ -462,6 +479,7 @@ impl Registry {
             report.swept.push(d.to_string());
         }
         if !o.dry_run {
+            self.fold_pull_times().await?;
             let markers: Vec<String> = self
                 .store
                 .list_recursive(&layout::touched_prefix())

@@ -7,6 +7,7 @@ mod catalog;
 pub mod gc;
 mod manifest_cache;
 mod manifests;
+mod pull_times;
 mod quota;
 mod recently_seen;
 mod referrers;
@@ -67,6 +68,7 @@ pub struct Registry {
     /// The repository policy (immutable tags, retention, quotas), when configured.
     rules: std::sync::OnceLock<Arc<dyn RepositoryRules>>,
     ledgers: quota::Ledgers,
+    pull_times: pull_times::PullTimes,
 }
 
 impl Registry {
@@ -88,6 +90,7 @@ impl Registry {
             tags,
             rules: std::sync::OnceLock::new(),
             ledgers: Default::default(),
+            pull_times: Default::default(),
         }
     }
 

@@ -32,67 +32,105 @@ struct Entry {
     names: Vec<Digest>,
 }
 
-/// A repository's ledger.
+/// A repository's ledger, as stored.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub(super) struct Ledger {
+struct StoredLedger {
     revisions: BTreeMap<Digest, Entry>,
     sizes: BTreeMap<Digest, u64>,
+}
+
+/// A ledger with, beside it, how many revisions name each digest and the bytes they hold: a
+/// push asks and changes those without walking every revision.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(super) struct Ledger {
+    stored: StoredLedger,
+    named: HashMap<Digest, u32>,
+    bytes: u64,
+}
+
+impl From<StoredLedger> for Ledger {
+    fn from(stored: StoredLedger) -> Ledger {
+        let mut named: HashMap<Digest, u32> = HashMap::new();
+        for e in stored.revisions.values() {
+            for d in &e.names {
+                *named.entry(d.clone()).or_default() += 1;
+            }
+        }
+        let bytes = named
+            .keys()
+            .map(|d| stored.sizes.get(d).copied().unwrap_or(0))
+            .sum();
+        Ledger {
+            stored,
+            named,
+            bytes,
+        }
+    }
 }
 
 impl Ledger {
     /// Bytes the repository holds: each digest its revisions name, once.
     pub(super) fn bytes(&self) -> u64 {
-        let named: HashSet<&Digest> = self
-            .revisions
-            .values()
-            .flat_map(|e| e.names.iter())
-            .collect();
-        named
-            .into_iter()
-            .map(|d| self.sizes.get(d).copied().unwrap_or(0))
-            .sum()
+        self.bytes
     }
 
     /// Bytes `names` would add.
     fn adds(&self, names: &[(Digest, u64)]) -> u64 {
-        let held: HashSet<&Digest> = self
-            .revisions
-            .values()
-            .flat_map(|e| e.names.iter())
-            .collect();
         let mut seen = HashSet::new();
         names
             .iter()
-            .filter(|(d, _)| !held.contains(d) && seen.insert(d))
+            .filter(|(d, _)| !self.named.contains_key(d) && seen.insert(d))
             .map(|(_, s)| s)
             .sum()
     }
 
     fn holds(&self, d: &Digest) -> bool {
-        self.revisions.values().any(|e| e.names.contains(d))
+        self.named.contains_key(d)
+    }
+
+    fn has_revision(&self, d: &Digest) -> bool {
+        self.stored.revisions.contains_key(d)
     }
 
     fn reserve(&mut self, revision: &Digest, names: &[(Digest, u64)]) {
-        for (d, s) in names {
-            self.sizes.insert(d.clone(), *s);
+        if self.has_revision(revision) {
+            return;
         }
-        self.revisions.insert(
+        let mut distinct: Vec<Digest> = Vec::with_capacity(names.len());
+        for (d, s) in names {
+            if distinct.contains(d) {
+                continue;
+            }
+            distinct.push(d.clone());
+            let count = self.named.entry(d.clone()).or_default();
+            if *count == 0 {
+                self.stored.sizes.insert(d.clone(), *s);
+                self.bytes += s;
+            }
+            *count += 1;
+        }
+        self.stored.revisions.insert(
             revision.clone(),
             Entry {
                 at: now_secs(),
-                names: names.iter().map(|(d, _)| d.clone()).collect(),
+                names: distinct,
             },
         );
     }
 
     fn release(&mut self, revision: &Digest) {
-        self.revisions.remove(revision);
-        let named: HashSet<Digest> = self
-            .revisions
-            .values()
-            .flat_map(|e| e.names.iter().cloned())
-            .collect();
-        self.sizes.retain(|d, _| named.contains(d));
+        let Some(entry) = self.stored.revisions.remove(revision) else {
+            return;
+        };
+        for d in entry.names {
+            if let Some(count) = self.named.get_mut(&d) {
+                *count -= 1;
+                if *count == 0 {
+                    self.named.remove(&d);
+                    self.bytes -= self.stored.sizes.remove(&d).unwrap_or(0);
+                }
+            }
+        }
     }
 }
 
@@ -111,12 +149,21 @@ pub(super) struct Ledgers {
 }
 
 impl Ledgers {
-    fn get(&self, name: &RepositoryName) -> Option<(Ledger, ObjectVersion)> {
+    /// Takes the ledger out (a change puts it back once written): no copy of it is made.
+    fn take(&self, name: &RepositoryName) -> Option<(Ledger, ObjectVersion)> {
+        self.known
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .remove(name)
+    }
+
+    /// What `f` says of the ledger this process knows, if it knows one.
+    fn ask<T>(&self, name: &RepositoryName, f: impl FnOnce(&Ledger) -> T) -> Option<T> {
         self.known
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .get(name)
-            .cloned()
+            .map(|(l, _)| f(l))
     }
 
     fn put(&self, name: &RepositoryName, ledger: Ledger, version: ObjectVersion) {
@@ -124,13 +171,6 @@ impl Ledgers {
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .insert(name.clone(), (ledger, version));
-    }
-
-    fn forget(&self, name: &RepositoryName) {
-        self.known
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .remove(name);
     }
 }
 
@@ -147,10 +187,8 @@ impl Registry {
         let key = layout::quota_ledger(name);
         match self.store.read_small(&key).await {
             Ok((body, info)) => {
-                let ledger = serde_json::from_slice(&body).unwrap_or_default();
-                self.ledgers
-                    .put(name, Ledger::clone(&ledger), info.version.clone());
-                Ok((ledger, info.version))
+                let stored: StoredLedger = serde_json::from_slice(&body).unwrap_or_default();
+                Ok((Ledger::from(stored), info.version))
             }
             Err(StorageError::NotFound(_)) => {
                 let ledger = self.ledger_from_layout(name).await?;
@@ -159,10 +197,7 @@ impl Registry {
                     .put_bytes(&key, to_bytes(&ledger), PutCondition::CreateOnly)
                     .await
                 {
-                    Ok(info) => {
-                        self.ledgers.put(name, ledger.clone(), info.version.clone());
-                        Ok((ledger, info.version))
-                    }
+                    Ok(info) => Ok((ledger, info.version)),
                     // Another replica built it first: take theirs.
                     Err(StorageError::AlreadyExists(_) | StorageError::Precondition(_)) => {
                         Box::pin(self.read_ledger(name)).await
@@ -171,14 +206,6 @@ impl Registry {
                 }
             }
             Err(e) => Err(e.into()),
-        }
-    }
-
-    /// The ledger this process knows, or the store's.
-    async fn ledger(&self, name: &RepositoryName) -> Result<(Ledger, ObjectVersion)> {
-        match self.ledgers.get(name) {
-            Some(known) => Ok(known),
-            None => self.read_ledger(name).await,
         }
     }
 
@@ -217,13 +244,21 @@ impl Registry {
         change: impl Fn(&mut Ledger) -> Result<bool>,
     ) -> Result<()> {
         let key = layout::quota_ledger(name);
-        let mut fresh = self.ledgers.get(name).is_none();
-        let (mut ledger, mut version) = self.ledger(name).await?;
+        let (mut ledger, mut version, mut fresh) = match self.ledgers.take(name) {
+            Some((l, v)) => (l, v, false),
+            None => {
+                let (l, v) = self.read_ledger(name).await?;
+                (l, v, true)
+            }
+        };
         for _ in 0..ATTEMPTS {
-            let mut next = ledger.clone();
-            match change(&mut next) {
+            // `change` refuses before it changes anything.
+            match change(&mut ledger) {
                 Ok(true) => {}
-                Ok(false) => return Ok(()),
+                Ok(false) => {
+                    self.ledgers.put(name, ledger, version);
+                    return Ok(());
+                }
                 // Refused by what this process remembered: another replica may have freed
                 // room since. Only the store's ledger refuses.
                 Err(_) if !fresh => {
@@ -231,28 +266,29 @@ impl Registry {
                     fresh = true;
                     continue;
                 }
-                Err(e) => return Err(e),
+                Err(e) => {
+                    self.ledgers.put(name, ledger, version);
+                    return Err(e);
+                }
             }
             match self
                 .store
                 .put_bytes(
                     &key,
-                    to_bytes(&next),
+                    to_bytes(&ledger),
                     PutCondition::IfVersion(version.clone()),
                 )
                 .await
             {
                 Ok(info) => {
-                    self.ledgers.put(name, next, info.version);
+                    self.ledgers.put(name, ledger, info.version);
                     return Ok(());
                 }
                 Err(StorageError::Precondition(_) | StorageError::NotFound(_)) => {
                     (ledger, version) = self.read_ledger(name).await?;
+                    fresh = true;
                 }
-                Err(e) => {
-                    self.ledgers.forget(name);
-                    return Err(e.into());
-                }
+                Err(e) => return Err(e.into()),
             }
         }
         Err(RegistryError::Storage(StorageError::backend(format!(
@@ -273,7 +309,7 @@ impl Registry {
         };
         let names = self.sized_names(revision, references).await?;
         self.change_ledger(name, |ledger| {
-            if ledger.revisions.contains_key(revision) {
+            if ledger.has_revision(revision) {
                 return Ok(false);
             }
             let (usage, adds) = (ledger.bytes(), ledger.adds(&names));
@@ -299,7 +335,7 @@ impl Registry {
         }
         let released = self
             .change_ledger(name, |ledger| {
-                let held = ledger.revisions.contains_key(revision);
+                let held = ledger.has_revision(revision);
                 ledger.release(revision);
                 Ok(held)
             })
@@ -323,13 +359,14 @@ impl Registry {
         let fits = |ledger: &Ledger| {
             digest.is_some_and(|d| ledger.holds(d)) || ledger.bytes() + size <= quota.bytes
         };
-        if self.ledgers.get(name).is_some_and(|(l, _)| fits(&l)) {
+        if self.ledgers.ask(name, fits) == Some(true) {
             return Ok(());
         }
         // Refused only by the store's ledger: another replica may have freed room.
-        let (ledger, _) = self.read_ledger(name).await?;
-        let usage = ledger.bytes();
-        if !fits(&ledger) {
+        let (ledger, version) = self.read_ledger(name).await?;
+        let (usage, fits) = (ledger.bytes(), fits(&ledger));
+        self.ledgers.put(name, ledger, version);
+        if !fits {
             return Err(RegistryError::QuotaExceeded {
                 rule: quota.name,
                 limit: quota.bytes,
@@ -368,7 +405,7 @@ impl Registry {
         let linked_set: HashSet<&Digest> = linked.iter().collect();
         let mut joining = Vec::new();
         for d in linked {
-            if !ledger.revisions.contains_key(d) {
+            if !ledger.has_revision(d) {
                 joining.push((
                     d.clone(),
                     self.sized_names(d, self.references(d).await?).await?,
@@ -376,6 +413,7 @@ impl Registry {
             }
         }
         let leaving: Vec<Digest> = ledger
+            .stored
             .revisions
             .iter()
             .filter(|(d, e)| !linked_set.contains(d) && e.at < cutoff)
@@ -387,9 +425,7 @@ impl Registry {
         tracing::info!(repository = %name, joining = joining.len(), leaving = leaving.len(), "quota ledger reconciled with the layout");
         self.change_ledger(name, |ledger| {
             for (d, names) in &joining {
-                if !ledger.revisions.contains_key(d) {
-                    ledger.reserve(d, names);
-                }
+                ledger.reserve(d, names);
             }
             for d in &leaving {
                 ledger.release(d);
@@ -424,7 +460,7 @@ impl Registry {
 }
 
 fn to_bytes(ledger: &Ledger) -> Bytes {
-    Bytes::from(serde_json::to_vec(ledger).unwrap_or_default())
+    Bytes::from(serde_json::to_vec(&ledger.stored).unwrap_or_default())
 }
 
 #[cfg(test)]
@@ -454,5 +490,20 @@ mod tests {
         assert!(l.holds(&shared) && !l.holds(&a));
         l.release(&m2);
         assert_eq!(l, Ledger::default());
+        let mut again = Ledger::default();
+        again.reserve(
+            &m1,
+            &[
+                (m1.clone(), 1),
+                (shared.clone(), 100),
+                (shared.clone(), 100),
+            ],
+        );
+        let read_back = Ledger::from(again.stored.clone());
+        assert_eq!(
+            read_back, again,
+            "the counts are rebuilt from what is stored"
+        );
+        assert_eq!(read_back.bytes(), 101, "a digest named twice counts once");
     }
 }

@@ -28,8 +28,8 @@ pub struct RepositoryUsage {
     pub manifests: usize,
     /// When its newest revision was pushed (unix seconds).
     pub last_push: Option<u64>,
-    /// When a client last pulled from it (unix seconds), where pulls are noted: pull-through
-    /// caches, and repositories a retention rule keeps by pulls.
+    /// When a client last pulled a manifest from it (unix seconds; replicas write their
+    /// pulls every few minutes).
     pub last_pull: Option<u64>,
     /// The quota that covers it, with what its ledger counts.
     pub quota: Option<QuotaUsage>,
@@ -61,28 +61,11 @@ fn secs(t: Option<SystemTime>) -> Option<u64> {
 }
 
 impl Registry {
-    /// The newest pull marker of a repository.
-    async fn last_pull_of(&self, name: &crate::names::RepositoryName) -> Result<Option<u64>> {
-        let prefix = layout::pull_markers_prefix(name);
-        let keys: Vec<String> =
-            futures::TryStreamExt::try_collect(self.store.list_recursive(&prefix)).await?;
-        let keys = keys.into_iter().filter(|k| {
-            k.strip_prefix(&prefix)
-                .is_some_and(|rest| rest.starts_with("_tags/") || rest.starts_with("_revisions/"))
-        });
-        let mut last = None;
-        for k in keys {
-            if let Ok(info) = self.store.stat(&k).await {
-                last = last.max(secs(info.last_modified));
-            }
-        }
-        Ok(last)
-    }
-
     /// Walks every repository and says what it holds.
     pub async fn usage(&self) -> Result<Usage> {
         let mut sizes: HashMap<Digest, u64> = HashMap::new();
         let mut held: Vec<(RepositoryUsage, HashSet<Digest>)> = Vec::new();
+        let pulls = self.pull_times().await?;
         for name in self.repositories_with("_manifests").await? {
             let revisions = self.revisions(&name).await?;
             let mut digests: HashSet<Digest> = HashSet::new();
@@ -116,7 +99,7 @@ impl Registry {
                 tags: self.all_tags(&name).await?.len(),
                 manifests: revisions.len(),
                 last_push,
-                last_pull: self.last_pull_of(&name).await?,
+                last_pull: pulls.get(name.as_str()).copied(),
                 quota: self.quota_usage(&name).await?.map(|(q, used)| QuotaUsage {
                     name: q.name,
                     limit: q.bytes,

@@ -428,6 +428,16 @@ pub struct BerthConfig {
     pub policy: Option<PolicyConfig>,
     /// Trusted OIDC issuers, whose ID tokens are passwords.
     pub oidc: Vec<OidcIssuerConfig>,
+    /// Usage reporting.
+    pub usage: Option<UsageConfig>,
+}
+
+/// `berth.usage`: how usage is kept.
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+pub struct UsageConfig {
+    /// How often a replica writes the pulls it saw to the store (default 5m).
+    pub pullflush: Option<String>,
 }
 
 /// `berth.oidc[]`: one trusted OIDC issuer.
@@ -642,6 +652,8 @@ pub struct Settings {
     /// The policy file (`berth.policy.file`): access rules (given to `auth`), immutable tags,
     /// retention and quotas.
     pub policy: Option<std::sync::Arc<crate::auth::policy::PolicyFileWatch>>,
+    /// How often this replica writes the pulls it saw (`berth.usage.pullflush`).
+    pub pull_flush: Duration,
     /// Refuse every write (maintenance).
     pub read_only: bool,
     /// Abandoned-upload purging, when on.
@@ -946,6 +958,22 @@ fn validate(config: Config, warnings: &mut Vec<String>) -> Result<Settings, Conf
             )
         })?,
     };
+    let pull_flush = match config
+        .berth
+        .usage
+        .as_ref()
+        .and_then(|u| u.pullflush.as_deref())
+    {
+        None => Duration::from_secs(300),
+        Some(text) => parse_duration(text)
+            .filter(|d| !d.is_zero())
+            .ok_or_else(|| {
+                key_err(
+                    "berth.usage.pullflush",
+                    format!("{text:?} is not a duration like 5m"),
+                )
+            })?,
+    };
     let mut storage = storage;
     match &mut storage {
         StorageChoice::S3(o) => o.stall_timeout = stall,
@@ -968,6 +996,7 @@ fn validate(config: Config, warnings: &mut Vec<String>) -> Result<Settings, Conf
         tag_cache_ttl,
         auth,
         policy,
+        pull_flush,
         read_only: s
             .maintenance
             .as_ref()

@@ -64,7 +64,13 @@ pub struct Metrics {
     connections_open: AtomicI64,
     /// Counters with one label: (metric, label name, label value) to count.
     labelled: Mutex<BTreeMap<(&'static str, &'static str, &'static str), u64>>,
+    /// The biggest repositories as the last usage walk found them: name, bytes, unique
+    /// bytes, tags.
+    biggest: Mutex<Vec<(String, u64, u64, usize)>>,
 }
+
+/// Repositories the usage gauges name (a bounded label set).
+pub const BIGGEST_REPOSITORIES: usize = 20;
 
 /// What the labelled counters are, for their HELP lines.
 const LABELLED_HELP: [(&str, &str); 3] = [
@@ -151,6 +157,18 @@ impl Metrics {
         self.gc_swept.fetch_add(blobs, Ordering::Relaxed);
         self.gc_bytes.fetch_add(bytes, Ordering::Relaxed);
         self.cache_expired.fetch_add(expired, Ordering::Relaxed);
+    }
+
+    /// Sets the usage gauges to the biggest repositories of `usage`.
+    pub fn set_usage(&self, usage: &registry_core::registry::Usage) {
+        if let Ok(mut b) = self.biggest.lock() {
+            *b = usage
+                .repositories
+                .iter()
+                .take(BIGGEST_REPOSITORIES)
+                .map(|r| (r.name.clone(), r.bytes, r.unique_bytes, r.tags))
+                .collect();
+        }
     }
 
     fn count(&self, metric: &'static str, label: &'static str, value: &'static str) {
@@ -315,6 +333,29 @@ impl Metrics {
                 out,
                 "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}"
             );
+        }
+        if let Ok(b) = self.biggest.lock()
+            && !b.is_empty()
+        {
+            for (metric, help, pick) in [
+                (
+                    "berth_repository_bytes",
+                    "Bytes a repository's manifests name, each blob once (the biggest, as of the last collection).",
+                    0,
+                ),
+                (
+                    "berth_repository_unique_bytes",
+                    "Of those, bytes no other repository names.",
+                    1,
+                ),
+                ("berth_repository_tags", "Tags of a repository.", 2),
+            ] {
+                let _ = writeln!(out, "# HELP {metric} {help}\n# TYPE {metric} gauge");
+                for (name, bytes, unique, tags) in b.iter() {
+                    let v = [*bytes, *unique, *tags as u64][pick];
+                    let _ = writeln!(out, "{metric}{{repository=\"{name}\"}} {v}");
+                }
+            }
         }
         out
     }
