@@ -181,7 +181,7 @@ impl Registry {
         &self,
         name: &RepositoryName,
         id: &str,
-        fresh: bool,
+        url: impl Into<crate::upload::session::SessionUrl>,
         digest: &Digest,
         range: Option<ChunkRange>,
         body: ByteStream,
@@ -190,7 +190,7 @@ impl Registry {
         let link = self.write_link(&key, digest);
         let blob = self
             .uploads
-            .finish(name, id, fresh, digest, range, body, Box::pin(link))
+            .finish(name, id, url, digest, range, body, Box::pin(link))
             .await?;
         Ok(self.linked_after_upload(name, digest, blob))
     }

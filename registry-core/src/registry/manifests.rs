@@ -119,20 +119,13 @@ impl Registry {
             })
             .chain(std::iter::once(digest.clone()))
             .collect();
-        futures::try_join!(try_join_all(checks), self.touch(&relied_on))?;
-        // Beside the check that what it relies on is still stored: the manifest's own bytes,
-        // written without asking first, even when this process saw them stored (a manifest is
-        // small, the same bytes again are harmless, and another replica's collection may have
-        // removed them). Refused, they are garbage nothing links.
-        let bytes_key = layout::blob_data(&digest);
-        let write_bytes = self
-            .store
-            .put_bytes(&bytes_key, body.clone(), PutCondition::Overwrite);
-        let (info, ()) = futures::try_join!(
-            async { write_bytes.await.map_err(RegistryError::from) },
-            self.still_stored(name, &manifest)
+        // Whether the revision was there before: a refused push leaves it as it found it.
+        let revision_key = layout::manifest_revision_link(name, &digest);
+        let (_, (), had_revision) = futures::try_join!(
+            try_join_all(checks),
+            self.touch(&relied_on),
+            self.exists(&revision_key)
         )?;
-        self.blob_sizes.put(&digest, &info);
         // Counted before it is linked: a crash after this over-counts, never under-counts.
         let names: Vec<Digest> = manifest
             .requirements()
@@ -141,10 +134,39 @@ impl Registry {
                 Requirement::Blob(d) | Requirement::Manifest(d) => d,
             })
             .collect();
-        self.reserve_quota(name, &digest, names).await?;
-        // The revision before the tags: collections find what to keep through revisions.
-        self.write_link(&layout::manifest_revision_link(name, &digest), &digest)
+        self.reserve_quota(name, &digest, body.len() as u64, names)
             .await?;
+        // Beside the check that what it relies on is still stored: the manifest's own bytes,
+        // written without asking first, even when this process saw them stored (a manifest is
+        // small, the same bytes again are harmless, and another replica's collection may have
+        // removed them), and its revision. The revision before the tags (collections find
+        // what to keep through revisions); refused, the push takes back a revision it added,
+        // and the bytes are garbage nothing links.
+        let bytes_key = layout::blob_data(&digest);
+        let (written, stored, linked) = futures::join!(
+            self.store
+                .put_bytes(&bytes_key, body.clone(), PutCondition::Overwrite),
+            self.still_stored(name, &manifest),
+            self.write_link(&revision_key, &digest)
+        );
+        let outcome = match (written, stored, linked) {
+            (Ok(info), Ok(()), Ok(())) => Ok(info),
+            (Err(e), _, _) => Err(RegistryError::from(e)),
+            (_, Err(e), _) | (_, _, Err(e)) => Err(e),
+        };
+        let info = match outcome {
+            Ok(info) => info,
+            Err(e) => {
+                if !had_revision {
+                    if let Err(undo) = self.store.delete(&revision_key).await {
+                        tracing::warn!(repository = %name, digest = %digest, error = %undo, "a refused manifest's revision link stays (untagged)");
+                    }
+                    self.release_quota(name, &digest).await;
+                }
+                return Err(e);
+            }
+        };
+        self.blob_sizes.put(&digest, &info);
         // Once the revision exists, what names it is written together: one round trip.
         let subject = manifest.subject.as_ref().map(|s| s.digest.clone());
         let tags = try_join_all(all_tags.iter().map(|t| self.point_tag(name, t, &digest)));

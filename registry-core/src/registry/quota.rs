@@ -213,20 +213,28 @@ impl Registry {
     async fn ledger_from_layout(&self, name: &RepositoryName) -> Result<Ledger> {
         let mut ledger = Ledger::default();
         for d in self.revisions(name).await? {
-            let names = self.sized_names(&d, self.references(&d).await?).await?;
+            let names = self
+                .sized_names(&d, None, self.references(&d).await?)
+                .await?;
             ledger.reserve(&d, &names);
         }
         Ok(ledger)
     }
 
-    /// `revision` and `references` with their stored sizes (0 for what is not stored).
+    /// `revision` (of `revision_size` bytes, when known) and `references` with their
+    /// stored sizes (0 for what is not stored).
     async fn sized_names(
         &self,
         revision: &Digest,
+        revision_size: Option<u64>,
         references: Vec<Digest>,
     ) -> Result<Vec<(Digest, u64)>> {
         let mut out = Vec::with_capacity(references.len() + 1);
-        for d in std::iter::once(revision.clone()).chain(references) {
+        if let Some(size) = revision_size {
+            out.push((revision.clone(), size));
+        }
+        let first = revision_size.is_none().then(|| revision.clone());
+        for d in first.into_iter().chain(references) {
             let size = match self.blob_sizes.get(&d) {
                 Some(info) => info.size,
                 None => self.blob_bytes_in_store(&d).await?.map_or(0, |i| i.size),
@@ -302,12 +310,15 @@ impl Registry {
         &self,
         name: &RepositoryName,
         revision: &Digest,
+        revision_size: u64,
         references: Vec<Digest>,
     ) -> Result<()> {
         let Some(quota) = self.quota_of(name) else {
             return Ok(());
         };
-        let names = self.sized_names(revision, references).await?;
+        let names = self
+            .sized_names(revision, Some(revision_size), references)
+            .await?;
         self.change_ledger(name, |ledger| {
             if ledger.has_revision(revision) {
                 return Ok(false);
@@ -408,7 +419,7 @@ impl Registry {
             if !ledger.has_revision(d) {
                 joining.push((
                     d.clone(),
-                    self.sized_names(d, self.references(d).await?).await?,
+                    self.sized_names(d, None, self.references(d).await?).await?,
                 ));
             }
         }

@@ -3,6 +3,7 @@
 pub mod content_range;
 mod hash_feed;
 mod hashed_body;
+mod recent_states;
 pub mod session;
 pub mod state;
 

@@ -47,6 +47,23 @@ enum Assembled {
 /// Upload operations over a storage driver.
 pub struct UploadSessions {
     store: Arc<dyn StorageDriver>,
+    recent: crate::upload::recent_states::RecentStates<Loaded>,
+}
+
+/// What a request's URL says of its session: made with the URL the start gave (nothing
+/// stored yet), and the tag of the state the replica that answered last kept in memory.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SessionUrl {
+    /// The URL the start gave.
+    pub fresh: bool,
+    /// The tag a previous answer's Location carried.
+    pub tag: Option<u32>,
+}
+
+impl From<bool> for SessionUrl {
+    fn from(fresh: bool) -> SessionUrl {
+        SessionUrl { fresh, tag: None }
+    }
 }
 
 /// Checks an upload id is a UUID and returns its canonical form (it becomes part of a key).
@@ -424,7 +441,10 @@ pub struct Started {
 impl UploadSessions {
     /// Upload operations over `store`.
     pub fn new(store: Arc<dyn StorageDriver>) -> Self {
-        UploadSessions { store }
+        UploadSessions {
+            store,
+            recent: Default::default(),
+        }
     }
 
     /// The part size clients should use (advertised as `OCI-Chunk-Min-Length`), where it matters.
@@ -484,11 +504,18 @@ impl UploadSessions {
         id: &str,
         fresh: Freshness,
         expected_start: Option<u64>,
+        tag: Option<u32>,
     ) -> Result<Loaded> {
         let unwritten = || Loaded {
             state: new_state(),
             version: None,
         };
+        if let Some(tag) = tag
+            && fresh == Freshness::Stored
+            && let Some(kept) = self.recent.take(name, id, tag)
+        {
+            return Ok(kept);
+        }
         if fresh == Freshness::Unasked
             && self.store.part_policy().fixed_size
             && expected_start.unwrap_or(0) == 0
@@ -511,8 +538,11 @@ impl UploadSessions {
         id: &str,
         fresh: Freshness,
         expected_start: Option<u64>,
+        tag: Option<u32>,
     ) -> Result<Loaded> {
-        let mut l = self.load_or_new(name, id, fresh, expected_start).await?;
+        let mut l = self
+            .load_or_new(name, id, fresh, expected_start, tag)
+            .await?;
         if let Some(start) = expected_start
             && start != l.state.offset
         {
@@ -531,7 +561,7 @@ impl UploadSessions {
     /// Bytes received so far. `fresh`: the request was made with the URL `start` gave.
     pub async fn status(&self, name: &RepositoryName, id: &str, fresh: bool) -> Result<u64> {
         let l = self
-            .load_or_new(name, id, Freshness::asked(fresh), None)
+            .load_or_new(name, id, Freshness::asked(fresh), None, None)
             .await?;
         Ok(l.state.offset)
     }
@@ -542,20 +572,52 @@ impl UploadSessions {
         &self,
         name: &RepositoryName,
         id: &str,
-        fresh: bool,
+        url: impl Into<SessionUrl>,
         range: Option<crate::upload::ChunkRange>,
         body: ByteStream,
     ) -> Result<u64> {
-        let fresh = if fresh {
+        Ok(self.append_tagged(name, id, url, range, body).await?.0)
+    }
+
+    /// As [`append`](Self::append); also the tag the next request's URL may carry, on
+    /// object stores, for this replica to take the state it left from memory.
+    pub async fn append_tagged(
+        &self,
+        name: &RepositoryName,
+        id: &str,
+        url: impl Into<SessionUrl>,
+        range: Option<crate::upload::ChunkRange>,
+        body: ByteStream,
+    ) -> Result<(u64, Option<u32>)> {
+        let url = url.into();
+        let fresh = if url.fresh {
             Freshness::Unasked
         } else {
             Freshness::Stored
         };
-        let l = self.claim(name, id, fresh, range.map(|r| r.start)).await?;
+        let l = self
+            .claim(name, id, fresh, range.map(|r| r.start), url.tag)
+            .await?;
         let unwritten = l.version.is_none();
         let mut app = self.appender(name, id, l)?;
         match append_body(&mut app, body, range.map(|r| r.len())).await {
-            Ok(()) => Ok(app.state.offset),
+            Ok(()) => {
+                let offset = app.state.offset;
+                // Where parts share one file (local disk) every request claims the session
+                // by a write of its state anyway, and reading it back is cheap.
+                let tag = match (&app.version, self.store.part_policy().fixed_size) {
+                    (Some(version), true) => Some(self.recent.keep(
+                        name,
+                        id,
+                        Loaded {
+                            state: app.state.clone(),
+                            version: Some(version.clone()),
+                        },
+                    )),
+                    _ => None,
+                };
+                Ok((offset, tag))
+            }
             // Taken as new without asking, but another request had written it (a first chunk
             // sent twice): this one's parts count for nothing, and the client learns where
             // the session is.
@@ -606,7 +668,7 @@ impl UploadSessions {
         &self,
         name: &RepositoryName,
         id: &str,
-        fresh: bool,
+        url: impl Into<SessionUrl>,
         digest: &Digest,
         range: Option<crate::upload::ChunkRange>,
         body: ByteStream,
@@ -614,8 +676,13 @@ impl UploadSessions {
     ) -> Result<FinishedBlob> {
         // Asked even with the URL `start` gave: taking a session with bytes as new would
         // finish it as an empty one, and discard it.
-        let fresh = Freshness::asked(fresh);
-        let l = self.claim(name, id, fresh, range.map(|r| r.start)).await?;
+        let url = url.into();
+        let fresh = Freshness::asked(url.fresh);
+        let l = self
+            .claim(name, id, fresh, range.map(|r| r.start), url.tag)
+            .await?;
+        // Whatever this replica kept of the session is past.
+        self.recent.forget(name, id);
         if l.state.is_pristine() {
             // The whole blob arrives in this request: stream it straight to storage.
             let stored_state = l.version.is_some();
@@ -884,8 +951,9 @@ impl UploadSessions {
     /// Cancels a session and frees what it stored. What is left is a mark that it ended, so
     /// that the URL `start` gave (which needs no state) is refused too.
     pub async fn cancel(&self, name: &RepositoryName, id: &str, fresh: bool) -> Result<()> {
+        self.recent.forget(name, id);
         let l = self
-            .load_or_new(name, id, Freshness::asked(fresh), None)
+            .load_or_new(name, id, Freshness::asked(fresh), None, None)
             .await?;
         if l.version.is_some() {
             self.discard(name, id, Some(&l.state)).await;

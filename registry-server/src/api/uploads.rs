@@ -12,8 +12,11 @@ use super::{Ctx, body_stream, empty, parse_name};
 /// Media type of blobs in notification events.
 const BLOB_MEDIA_TYPE: &str = "application/octet-stream";
 
-fn upload_path(name: &RepositoryName, id: &str, fresh: bool) -> String {
-    format!("/v2/{name}/blobs/uploads/{}", UploadRef::segment(id, fresh))
+fn upload_path(name: &RepositoryName, id: &str, fresh: bool, tag: Option<u32>) -> String {
+    format!(
+        "/v2/{name}/blobs/uploads/{}",
+        UploadRef::tagged_segment(id, fresh, tag)
+    )
 }
 
 fn created(ctx: &Ctx, name: &RepositoryName, digest: &Digest) -> axum::response::Response {
@@ -37,9 +40,10 @@ fn progress(
     id: &str,
     offset: u64,
     fresh: bool,
+    tag: Option<u32>,
 ) -> axum::response::Response {
     let mut headers = vec![
-        ("location", ctx.location(&upload_path(name, id, fresh))),
+        ("location", ctx.location(&upload_path(name, id, fresh, tag))),
         ("range", upload_range(offset)),
         ("docker-upload-uuid", UploadRef::segment(id, fresh)),
         ("content-length", "0".into()),
@@ -61,7 +65,7 @@ fn with_location(ctx: &Ctx, name: &RepositoryName, at: &UploadRef, e: RegistryEr
         // Nothing stored yet: the URL that says so stays.
         Some(offset) => err.with_header(
             "location",
-            &ctx.location(&upload_path(name, &at.id, at.fresh && offset == 0)),
+            &ctx.location(&upload_path(name, &at.id, at.fresh && offset == 0, None)),
         ),
         None => err,
     }
@@ -137,6 +141,7 @@ pub(crate) async fn start(ctx: &Ctx, name: &str, body: Body) -> ApiResult {
         &started.id,
         0,
         started.deferred,
+        None,
     ))
 }
 
@@ -156,6 +161,7 @@ pub(crate) async fn status(ctx: &Ctx, name: &str, id: &str) -> ApiResult {
         &at.id,
         offset,
         at.fresh && offset == 0,
+        None,
     ))
 }
 
@@ -163,11 +169,11 @@ pub(crate) async fn patch(ctx: &Ctx, name: &str, id: &str, body: Body) -> ApiRes
     let name = parse_name(name)?;
     let at = UploadRef::parse(id)?;
     let range = chunk_range(ctx)?;
-    let offset = ctx
+    let (offset, tag) = ctx
         .app
         .registry
         .uploads()
-        .append(&name, &at.id, at.fresh, range, body_stream(body))
+        .append_tagged(&name, &at.id, at.url(), range, body_stream(body))
         .await
         .map_err(|e| with_location(ctx, &name, &at, e))?;
     // A blob already past the quota is refused now, not at its manifest: the upload keeps
@@ -184,6 +190,7 @@ pub(crate) async fn patch(ctx: &Ctx, name: &str, id: &str, body: Body) -> ApiRes
         &at.id,
         offset,
         at.fresh && offset == 0,
+        tag,
     ))
 }
 
@@ -202,7 +209,7 @@ pub(crate) async fn finish(ctx: &Ctx, name: &str, id: &str, body: Body) -> ApiRe
     let size = ctx
         .app
         .registry
-        .finish_upload(&name, &at.id, at.fresh, &digest, range, body_stream(body))
+        .finish_upload(&name, &at.id, at.url(), &digest, range, body_stream(body))
         .await
         .map_err(|e| with_location(ctx, &name, &at, e))?;
     ctx.notify("push", &name, BLOB_MEDIA_TYPE, &digest, size, None);
