@@ -72,6 +72,16 @@ struct Lease {
     holder: String,
 }
 
+/// What a manifest refers to: config, layers, index children.
+pub(super) fn references_of(m: Manifest) -> Vec<Digest> {
+    m.config
+        .map(|c| c.digest)
+        .into_iter()
+        .chain(m.layers.into_iter().map(|l| l.digest))
+        .chain(m.manifests.into_iter().map(|c| c.digest))
+        .collect()
+}
+
 fn older_than(t: Option<SystemTime>, cutoff: SystemTime) -> bool {
     t.is_some_and(|t| t < cutoff)
 }
@@ -167,23 +177,23 @@ impl Registry {
         Ok(out)
     }
 
-    /// The references of a stored manifest: config, layers, index children.
-    pub(super) async fn references(&self, d: &Digest) -> Result<Vec<Digest>> {
+    /// A stored manifest, parsed; `None` when its bytes are gone or are not a manifest.
+    pub(super) async fn stored_manifest(&self, d: &Digest) -> Result<Option<Manifest>> {
         let body = match self.store.read_small(&layout::blob_data(d)).await {
             Ok((b, _)) => b,
-            Err(StorageError::NotFound(_)) => return Ok(Vec::new()),
+            Err(StorageError::NotFound(_)) => return Ok(None),
             Err(e) => return Err(e.into()),
         };
-        Ok(match Manifest::parse(&body, None) {
-            Ok(m) => m
-                .config
-                .map(|c| c.digest)
-                .into_iter()
-                .chain(m.layers.into_iter().map(|l| l.digest))
-                .chain(m.manifests.into_iter().map(|c| c.digest))
-                .collect(),
-            Err(_) => Vec::new(),
-        })
+        Ok(Manifest::parse(&body, None).ok())
+    }
+
+    /// The references of a stored manifest: config, layers, index children.
+    pub(super) async fn references(&self, d: &Digest) -> Result<Vec<Digest>> {
+        Ok(self
+            .stored_manifest(d)
+            .await?
+            .map(references_of)
+            .unwrap_or_default())
     }
 
     /// Removes the revisions of `name` that no tag reaches and that are older than `cutoff`;

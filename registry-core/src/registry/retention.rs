@@ -26,7 +26,6 @@ use super::rules::Retention;
 use crate::digest::Digest;
 use crate::error::Result;
 use crate::layout;
-use crate::manifest::Manifest;
 use crate::names::{RepositoryName, Tag, glob_match};
 use crate::storage::{ObjectVersion, PutCondition, StorageError};
 
@@ -43,6 +42,8 @@ pub struct RetentionRemoval {
 
 /// How long a push waits for a collection to finish removing a tag it just wrote.
 const OUTLAST: Duration = Duration::from_secs(10);
+/// A retiring mark this old was not left by a removal under way (one takes a few requests).
+const STALE_MARK: Duration = Duration::from_secs(60);
 
 /// A semantic version, ordered as semver.org says (build metadata ignored).
 #[derive(Debug, PartialEq, Eq)]
@@ -293,9 +294,16 @@ impl Registry {
         d: &Digest,
         revisions: &HashSet<Digest>,
     ) -> Result<Vec<Digest>> {
-        let mut out: Vec<Digest> = self
-            .references(d)
-            .await?
+        // One read of the manifest for what it refers to and its subject.
+        let manifest = self.stored_manifest(d).await?;
+        let subject = manifest
+            .as_ref()
+            .and_then(|m| m.subject.as_ref())
+            .map(|s| s.digest.clone())
+            .filter(|s| revisions.contains(s));
+        let mut out: Vec<Digest> = manifest
+            .map(super::gc::references_of)
+            .unwrap_or_default()
             .into_iter()
             .filter(|c| revisions.contains(c))
             .collect();
@@ -305,13 +313,7 @@ impl Registry {
                 .into_iter()
                 .map(|r| r.digest),
         );
-        if let Ok((body, _)) = self.store.read_small(&layout::blob_data(d)).await
-            && let Ok(m) = Manifest::parse(&body, None)
-            && let Some(s) = m.subject
-            && revisions.contains(&s.digest)
-        {
-            out.push(s.digest);
-        }
+        out.extend(subject);
         Ok(out)
     }
 
@@ -405,11 +407,10 @@ impl Registry {
                 why,
             });
         }
-        // A tag a push rewrote meanwhile keeps what it names.
+        // A tag a push rewrote meanwhile keeps what it names. `orphaned` is already closed
+        // over what its revisions need: only what is kept now comes out of it.
         kept.extend(self.closure(name, spared, &revisions).await?);
-        let mut orphaned: Vec<Digest> = self
-            .closure(name, orphaned, &revisions)
-            .await?
+        let mut orphaned: Vec<Digest> = orphaned
             .into_iter()
             .filter(|d| !kept.contains(d) && revisions.contains(d))
             .collect();
@@ -469,11 +470,26 @@ impl Registry {
             let mut seen = false;
             loop {
                 match self.store.stat(&marker).await {
+                    // A mark older than any removal takes was left by a collection that died
+                    // or could not remove it: nothing to wait for, the tag is written again.
+                    Ok(info)
+                        if info
+                            .last_modified
+                            .and_then(|t| t.elapsed().ok())
+                            .is_some_and(|age| age > STALE_MARK) =>
+                    {
+                        seen = true;
+                        break;
+                    }
                     Ok(_) if tokio::time::Instant::now() < deadline => {
                         seen = true;
                         tokio::time::sleep(Duration::from_millis(100)).await;
                     }
-                    Ok(_) | Err(StorageError::NotFound(_)) => break,
+                    Ok(_) => {
+                        seen = true;
+                        break;
+                    }
+                    Err(StorageError::NotFound(_)) => break,
                     Err(e) => return Err(e.into()),
                 }
             }
