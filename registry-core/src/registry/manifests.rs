@@ -156,7 +156,11 @@ impl Registry {
         };
         let info = match outcome {
             Ok(info) => info,
-            Err(e) => {
+            // Refused because a blob it names is not stored: no push of this manifest can
+            // succeed now, so the revision this one added goes. On a store failure it stays:
+            // the same manifest pushed at the same time may have succeeded and rely on it,
+            // and an untagged revision is harmless (collections remove it).
+            Err(e @ RegistryError::ManifestBlobUnknown(_)) => {
                 if !had_revision {
                     if let Err(undo) = self.store.delete(&revision_key).await {
                         tracing::warn!(repository = %name, digest = %digest, error = %undo, "a refused manifest's revision link stays (untagged)");
@@ -165,6 +169,7 @@ impl Registry {
                 }
                 return Err(e);
             }
+            Err(e) => return Err(e),
         };
         self.blob_sizes.put(&digest, &info);
         // Once the revision exists, what names it is written together: one round trip.

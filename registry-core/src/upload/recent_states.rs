@@ -12,54 +12,71 @@ use crate::names::RepositoryName;
 
 /// Entries kept before the table starts over (forgetting costs one read each).
 const MAX_ENTRIES: usize = 10_000;
+/// Bytes the kept states may weigh together: a state carries small tails inline (up to 64
+/// KiB of hex each), and many sessions left that way must not grow the process without end.
+const MAX_BYTES: usize = 64 << 20;
 
-/// Sessions' last states, by repository and id, with their tags.
+/// A session's kept state: its tag, its weight, the state.
+type Kept<T> = (u32, usize, T);
+/// Kept states by repository and id, and what they weigh together.
+type Table<T> = (HashMap<(RepositoryName, String), Kept<T>>, usize);
+
+/// Sessions' last states.
 pub(crate) struct RecentStates<T> {
-    entries: Mutex<HashMap<(RepositoryName, String), (u32, T)>>,
+    entries: Mutex<Table<T>>,
 }
 
 impl<T> Default for RecentStates<T> {
     fn default() -> Self {
         RecentStates {
-            entries: Mutex::new(HashMap::new()),
+            entries: Mutex::new((HashMap::new(), 0)),
         }
     }
 }
 
 impl<T> RecentStates<T> {
-    /// Keeps `state` for the session; returns the tag its next request's URL must carry.
-    pub(crate) fn keep(&self, name: &RepositoryName, id: &str, state: T) -> u32 {
+    /// Keeps `state` (about `weight` bytes) for the session; returns the tag its next
+    /// request's URL must carry.
+    pub(crate) fn keep(&self, name: &RepositoryName, id: &str, state: T, weight: usize) -> u32 {
         let tag = (uuid::Uuid::new_v4().as_u64_pair().0 >> 32) as u32;
-        let mut entries = self
+        let mut guard = self
             .entries
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if entries.len() >= MAX_ENTRIES {
-            entries.clear();
+        let (entries, total) = &mut *guard;
+        if let Some((_, w, _)) = entries.remove(&(name.clone(), id.to_owned())) {
+            *total -= w;
         }
-        entries.insert((name.clone(), id.to_owned()), (tag, state));
+        if entries.len() >= MAX_ENTRIES || *total + weight > MAX_BYTES {
+            entries.clear();
+            *total = 0;
+        }
+        entries.insert((name.clone(), id.to_owned()), (tag, weight, state));
+        *total += weight;
         tag
     }
 
     /// The state kept under `tag` for the session, if this replica kept it; forgotten either
     /// way (a request with another tag found the session moved on).
     pub(crate) fn take(&self, name: &RepositoryName, id: &str, tag: u32) -> Option<T> {
-        let mut entries = self
+        let (kept, state) = self.remove(name, id)?;
+        (kept == tag).then_some(state)
+    }
+
+    fn remove(&self, name: &RepositoryName, id: &str) -> Option<(u32, T)> {
+        let mut guard = self
             .entries
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        match entries.remove(&(name.clone(), id.to_owned())) {
-            Some((kept, state)) if kept == tag => Some(state),
-            _ => None,
-        }
+        let (entries, total) = &mut *guard;
+        let (tag, weight, state) = entries.remove(&(name.clone(), id.to_owned()))?;
+        *total -= weight;
+        Some((tag, state))
     }
 
     /// Forgets the session (ended or cancelled).
     pub(crate) fn forget(&self, name: &RepositoryName, id: &str) {
-        self.entries
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .remove(&(name.clone(), id.to_owned()));
+        self.remove(name, id);
     }
 }
 
@@ -71,23 +88,45 @@ mod tests {
     fn a_state_serves_once_and_only_under_its_tag() {
         let states = RecentStates::default();
         let name: RepositoryName = "a/b".parse().unwrap();
-        let tag = states.keep(&name, "id", 1);
+        let tag = states.keep(&name, "id", 1, 10);
         assert_eq!(states.take(&name, "id", tag.wrapping_add(1)), None);
         assert_eq!(
             states.take(&name, "id", tag),
             None,
             "a wrong tag forgets it"
         );
-        let tag = states.keep(&name, "id", 2);
-        let newer = states.keep(&name, "id", 3);
+        let tag = states.keep(&name, "id", 2, 10);
+        let newer = states.keep(&name, "id", 3, 10);
         assert_eq!(
             states.take(&name, "id", tag),
             None,
             "replaced by the newer state"
         );
-        let newer2 = states.keep(&name, "id", 4);
+        let newer2 = states.keep(&name, "id", 4, 10);
         assert_ne!(newer, newer2);
         assert_eq!(states.take(&name, "id", newer2), Some(4));
         assert_eq!(states.take(&name, "id", newer2), None, "served once");
+        assert_eq!(
+            states.entries.lock().unwrap().1,
+            0,
+            "nothing weighs once taken"
+        );
+    }
+
+    #[test]
+    fn heavy_states_never_pass_the_byte_bound() {
+        let states = RecentStates::default();
+        let name: RepositoryName = "a/b".parse().unwrap();
+        let each = MAX_BYTES / 4 + 1;
+        let first = states.keep(&name, "s0", 0, each);
+        for i in 1..8 {
+            states.keep(&name, &format!("s{i}"), i, each);
+            assert!(states.entries.lock().unwrap().1 <= MAX_BYTES);
+        }
+        assert_eq!(
+            states.take(&name, "s0", first),
+            None,
+            "dropped to stay under the bound"
+        );
     }
 }

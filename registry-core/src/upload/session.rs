@@ -606,14 +606,26 @@ impl UploadSessions {
                 // Where parts share one file (local disk) every request claims the session
                 // by a write of its state anyway, and reading it back is cheap.
                 let tag = match (&app.version, self.store.part_policy().fixed_size) {
-                    (Some(version), true) => Some(self.recent.keep(
-                        name,
-                        id,
-                        Loaded {
-                            state: app.state.clone(),
-                            version: Some(version.clone()),
-                        },
-                    )),
+                    (Some(version), true) => {
+                        let weight = std::mem::size_of::<UploadState>()
+                            + app.state.hash_state.len()
+                            + app
+                                .state
+                                .staged
+                                .iter()
+                                .map(|f| f.inline.as_ref().map_or(0, String::len) + 64)
+                                .sum::<usize>()
+                            + app.state.parts.len() * 128;
+                        Some(self.recent.keep(
+                            name,
+                            id,
+                            Loaded {
+                                state: app.state.clone(),
+                                version: Some(version.clone()),
+                            },
+                            weight,
+                        ))
+                    }
                     _ => None,
                 };
                 Ok((offset, tag))
