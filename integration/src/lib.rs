@@ -20,5 +20,6 @@ pub mod server;
 pub mod soak;
 pub mod store_cost;
 pub mod tools;
+pub mod webdriver;
 
 pub use server::Berth;

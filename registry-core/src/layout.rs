@@ -242,6 +242,16 @@ pub fn robot_tokens_prefix() -> String {
     format!("{ROOT}/berth/robots/")
 }
 
+/// What the last collection removed and when (`registry::collections`).
+pub fn last_collection() -> String {
+    format!("{ROOT}/berth/gc-last.json")
+}
+
+/// The key that signs the web UI's session cookies, shared by every replica.
+pub fn ui_session_key() -> String {
+    format!("{ROOT}/berth/ui/session-key")
+}
+
 /// The lease that lets one process at a time collect garbage.
 pub fn gc_lease() -> String {
     format!("{ROOT}/berth/gc-lease")

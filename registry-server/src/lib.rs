@@ -3,6 +3,7 @@
 pub mod api;
 pub mod auth;
 pub mod backend;
+pub mod civil_time;
 pub mod config;
 pub mod connections;
 pub mod content;
@@ -11,4 +12,5 @@ pub mod malloc_settings;
 pub mod notify;
 pub mod observe;
 pub mod serve;
+pub mod ui;
 pub mod upstream;

@@ -87,10 +87,15 @@ pub async fn run(settings: Settings) -> Result<(), StartupError> {
     tracing::info!(%bound, backend = app.registry.store().name(), scheme, "berth serving");
     println!("listening on {scheme}://{bound}");
     let metrics = app.metrics.clone();
+    let pages = if app.settings.ui {
+        crate::ui::routes(app.clone())
+    } else {
+        axum::Router::new()
+    };
     crate::connections::serve(
         listener,
         tls,
-        router(app),
+        router(app, pages),
         &connections,
         metrics,
         shutdown_signal(),

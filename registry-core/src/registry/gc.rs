@@ -432,6 +432,11 @@ impl Registry {
             futures::future::Either::Right(((), _)) => unreachable!("holding never ends"),
         };
         let _ = self.store.delete(&layout::gc_lease()).await;
+        if let Ok(report) = &result
+            && !o.dry_run
+        {
+            self.record_collection(start, report).await;
+        }
         result.map(Some)
     }
 

@@ -4,6 +4,7 @@ mod blob_sizes;
 mod blobs;
 mod cache_expiry;
 mod catalog;
+mod collections;
 pub mod gc;
 mod manifest_cache;
 mod manifests;
@@ -26,6 +27,7 @@ use crate::storage::{PutCondition, StorageDriver, StorageError};
 use crate::upload::UploadSessions;
 
 pub use cache_expiry::CacheExpiry;
+pub use collections::CollectionRecord;
 pub use manifests::{ManifestContent, PutManifestOutcome};
 pub use retention::RetentionRemoval;
 pub use rules::{Quota, RepositoryRules, Retention};

@@ -1,5 +1,5 @@
-//! When each repository was last pulled, for usage reports: noted in memory on every pull
-//! and written by each replica to its own object in the store every few minutes, so a pull
+//! When each repository, and each tag and manifest of it, was last pulled, for usage reports
+//! and the web UI: noted in memory on every pull and written by each replica to its own object in the store every few minutes, so a pull
 //! costs no store request. Readers take the newest time over every replica's object; a
 //! collection folds the objects of replicas that stopped writing into one.
 
@@ -13,16 +13,17 @@ use futures::TryStreamExt;
 use super::Registry;
 use crate::error::Result;
 use crate::layout;
-use crate::names::RepositoryName;
+use crate::names::{Reference, RepositoryName};
 use crate::storage::{PutCondition, StorageError};
 
-/// Repository → last pull (unix seconds).
+/// Repository, `repository:tag` or `repository@digest` → last pull (unix seconds). A
+/// repository name holds neither `:` nor `@`, so the three never collide.
 type Times = BTreeMap<String, u64>;
 
 /// This replica's pulls: those not yet written, and everything it wrote.
 pub(super) struct PullTimes {
     replica: String,
-    state: Mutex<(HashMap<RepositoryName, u64>, Times)>,
+    state: Mutex<(HashMap<String, u64>, Times)>,
 }
 
 /// A replica object untouched this long belongs to a replica that stopped: folded.
@@ -65,14 +66,40 @@ fn merge(into: &mut Times, from: Times) {
 }
 
 impl Registry {
-    /// Notes, in memory, that a client pulled from `name` now.
-    pub fn note_repository_pull(&self, name: &RepositoryName) {
+    /// Notes, in memory, that a client pulled `reference` of `name` now.
+    pub fn note_repository_pull(&self, name: &RepositoryName, reference: &Reference) {
+        let now = now_secs();
+        let of_reference = match reference {
+            Reference::Tag(t) => format!("{name}:{t}"),
+            Reference::Digest(d) => format!("{name}@{d}"),
+        };
         let mut state = self
             .pull_times
             .state
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        state.0.insert(name.clone(), now_secs());
+        state.0.insert(name.to_string(), now);
+        state.0.insert(of_reference, now);
+    }
+
+    /// When each tag (`tag`) and manifest (`@digest`) of `name` was last pulled.
+    pub async fn reference_pull_times(
+        &self,
+        name: &RepositoryName,
+    ) -> Result<HashMap<String, u64>> {
+        let all = self.pull_times().await?;
+        let tags = format!("{name}:");
+        let digests = format!("{name}@");
+        Ok(all
+            .range(name.to_string()..)
+            .take_while(|(k, _)| k.starts_with(name.as_str()))
+            .filter_map(|(k, t)| {
+                k.strip_prefix(&tags)
+                    .map(str::to_owned)
+                    .or_else(|| k.strip_prefix(&digests).map(|d| format!("@{d}")))
+                    .map(|k| (k, *t))
+            })
+            .collect())
     }
 
     /// Writes the pulls noted since the last write to this replica's object (nothing when
@@ -87,9 +114,9 @@ impl Registry {
             if state.0.is_empty() {
                 return Ok(());
             }
-            let pending: Vec<(RepositoryName, u64)> = state.0.drain().collect();
+            let pending: Vec<(String, u64)> = state.0.drain().collect();
             for (name, t) in pending {
-                let slot = state.1.entry(name.to_string()).or_default();
+                let slot = state.1.entry(name).or_default();
                 *slot = (*slot).max(t);
             }
             Bytes::from(serde_json::to_vec(&state.1).unwrap_or_default())
@@ -126,7 +153,7 @@ impl Registry {
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         merge(
             &mut all,
-            state.0.iter().map(|(n, t)| (n.to_string(), *t)).collect(),
+            state.0.iter().map(|(n, t)| (n.clone(), *t)).collect(),
         );
         Ok(all)
     }

@@ -1,9 +1,14 @@
 //! Tag listing with the spec's `n` / `last` pagination.
 
+use std::time::SystemTime;
+
+use futures::{StreamExt, TryStreamExt, stream};
+
 use super::Registry;
 use crate::error::{RegistryError, Result};
 use crate::layout;
-use crate::names::RepositoryName;
+use crate::names::{RepositoryName, Tag};
+use crate::storage::StorageError;
 
 /// One page of a lexically ordered listing.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -30,6 +35,36 @@ pub fn paginate(mut all: Vec<String>, n: Option<usize>, last: Option<&str>) -> P
 impl Registry {
     pub(super) async fn all_tags(&self, name: &RepositoryName) -> Result<Vec<String>> {
         Ok(self.store.list(&layout::tags_prefix(name)).await?.prefixes)
+    }
+
+    /// Every tag of a repository with when it was last pushed (its link's time), in lexical
+    /// order: one listing, then a stat per tag.
+    pub async fn tag_push_times(
+        &self,
+        name: &RepositoryName,
+    ) -> Result<Vec<(String, Option<SystemTime>)>> {
+        let mut tags = self.all_tags(name).await?;
+        tags.sort_unstable();
+        let store = self.store.clone();
+        let times: Vec<Option<SystemTime>> = stream::iter(tags.iter().cloned())
+            .map(|tag| {
+                let store = store.clone();
+                let key = tag
+                    .parse::<Tag>()
+                    .map(|t| layout::tag_current_link(name, &t));
+                async move {
+                    let Ok(key) = key else { return Ok(None) };
+                    match store.stat(&key).await {
+                        Ok(info) => Ok(info.last_modified),
+                        Err(StorageError::NotFound(_)) => Ok(None),
+                        Err(e) => Err(e),
+                    }
+                }
+            })
+            .buffered(32)
+            .try_collect()
+            .await?;
+        Ok(tags.into_iter().zip(times).collect())
     }
 
     /// Whether the repository exists: the catalog lists it (it keeps a repository whose

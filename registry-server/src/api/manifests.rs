@@ -30,7 +30,7 @@ pub(crate) async fn get(ctx: &Ctx, name: &str, reference: &str) -> ApiResult {
     // digest), is a pull.
     if ctx.method == Method::GET || matches!(reference, Reference::Tag(_)) {
         ctx.app.content.note_pull(&name, &reference);
-        ctx.app.registry.note_repository_pull(&name);
+        ctx.app.registry.note_repository_pull(&name, &reference);
     }
     if ctx.method == Method::GET {
         let tag = match &reference {

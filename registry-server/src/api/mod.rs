@@ -5,7 +5,7 @@ mod admin;
 mod blobs;
 pub mod error;
 mod listing;
-mod manifests;
+pub(crate) mod manifests;
 mod referrers;
 pub mod route;
 mod upload_ref;
@@ -41,9 +41,10 @@ pub struct App {
     pub notifier: crate::notify::Notifier,
 }
 
-/// Builds the router serving the whole API.
-pub fn router(app: Arc<App>) -> Router {
-    let mut r = Router::new();
+/// Builds the router serving the whole API, and `pages` (the web UI) beside it under the
+/// same access log.
+pub fn router(app: Arc<App>, pages: Router<Arc<App>>) -> Router {
+    let mut r = Router::new().merge(pages);
     if app.settings.auth.issuer.is_some() {
         // docker tries an OAuth2 POST first and falls back to GET on 404.
         r = r.route(
@@ -89,6 +90,11 @@ impl Query {
         url::form_urlencoded::Serializer::new(String::new())
             .extend_pairs(self.0.iter())
             .finish()
+    }
+
+    /// No parameters.
+    pub(crate) fn empty() -> Query {
+        Query(Vec::new())
     }
 
     fn of(parts: &Parts) -> Query {
@@ -258,7 +264,7 @@ async fn readyz(State(app): State<Arc<App>>) -> Response {
 }
 
 /// Where a request came from: its connection's peer, or what a trusted balancer says.
-fn origin_of(app: &App, parts: &Parts) -> Origin {
+pub(crate) fn origin_of(app: &App, parts: &Parts) -> Origin {
     let peer = parts
         .extensions
         .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()

@@ -79,6 +79,11 @@ impl Htpasswd {
             .into()
     }
 
+    /// Whether the file has an account `user`.
+    pub fn knows(&self, user: &str) -> bool {
+        self.users.contains_key(user)
+    }
+
     /// Whether `password` was verified as `user`'s within the last minute: no bcrypt run, so
     /// this may be called on the async workers.
     pub fn remembered(&self, user: &str, password: &str) -> bool {

@@ -9,6 +9,7 @@ pub mod robots;
 pub mod scope;
 pub mod throttle;
 pub mod token;
+pub mod viewer;
 
 use std::sync::Arc;
 
@@ -175,7 +176,7 @@ fn refused_login(refusal: LoginRefused, challenge: &str) -> AuthError {
 
 /// Whether a Host header is a host name or address with an optional port, and nothing else
 /// (it ends up inside a quoted challenge parameter).
-fn valid_authority(h: &str) -> bool {
+pub(crate) fn valid_authority(h: &str) -> bool {
     let (host, port) = match h.strip_prefix('[') {
         Some(v6) => match v6.split_once(']') {
             Some((addr, rest)) => (

@@ -430,6 +430,16 @@ pub struct BerthConfig {
     pub oidc: Vec<OidcIssuerConfig>,
     /// Usage reporting.
     pub usage: Option<UsageConfig>,
+    /// The web UI.
+    pub ui: Option<UiConfig>,
+}
+
+/// `berth.ui`: the web UI at `/ui/`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct UiConfig {
+    /// Serve it (default true).
+    pub enabled: Option<bool>,
 }
 
 /// `berth.usage`: how usage is kept.
@@ -654,6 +664,8 @@ pub struct Settings {
     pub policy: Option<std::sync::Arc<crate::auth::policy::PolicyFileWatch>>,
     /// How often this replica writes the pulls it saw (`berth.usage.pullflush`).
     pub pull_flush: Duration,
+    /// Serve the web UI at `/ui/`.
+    pub ui: bool,
     /// Refuse every write (maintenance).
     pub read_only: bool,
     /// Abandoned-upload purging, when on.
@@ -997,6 +1009,12 @@ fn validate(config: Config, warnings: &mut Vec<String>) -> Result<Settings, Conf
         auth,
         policy,
         pull_flush,
+        ui: config
+            .berth
+            .ui
+            .as_ref()
+            .and_then(|u| u.enabled)
+            .unwrap_or(true),
         read_only: s
             .maintenance
             .as_ref()
