@@ -52,6 +52,9 @@ impl Browser {
                     "--no-first-run", "--no-default-browser-check", "--disable-extensions",
                     "--disable-background-networking", "--disable-sync",
                     "--disable-component-update", "--disable-features=Translate,MediaRouter",
+                    // The tests' own HTTPS servers (an OIDC provider) have a test CA's
+                    // certificates; everything is on loopback.
+                    "--ignore-certificate-errors",
                     format!("--user-data-dir={}", profile.path().display()),
                     format!("--window-size={width},{height}"),
                 ],

@@ -500,3 +500,62 @@ async fn the_ui_can_be_turned_off() {
             .starts_with("text/javascript")
     );
 }
+
+/// A person logs in with an OpenID provider (the authorization code flow with PKCE, against
+/// a provider of the tests' own) and sees what the policy gives their identity; a refused
+/// login and a replayed answer leave them anonymous.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_openid_provider_logs_people_in() {
+    let dir = tempfile::tempdir().unwrap();
+    let issuer = integration::oidc_issuer::OidcIssuer::start(dir.path());
+    let users = htpasswd(dir.path(), &[("alice", "a-pass")]);
+    let policy = dir.path().join("policy.yml");
+    std::fs::write(
+        &policy,
+        "rules:\n  - name: alice does everything\n    actions: ['*']\n    accounts: [alice]\n  - name: staff read team\n    repository: team/*\n    actions: [pull]\n    kinds: [oidc]\n    claims:\n      email: '*@example.com'\n",
+    )
+    .unwrap();
+    let yaml = format!(
+        "storage:\n  filesystem:\n    rootdirectory: {root}/data\nauth:\n  htpasswd:\n    realm: test\n    path: {users}\nberth:\n  policy:\n    file: {policy}\n  oidc:\n    - issuer: {iss}\n      audience: [berth-ui]\n  ui:\n    oidc:\n      issuer: {iss}\n      clientid: berth-ui\n      label: Log in with Example SSO\n",
+        root = dir.path().display(),
+        users = users.display(),
+        policy = policy.display(),
+        iss = issuer.url
+    );
+    let registry = Berth::with_config(&yaml, &[("SSL_CERT_FILE", issuer.ca.to_str().unwrap())]);
+    let url = registry.url.clone();
+    let work = tempfile::tempdir().unwrap();
+    let src = work.path().join("img");
+    write_image_with(&src, "v1", 11, &[8 << 10], json!({}));
+    skopeo_push(&src, &registry.host, "team/web:1.0", "alice:a-pass", false);
+    skopeo_push(&src, &registry.host, "other/app:1.0", "alice:a-pass", false);
+
+    let b = Browser::start(1280, 900, &screenshot_dir("web_ui_oidc")).await;
+    issuer.sign_in_as(Some(json!({"sub": "carol", "email": "carol@example.com"})));
+    b.goto(&format!("{url}/ui/login?next=/ui/")).await;
+    b.screenshot("login").await;
+    b.click(&b.find("#oidc-login").await).await;
+    let account = b.find("#account").await;
+    assert_eq!(b.text(&account).await, "carol", "{}", registry.log());
+    assert_eq!(b.texts("a.repo").await, vec!["team/web"]);
+    assert_eq!(issuer.codes_redeemed(), 1);
+    log_out(&b).await;
+
+    // The provider refuses: still anonymous, told why.
+    issuer.sign_in_as(None);
+    b.goto(&format!("{url}/ui/login")).await;
+    b.click(&b.find("#oidc-login").await).await;
+    assert!(
+        b.text(&b.find("main").await)
+            .await
+            .contains("did not log you in")
+    );
+    assert!(b.all("#account").await.is_empty());
+
+    // An answer replayed (its login's cookie served its one answer) logs no one in.
+    let replay = format!("{url}/ui/login/oidc/callback?code=code-1&state=forged");
+    b.goto(&replay).await;
+    assert!(b.text(&b.find("main").await).await.contains("expired"));
+    assert!(b.all("#account").await.is_empty());
+    assert_eq!(issuer.codes_redeemed(), 1);
+}

@@ -43,6 +43,42 @@ pub struct OidcIdentity {
 struct Discovery {
     issuer: String,
     jwks_uri: String,
+    #[serde(default)]
+    authorization_endpoint: Option<String>,
+    #[serde(default)]
+    token_endpoint: Option<String>,
+}
+
+/// Where a provider takes browser logins: the authorization code flow's two endpoints.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LoginEndpoints {
+    /// Where the browser is sent to log in.
+    pub authorization: String,
+    /// Where Berth redeems the code for an ID token.
+    pub token: String,
+}
+
+/// What a browser login redeems: the code the provider returned and what the login began with.
+pub struct CodeRedemption<'a> {
+    /// The issuer.
+    pub issuer: &'a str,
+    /// The authorization code.
+    pub code: &'a str,
+    /// The redirect URI the login began with.
+    pub redirect_uri: &'a str,
+    /// The client id.
+    pub client_id: &'a str,
+    /// The client secret, if the provider wants one.
+    pub client_secret: Option<&'a str>,
+    /// The PKCE verifier whose challenge the login began with.
+    pub verifier: &'a str,
+    /// The nonce the ID token must carry.
+    pub nonce: &'a str,
+}
+
+#[derive(Deserialize)]
+struct TokenAnswer {
+    id_token: String,
 }
 
 /// One trusted issuer and the keys it signs with.
@@ -51,6 +87,8 @@ struct Issuer {
     keys: RwLock<HashMap<String, (DecodingKey, Algorithm)>>,
     /// When the keys were last fetched (`None`: never).
     fetched: Mutex<Option<Instant>>,
+    /// Its browser login endpoints, once read.
+    endpoints: RwLock<Option<LoginEndpoints>>,
 }
 
 /// How long a verified ID token is taken as verified again without checking its signature
@@ -125,6 +163,7 @@ impl OidcIssuers {
                     settings,
                     keys: RwLock::new(HashMap::new()),
                     fetched: Mutex::new(None),
+                    endpoints: RwLock::new(None),
                 })
                 .collect(),
             http,
@@ -205,18 +244,8 @@ impl OidcIssuers {
         Ok(id)
     }
 
-    /// Fetches the issuer's keys again, unless that was done within [`REFRESH_AT_MOST_EVERY`].
-    async fn refresh(&self, issuer: &Issuer) -> Result<(), String> {
-        {
-            let mut fetched = issuer
-                .fetched
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner);
-            if fetched.is_some_and(|at| at.elapsed() < REFRESH_AT_MOST_EVERY) {
-                return Ok(());
-            }
-            *fetched = Some(Instant::now());
-        }
+    /// The issuer's discovery document, checked to name the issuer itself.
+    async fn discover(&self, issuer: &Issuer) -> Result<Discovery, String> {
         let base = issuer.settings.issuer.trim_end_matches('/');
         let discovery: Discovery = self
             .http
@@ -234,6 +263,98 @@ impl OidcIssuers {
                 discovery.issuer
             ));
         }
+        Ok(discovery)
+    }
+
+    fn issuer(&self, url: &str) -> Result<&Issuer, String> {
+        self.issuers
+            .iter()
+            .find(|i| i.settings.issuer.trim_end_matches('/') == url.trim_end_matches('/'))
+            .ok_or_else(|| format!("issuer {url:?} is not trusted"))
+    }
+
+    /// Where `issuer` takes browser logins (read from its discovery document once).
+    pub async fn login_endpoints(&self, issuer: &str) -> Result<LoginEndpoints, String> {
+        let issuer = self.issuer(issuer)?;
+        if let Some(e) = issuer
+            .endpoints
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+        {
+            return Ok(e);
+        }
+        let d = self.discover(issuer).await?;
+        let (Some(authorization), Some(token)) = (d.authorization_endpoint, d.token_endpoint)
+        else {
+            return Err("the issuer offers no authorization code flow".into());
+        };
+        if !authorization.starts_with("https://") || !token.starts_with("https://") {
+            return Err("the issuer's login endpoints are not https".into());
+        }
+        let e = LoginEndpoints {
+            authorization,
+            token,
+        };
+        *issuer
+            .endpoints
+            .write()
+            .unwrap_or_else(PoisonError::into_inner) = Some(e.clone());
+        Ok(e)
+    }
+
+    /// Redeems a browser login's authorization code for its ID token (with the PKCE
+    /// verifier), verifies the token as any OIDC login's, and checks it carries the login's
+    /// nonce.
+    pub async fn redeem(&self, r: &CodeRedemption<'_>) -> Result<OidcIdentity, String> {
+        let endpoints = self.login_endpoints(r.issuer).await?;
+        let mut form = vec![
+            ("grant_type", "authorization_code"),
+            ("code", r.code),
+            ("redirect_uri", r.redirect_uri),
+            ("client_id", r.client_id),
+            ("code_verifier", r.verifier),
+        ];
+        if let Some(secret) = r.client_secret {
+            form.push(("client_secret", secret));
+        }
+        let body = url::form_urlencoded::Serializer::new(String::new())
+            .extend_pairs(form)
+            .finish();
+        let answer: TokenAnswer = self
+            .http
+            .post(&endpoints.token)
+            .header("content-type", "application/x-www-form-urlencoded")
+            .header("accept", "application/json")
+            .body(body)
+            .send()
+            .await
+            .and_then(reqwest::Response::error_for_status)
+            .map_err(|e| format!("token endpoint: {e}"))?
+            .json()
+            .await
+            .map_err(|e| format!("token endpoint: {e}"))?;
+        let id = self.verify(&answer.id_token).await?;
+        if id.claims.get("nonce").and_then(|n| n.as_str()) != Some(r.nonce) {
+            return Err("the ID token does not carry this login's nonce".into());
+        }
+        Ok(id)
+    }
+
+    /// Fetches the issuer's keys again, unless that was done within [`REFRESH_AT_MOST_EVERY`].
+    async fn refresh(&self, issuer: &Issuer) -> Result<(), String> {
+        {
+            let mut fetched = issuer
+                .fetched
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            if fetched.is_some_and(|at| at.elapsed() < REFRESH_AT_MOST_EVERY) {
+                return Ok(());
+            }
+            *fetched = Some(Instant::now());
+        }
+        let base = issuer.settings.issuer.trim_end_matches('/');
+        let discovery = self.discover(issuer).await?;
         if !discovery.jwks_uri.starts_with("https://") {
             return Err(format!("jwks_uri {:?} is not https", discovery.jwks_uri));
         }

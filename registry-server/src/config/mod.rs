@@ -440,6 +440,44 @@ pub struct BerthConfig {
 pub struct UiConfig {
     /// Serve it (default true).
     pub enabled: Option<bool>,
+    /// Log people in with an OpenID provider (authorization code flow with PKCE).
+    pub oidc: Option<UiOidcConfig>,
+}
+
+/// `berth.ui.oidc`: the OpenID provider people log in with in the browser.
+#[derive(Debug, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct UiOidcConfig {
+    /// The issuer; it must be one of `berth.oidc` with `clientid` among its audiences.
+    pub issuer: Option<String>,
+    /// The client the provider knows Berth's UI as.
+    pub clientid: Option<String>,
+    /// Its secret, for providers that want one besides PKCE (or `BERTH_UI_OIDC_CLIENTSECRET`).
+    pub clientsecret: Option<String>,
+    /// Scopes asked for (default `openid profile email`).
+    pub scopes: Vec<String>,
+    /// Where the provider sends the browser back (default: `http.host` or the page's own
+    /// origin, then `/ui/login/oidc/callback`).
+    pub redirecturl: Option<String>,
+    /// The button's text (default `Log in with OIDC`).
+    pub label: Option<String>,
+}
+
+/// How the UI logs people in with an OpenID provider.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UiOidcSettings {
+    /// The issuer URL (one of the trusted issuers).
+    pub issuer: String,
+    /// The client id.
+    pub client_id: String,
+    /// The client secret, if the provider wants one.
+    pub client_secret: Option<String>,
+    /// Scopes asked for.
+    pub scopes: Vec<String>,
+    /// The redirect URL, when configured.
+    pub redirect_url: Option<String>,
+    /// The login button's text.
+    pub label: String,
 }
 
 /// `berth.usage`: how usage is kept.
@@ -666,6 +704,8 @@ pub struct Settings {
     pub pull_flush: Duration,
     /// Serve the web UI at `/ui/`.
     pub ui: bool,
+    /// The UI's login with an OpenID provider, when configured.
+    pub ui_oidc: Option<UiOidcSettings>,
     /// Refuse every write (maintenance).
     pub read_only: bool,
     /// Abandoned-upload purging, when on.
@@ -684,6 +724,61 @@ pub struct Settings {
     pub log_level: String,
     /// Emit JSON logs.
     pub log_json: bool,
+}
+
+/// `berth.ui.oidc`, checked against the trusted issuers: the ID tokens the provider returns
+/// are verified as every OIDC login is, so its issuer must be trusted for this client.
+fn ui_oidc_settings(
+    c: Option<&UiOidcConfig>,
+    trusted: &[OidcIssuerConfig],
+) -> Result<Option<UiOidcSettings>, ConfigError> {
+    let Some(c) = c else { return Ok(None) };
+    let issuer = c
+        .issuer
+        .clone()
+        .ok_or_else(|| key_err("berth.ui.oidc.issuer", "missing"))?;
+    let client_id = c
+        .clientid
+        .clone()
+        .ok_or_else(|| key_err("berth.ui.oidc.clientid", "missing"))?;
+    let Some(t) = trusted.iter().find(|t| {
+        t.issuer.as_deref().map(|i| i.trim_end_matches('/')) == Some(issuer.trim_end_matches('/'))
+    }) else {
+        return Err(key_err(
+            "berth.ui.oidc.issuer",
+            format!("{issuer:?} is not among berth.oidc's trusted issuers"),
+        ));
+    };
+    let audiences = t.audience.as_ref().map(strings).unwrap_or_default();
+    if !audiences.contains(&client_id) {
+        return Err(key_err(
+            "berth.ui.oidc.clientid",
+            format!("{client_id:?} is not an audience berth.oidc trusts for {issuer:?}"),
+        ));
+    }
+    if let Some(url) = &c.redirecturl
+        && !url.ends_with("/ui/login/oidc/callback")
+    {
+        return Err(key_err(
+            "berth.ui.oidc.redirecturl",
+            "must end with /ui/login/oidc/callback",
+        ));
+    }
+    Ok(Some(UiOidcSettings {
+        issuer,
+        client_id,
+        client_secret: c
+            .clientsecret
+            .clone()
+            .or_else(|| std::env::var("BERTH_UI_OIDC_CLIENTSECRET").ok()),
+        scopes: if c.scopes.is_empty() {
+            vec!["openid".into(), "profile".into(), "email".into()]
+        } else {
+            c.scopes.clone()
+        },
+        redirect_url: c.redirecturl.clone(),
+        label: c.label.clone().unwrap_or_else(|| "Log in with OIDC".into()),
+    }))
 }
 
 /// Where the configuration comes from.
@@ -1015,6 +1110,10 @@ fn validate(config: Config, warnings: &mut Vec<String>) -> Result<Settings, Conf
             .as_ref()
             .and_then(|u| u.enabled)
             .unwrap_or(true),
+        ui_oidc: ui_oidc_settings(
+            config.berth.ui.as_ref().and_then(|u| u.oidc.as_ref()),
+            &config.berth.oidc,
+        )?,
         read_only: s
             .maintenance
             .as_ref()

@@ -382,3 +382,39 @@ fn a_cache_that_expires_collects_on_a_schedule_unless_told_not_to() {
     assert!(gc("proxy:\n  remoteurl: https://x\n  ttl: 0\n").is_none());
     assert!(gc("proxy:\n  remoteurl: https://x\nberth:\n  gc:\n    enabled: false\n").is_none());
 }
+
+#[test]
+fn the_ui_is_on_unless_turned_off_and_its_oidc_login_must_be_trusted() {
+    let (s, _) = load_str("storage: {inmemory: {}}\n", &[]).unwrap();
+    assert!(s.ui && s.ui_oidc.is_none());
+    let (s, _) = load_str(
+        "storage: {inmemory: {}}\nberth: {ui: {enabled: false}}\n",
+        &[],
+    )
+    .unwrap();
+    assert!(!s.ui);
+    let (s, _) = load_str(
+        "storage: {inmemory: {}}\n",
+        &[("REGISTRY_BERTH_UI_ENABLED", "false")],
+    )
+    .unwrap();
+    assert!(!s.ui);
+    let trusted = "auth: {htpasswd: {realm: r, path: /dev/null}}\nberth:\n  policy: {file: /dev/null}\n  oidc: [{issuer: 'https://id.example', audience: [berth-ui]}]\n";
+    let with = |ui: &str| {
+        load_str(
+            &format!("storage: {{inmemory: {{}}}}\n{trusted}  ui: {{oidc: {ui}}}\n"),
+            &[],
+        )
+    };
+    let (s, _) = with("{issuer: 'https://id.example', clientid: berth-ui}").unwrap();
+    let o = s.ui_oidc.unwrap();
+    assert_eq!(o.scopes, vec!["openid", "profile", "email"]);
+    assert_eq!(o.label, "Log in with OIDC");
+    let e = with("{issuer: 'https://other.example', clientid: berth-ui}").unwrap_err();
+    assert!(e.to_string().contains("berth.ui.oidc.issuer"), "{e}");
+    let e = with("{issuer: 'https://id.example', clientid: someone-else}").unwrap_err();
+    assert!(e.to_string().contains("berth.ui.oidc.clientid"), "{e}");
+    let e = with("{issuer: 'https://id.example', clientid: berth-ui, redirecturl: 'https://x/'}")
+        .unwrap_err();
+    assert!(e.to_string().contains("redirecturl"), "{e}");
+}

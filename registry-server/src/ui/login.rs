@@ -15,7 +15,7 @@ use crate::auth::AuthError;
 use crate::auth::policy::Subject;
 
 /// Where to go after a login: a UI page of this site, never another site.
-fn safe_next(next: Option<&str>) -> &str {
+pub(super) fn safe_next(next: Option<&str>) -> &str {
     match next {
         Some(n) if n.starts_with("/ui/") && !n.contains("//") && !n.contains('\\') => n,
         _ => "/ui/",
@@ -41,6 +41,7 @@ pub(super) async fn form(State(ui): State<Arc<Ui>>, req: Request) -> Response {
         next: safe_next(get(&q, "next")),
         user: "",
         error: None,
+        oidc_label: ui.app.settings.ui_oidc.as_ref().map(|o| o.label.as_str()),
     };
     visit.respond(render(StatusCode::OK, &page))
 }
@@ -67,6 +68,7 @@ pub(super) async fn submit(State(ui): State<Arc<Ui>>, req: Request) -> Response 
             next: &next,
             user,
             error: Some(error),
+            oidc_label: ui.app.settings.ui_oidc.as_ref().map(|o| o.label.as_str()),
         };
         visit.respond(render(status, &page))
     };

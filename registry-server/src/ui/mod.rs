@@ -8,6 +8,7 @@ mod delete;
 mod facts;
 mod inspect;
 mod login;
+mod oidc_login;
 mod repositories;
 mod session;
 mod tags;
@@ -51,6 +52,8 @@ pub fn routes(app: Arc<App>) -> Router<Arc<App>> {
         .route("/ui/", get(repositories::page))
         .route("/ui/assets/{file}", get(assets::serve))
         .route("/ui/login", get(login::form).post(login::submit))
+        .route("/ui/login/oidc", get(oidc_login::start))
+        .route("/ui/login/oidc/callback", get(oidc_login::callback))
         .route("/ui/logout", post(login::logout))
         .route(
             "/ui/repo/{*path}",

@@ -50,13 +50,15 @@ struct Sealed {
     e: u64,
 }
 
-fn now() -> u64 {
+/// Unix seconds now.
+pub fn now() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs())
 }
 
-fn random_hex() -> String {
+/// 122 random bits as 32 hex digits.
+pub fn random_hex() -> String {
     uuid::Uuid::new_v4().simple().to_string()
 }
 
@@ -106,13 +108,34 @@ impl SessionKey {
         Err(StorageError::Backend("no session key could be read".into()))
     }
 
-    fn mac(&self, purpose: &[u8], data: &[u8]) -> Vec<u8> {
+    fn mac(&self, purpose: &[u8], data: &[u8]) -> Hmac<Sha256> {
         let mut mac = <Hmac<Sha256> as KeyInit>::new_from_slice(&self.key)
             .expect("HMAC takes keys of any length");
         mac.update(purpose);
         mac.update(&[0]);
         mac.update(data);
-        mac.finalize().into_bytes().to_vec()
+        mac
+    }
+
+    /// `value` as JSON, signed for `purpose` (a cookie's value).
+    pub fn sign<T: Serialize>(&self, purpose: &str, value: &T) -> String {
+        let payload = B64.encode(serde_json::to_vec(value).unwrap_or_default());
+        let tag = B64.encode(
+            self.mac(purpose.as_bytes(), payload.as_bytes())
+                .finalize()
+                .into_bytes(),
+        );
+        format!("{payload}.{tag}")
+    }
+
+    /// What [`SessionKey::sign`] signed for `purpose`, if this key signed it.
+    pub fn verify<T: serde::de::DeserializeOwned>(&self, purpose: &str, signed: &str) -> Option<T> {
+        let (payload, tag) = signed.split_once('.')?;
+        let tag = B64.decode(tag).ok()?;
+        self.mac(purpose.as_bytes(), payload.as_bytes())
+            .verify_slice(&tag)
+            .ok()?;
+        serde_json::from_slice(&B64.decode(payload).ok()?).ok()
     }
 
     /// The cookie value for `session`.
@@ -126,21 +149,12 @@ impl SessionKey {
             n: session.nonce.clone(),
             e: session.expires,
         };
-        let payload = B64.encode(serde_json::to_vec(&sealed).unwrap_or_default());
-        let tag = B64.encode(self.mac(b"session", payload.as_bytes()));
-        format!("{payload}.{tag}")
+        self.sign("session", &sealed)
     }
 
     /// The session a cookie value holds, if this key signed it and it has not ended.
     pub fn open(&self, cookie: &str) -> Option<Session> {
-        let (payload, tag) = cookie.split_once('.')?;
-        let tag = B64.decode(tag).ok()?;
-        let mut mac = <Hmac<Sha256> as KeyInit>::new_from_slice(&self.key).ok()?;
-        mac.update(b"session");
-        mac.update(&[0]);
-        mac.update(payload.as_bytes());
-        mac.verify_slice(&tag).ok()?;
-        let sealed: Sealed = serde_json::from_slice(&B64.decode(payload).ok()?).ok()?;
+        let sealed: Sealed = self.verify("session", cookie)?;
         if sealed.e <= now() {
             return None;
         }
@@ -161,7 +175,11 @@ impl SessionKey {
 
     /// The CSRF token of a session's forms.
     pub fn csrf(&self, session: &Session) -> String {
-        B64.encode(self.mac(b"csrf", session.nonce.as_bytes()))
+        B64.encode(
+            self.mac(b"csrf", session.nonce.as_bytes())
+                .finalize()
+                .into_bytes(),
+        )
     }
 
     /// Whether `token` is the session's CSRF token (compared in constant time).
@@ -169,14 +187,9 @@ impl SessionKey {
         let Ok(given) = B64.decode(token) else {
             return false;
         };
-        let mut mac = match <Hmac<Sha256> as KeyInit>::new_from_slice(&self.key) {
-            Ok(m) => m,
-            Err(_) => return false,
-        };
-        mac.update(b"csrf");
-        mac.update(&[0]);
-        mac.update(session.nonce.as_bytes());
-        mac.verify_slice(&given).is_ok()
+        self.mac(b"csrf", session.nonce.as_bytes())
+            .verify_slice(&given)
+            .is_ok()
     }
 }
 
@@ -212,6 +225,12 @@ mod tests {
         assert!(key().open(&format!("{forged}.{tag}")).is_none());
         assert!(key().open(payload).is_none());
         assert!(key().open(&format!("{payload}.")).is_none());
+        // A value signed for another purpose is not a session.
+        let other = key().sign(
+            "oidc",
+            &serde_json::json!({"k": "password", "a": "x", "n": "", "e": u64::MAX}),
+        );
+        assert!(key().open(&other).is_none());
         assert!(key().open("").is_none());
     }
 

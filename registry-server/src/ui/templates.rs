@@ -171,6 +171,7 @@ pub struct Login<'a> {
     pub next: &'a str,
     pub user: &'a str,
     pub error: Option<&'a str>,
+    pub oidc_label: Option<&'a str>,
 }
 
 /// A rendered page with `status`.

@@ -26,7 +26,8 @@ pub(crate) struct Visit {
     secure: bool,
 }
 
-fn cookie_of<'a>(parts: &'a Parts, name: &str) -> Option<&'a str> {
+/// The value of cookie `name`, if the request carries it.
+pub(crate) fn cookie_of<'a>(parts: &'a Parts, name: &str) -> Option<&'a str> {
     parts
         .headers
         .get_all("cookie")
@@ -135,6 +136,16 @@ impl Visit {
             ));
         }
         Ok((visit, form))
+    }
+
+    /// The key that signs this site's cookies.
+    pub fn key(&self) -> &SessionKey {
+        &self.key
+    }
+
+    /// Whether the page was reached over HTTPS (its cookies are then `Secure`).
+    pub fn secure(&self) -> bool {
+        self.secure
     }
 
     /// `resp` with the session cookie, when it is new.
