@@ -160,7 +160,11 @@ impl Api {
         } else {
             resp
         };
-        assert_eq!(resp.status(), 201, "blob push to {repo}");
+        let status = resp.status();
+        if status != 201 {
+            let body = resp.text().await.unwrap_or_default();
+            panic!("blob push to {repo}: {status} {body}");
+        }
         d
     }
 

@@ -559,3 +559,82 @@ async fn an_openid_provider_logs_people_in() {
     assert!(b.all("#account").await.is_empty());
     assert_eq!(issuer.codes_redeemed(), 1);
 }
+
+/// The requests an upstream Berth served for manifests, by its metrics.
+async fn manifest_requests(url: &str) -> u64 {
+    let text = reqwest::get(format!("{url}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    text.lines()
+        .filter(|l| l.starts_with("berth_http_requests_total{route=\"manifest\""))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+        .sum()
+}
+
+/// A cached (pull-through) repository shows what was fetched for it, costs its upstream no
+/// request per page view, and cannot be changed from the UI.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cached_repositories_are_shown_without_asking_their_upstream() {
+    let (up_root, cache_root) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let upstream = Berth::filesystem(up_root.path());
+    let work = tempfile::tempdir().unwrap();
+    let src = work.path().join("img");
+    write_image_with(
+        &src,
+        "v1",
+        21,
+        &[8 << 10],
+        json!({"created": "2026-10-01T00:00:00Z"}),
+    );
+    skopeo_push(&src, &upstream.host, "lib/app:1.0", "x:y", false);
+    let cache = Berth::with_config(
+        &format!(
+            "storage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nberth:\n  proxies:\n    - prefix: hub\n      remoteurl: {}\n",
+            cache_root.path().display(),
+            upstream.url
+        ),
+        &[],
+    );
+    run(std::process::Command::new("skopeo")
+        .args(["inspect", "--tls-verify=false"])
+        .arg(format!("docker://{}/hub/lib/app:1.0", cache.host)));
+    let asked = manifest_requests(&upstream.url).await;
+    assert!(asked > 0, "the pull reached the upstream");
+    let http = reqwest::Client::new();
+    let page = |path: String| {
+        let req = http.get(format!("{}{path}", cache.url));
+        async move {
+            let r = req.send().await.unwrap();
+            (r.status().as_u16(), r.text().await.unwrap())
+        }
+    };
+    let (status, tags) = page("/ui/repo/hub/lib/app".into()).await;
+    assert_eq!(status, 200);
+    assert!(
+        tags.contains("data-tag=\"1.0\"") && tags.contains("2026-10-01 00:00 UTC"),
+        "{tags}"
+    );
+    assert!(
+        !tags.contains("class=\"delete\""),
+        "a cache cannot be changed here"
+    );
+    let at = tags.find("/_manifest/").unwrap();
+    let inspect: String = tags[at - "/ui/repo/hub/lib/app".len()..]
+        .split('"')
+        .next()
+        .unwrap()
+        .replace("&amp;", "&");
+    let (status, image) = page(inspect).await;
+    assert_eq!(status, 200);
+    assert!(image.contains("Layers"));
+    let (status, _) = page("/ui/repo/hub/lib/app/_delete?reference=1.0".into()).await;
+    assert_eq!(status, 403);
+    assert_eq!(
+        manifest_requests(&upstream.url).await,
+        asked,
+        "page views asked the upstream"
+    );
+}

@@ -627,6 +627,30 @@ impl StorageDriver for GcsDriver {
         .boxed()
     }
 
+    fn lists_with_info(&self) -> bool {
+        true
+    }
+
+    async fn list_with_info(
+        &self,
+        prefix: &str,
+    ) -> Result<Vec<(String, ObjectInfo)>, StorageError> {
+        let mut out = Vec::new();
+        let mut token: Option<String> = None;
+        loop {
+            let page = self.list_page(prefix, false, token.as_deref()).await?;
+            out.extend(
+                page.items
+                    .iter()
+                    .map(|o| (self.key_of(&o.name), info_of(o))),
+            );
+            match page.next_page_token {
+                Some(t) => token = Some(t),
+                None => return Ok(out),
+            }
+        }
+    }
+
     async fn copy(&self, from: &str, to: &str) -> Result<(), StorageError> {
         self.rewrite(&self.name(from), &self.name(to)).await
     }

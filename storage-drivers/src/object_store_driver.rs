@@ -336,6 +336,24 @@ impl StorageDriver for ObjectStoreDriver {
             .boxed()
     }
 
+    fn lists_with_info(&self) -> bool {
+        true
+    }
+
+    async fn list_with_info(
+        &self,
+        prefix: &str,
+    ) -> Result<Vec<(String, ObjectInfo)>, StorageError> {
+        self.store
+            .list(Some(&self.path(prefix)))
+            .map(|r| {
+                r.map(|m| (self.key_of(&m.location), info_of(&m)))
+                    .map_err(|e| map_err(prefix, e))
+            })
+            .try_collect()
+            .await
+    }
+
     async fn copy(&self, from: &str, to: &str) -> Result<(), StorageError> {
         self.store
             .copy(&self.path(from), &self.path(to))

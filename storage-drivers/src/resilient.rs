@@ -297,6 +297,18 @@ impl StorageDriver for Resilient {
         self.inner.list_recursive(prefix)
     }
 
+    fn lists_with_info(&self) -> bool {
+        self.inner.lists_with_info()
+    }
+
+    async fn list_with_info(
+        &self,
+        prefix: &str,
+    ) -> Result<Vec<(String, ObjectInfo)>, StorageError> {
+        self.retry("list", || self.inner.list_with_info(prefix))
+            .await
+    }
+
     async fn copy(&self, from: &str, to: &str) -> Result<(), StorageError> {
         self.retry("copy", || self.inner.copy(from, to)).await
     }

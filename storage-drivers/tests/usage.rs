@@ -66,3 +66,36 @@ async fn repositories_count_their_bytes_and_what_only_they_hold() {
     assert_eq!(u.total_bytes, 1000 + 300 + 2 + a_manifest + b_manifest);
     assert_eq!(u.repositories[0].name, "team/a", "the biggest first");
 }
+
+#[tokio::test]
+async fn tags_push_times_and_pulls_are_told_per_tag() {
+    let r = Registry::new(
+        Arc::new(memory_driver(1 << 20)),
+        RegistrySettings::default(),
+    );
+    push(&r, "team/a", "old", &[1u8; 10]).await;
+    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    push(&r, "team/a", "new", &[2u8; 10]).await;
+    let name: RepositoryName = "team/a".parse().unwrap();
+    let mut all = r.all_tag_push_times(&name).await.unwrap();
+    all.sort();
+    assert_eq!(all.len(), 2);
+    let (new, old) = (all[0].1.unwrap(), all[1].1.unwrap());
+    assert!(new > old, "{all:?}");
+    let some = r
+        .tag_push_times(&name, &["old".into(), "gone".into()])
+        .await
+        .unwrap();
+    assert_eq!(some, vec![Some(old), None]);
+    // Pulls by tag and by digest, told apart, and not another repository's.
+    r.note_repository_pull(&name, &Reference::Tag("old".parse().unwrap()));
+    let other: RepositoryName = "team/ab".parse().unwrap();
+    r.note_repository_pull(&other, &Reference::Tag("new".parse().unwrap()));
+    let d = Digest::of(Algorithm::Sha256, b"x");
+    r.note_repository_pull(&name, &Reference::Digest(d.clone()));
+    r.flush_pull_times().await.unwrap();
+    let pulls = r.reference_pull_times(&name).await.unwrap();
+    let mut keys: Vec<&String> = pulls.keys().collect();
+    keys.sort();
+    assert_eq!(keys, vec![&format!("@{d}"), &"old".to_string()]);
+}

@@ -74,6 +74,9 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
 {{- $berth := dict "gc" (dict "enabled" .Values.gc.enabled "interval" .Values.gc.interval "grace" .Values.gc.grace "deleteuntagged" .Values.gc.deleteUntagged "leasettl" .Values.gc.leaseTTL) -}}
 {{- if .Values.policy -}}{{- $_ := set $berth "policy" (dict "file" "/etc/berth/policy/policy.yml") -}}{{- end -}}
 {{- if .Values.oidc -}}{{- $_ := set $berth "oidc" .Values.oidc -}}{{- end -}}
+{{- $ui := dict "enabled" .Values.ui.enabled -}}
+{{- if .Values.ui.oidc -}}{{- $_ := set $ui "oidc" .Values.ui.oidc -}}{{- end -}}
+{{- $_ := set $berth "ui" $ui -}}
 {{- $_ := set $config "berth" $berth -}}
 {{- toYaml (mustMergeOverwrite $config .Values.configData) -}}
 {{- end -}}

@@ -37,16 +37,15 @@ impl Registry {
         Ok(self.store.list(&layout::tags_prefix(name)).await?.prefixes)
     }
 
-    /// Every tag of a repository with when it was last pushed (its link's time), in lexical
-    /// order: one listing, then a stat per tag.
+    /// When each of `tags` of a repository was last pushed (its link's time; `None` for a
+    /// tag that is gone): a stat per tag, 32 at a time.
     pub async fn tag_push_times(
         &self,
         name: &RepositoryName,
-    ) -> Result<Vec<(String, Option<SystemTime>)>> {
-        let mut tags = self.all_tags(name).await?;
-        tags.sort_unstable();
+        tags: &[String],
+    ) -> Result<Vec<Option<SystemTime>>> {
         let store = self.store.clone();
-        let times: Vec<Option<SystemTime>> = stream::iter(tags.iter().cloned())
+        let times = stream::iter(tags.iter().cloned())
             .map(|tag| {
                 let store = store.clone();
                 let key = tag
@@ -64,7 +63,30 @@ impl Registry {
             .buffered(32)
             .try_collect()
             .await?;
-        Ok(tags.into_iter().zip(times).collect())
+        Ok(times)
+    }
+
+    /// Every tag of a repository with when it was last pushed: from one listing of its tag
+    /// links where the store's listing carries their times, else a stat per tag (a walk of
+    /// every tag's folders would cost more).
+    pub async fn all_tag_push_times(
+        &self,
+        name: &RepositoryName,
+    ) -> Result<Vec<(String, Option<SystemTime>)>> {
+        if !self.store.lists_with_info() {
+            let tags = self.all_tags(name).await?;
+            let times = self.tag_push_times(name, &tags).await?;
+            return Ok(tags.into_iter().zip(times).collect());
+        }
+        let prefix = layout::tags_prefix(name);
+        let listed = self.store.list_with_info(&prefix).await?;
+        Ok(listed
+            .into_iter()
+            .filter_map(|(key, info)| {
+                let tag = key.strip_prefix(&prefix)?.strip_suffix("/current/link")?;
+                (!tag.contains('/')).then(|| (tag.to_owned(), info.last_modified))
+            })
+            .collect())
     }
 
     /// Whether the repository exists: the catalog lists it (it keeps a repository whose

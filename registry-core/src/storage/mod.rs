@@ -209,6 +209,35 @@ pub trait StorageDriver: Send + Sync + Debug + 'static {
     /// Streams every object key under `prefix`, at any depth.
     fn list_recursive(&self, prefix: &str) -> BoxStream<'static, Result<String, StorageError>>;
 
+    /// Whether [`StorageDriver::list_with_info`] answers from the listing alone (object
+    /// stores), rather than with a stat per key: then a listing beats a stat per object.
+    fn lists_with_info(&self) -> bool {
+        false
+    }
+
+    /// Every object under `prefix`, at any depth, with its size and time. Stores whose listing
+    /// carries both (S3, Azure, GCS) answer from the listing alone; the default stats each key.
+    async fn list_with_info(
+        &self,
+        prefix: &str,
+    ) -> Result<Vec<(String, ObjectInfo)>, StorageError> {
+        use futures::{StreamExt, TryStreamExt};
+        let keys: Vec<String> = self.list_recursive(prefix).try_collect().await?;
+        let found: Vec<Option<(String, ObjectInfo)>> = futures::stream::iter(keys)
+            .map(|key| async move {
+                match self.stat(&key).await {
+                    Ok(info) => Ok(Some((key, info))),
+                    // Deleted between the listing and the stat.
+                    Err(StorageError::NotFound(_)) => Ok(None),
+                    Err(e) => Err(e),
+                }
+            })
+            .buffered(32)
+            .try_collect()
+            .await?;
+        Ok(found.into_iter().flatten().collect())
+    }
+
     /// Copies an object inside the store without passing its bytes through this process.
     async fn copy(&self, from: &str, to: &str) -> Result<(), StorageError>;
 

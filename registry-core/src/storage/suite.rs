@@ -279,6 +279,25 @@ async fn listing(d: &dyn StorageDriver) {
             "suite/list/sub2/y/z"
         ]
     );
+    // With sizes and times, as the listing or a stat has them.
+    let before = std::time::SystemTime::now() - std::time::Duration::from_secs(3600);
+    let mut with_info = d.list_with_info("suite/list/").await.unwrap();
+    with_info.sort_by(|a, b| a.0.cmp(&b.0));
+    let keys: Vec<&str> = with_info.iter().map(|(k, _)| k.as_str()).collect();
+    assert_eq!(keys, all);
+    for (k, info) in &with_info {
+        assert_eq!(info.size, 1, "{k}");
+        assert!(
+            info.last_modified.is_some_and(|t| t > before),
+            "{k}: {info:?}"
+        );
+    }
+    assert!(
+        d.list_with_info("suite/nothing-here/")
+            .await
+            .unwrap()
+            .is_empty()
+    );
 }
 
 async fn copy_rename_delete(d: &dyn StorageDriver) {

@@ -107,6 +107,17 @@ impl StorageDriver for InstrumentedDriver {
         self.inner.list_recursive(prefix)
     }
 
+    fn lists_with_info(&self) -> bool {
+        self.inner.lists_with_info()
+    }
+
+    async fn list_with_info(
+        &self,
+        prefix: &str,
+    ) -> Result<Vec<(String, ObjectInfo)>, StorageError> {
+        timed!(self, "list", self.inner.list_with_info(prefix))
+    }
+
     async fn copy(&self, from: &str, to: &str) -> Result<(), StorageError> {
         timed!(self, "copy", self.inner.copy(from, to))
     }

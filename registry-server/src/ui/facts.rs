@@ -12,7 +12,6 @@ use registry_core::{Digest, Reference, RepositoryName};
 use serde::Deserialize;
 
 use crate::api::App;
-use crate::content::Blob;
 
 /// Configs larger than this are not read (a real image config is a few KiB).
 const MAX_CONFIG: u64 = 4 << 20;
@@ -216,12 +215,13 @@ pub struct FactReader<'a> {
 }
 
 impl FactReader<'_> {
-    /// A manifest of the repository, as a pull would get it.
+    /// A manifest the repository holds in the store. Never asked of an upstream: a page view
+    /// of a cached repository shows what was fetched for it and costs the upstream nothing.
     pub async fn manifest(
         &self,
         reference: &Reference,
-    ) -> Result<ManifestContent, crate::content::ContentError> {
-        self.app.content.source(self.name).manifest(reference).await
+    ) -> Result<ManifestContent, registry_core::RegistryError> {
+        self.app.registry.get_manifest(self.name, reference).await
     }
 
     /// The image config `d`, if the repository has it and it reads as one.
@@ -232,24 +232,10 @@ impl FactReader<'_> {
         if let Some(f) = self.configs.get(&d.digest) {
             return Some(f);
         }
-        let blob = self
-            .app
-            .content
-            .source(self.name)
-            .blob(&d.digest, false)
-            .await
-            .ok()?;
-        let body = match blob {
-            Blob::Stored(_) => {
-                self.app
-                    .registry
-                    .read_blob(&d.digest, None)
-                    .await
-                    .ok()?
-                    .body
-            }
-            Blob::Fetched { body, .. } => body?,
-        };
+        // Only a blob the repository links is read.
+        let registry = &self.app.registry;
+        registry.stat_blob(self.name, &d.digest).await.ok()?;
+        let body = registry.read_blob(&d.digest, None).await.ok()?.body;
         let bytes = read_capped(body, MAX_CONFIG).await?;
         // Only what hashes to the digest is believed.
         if Digest::of(d.digest.algorithm(), &bytes) != d.digest {

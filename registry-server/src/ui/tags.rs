@@ -87,35 +87,45 @@ pub(super) async fn page(ui: &Arc<Ui>, parts: &Parts, raw_name: &str) -> Respons
     let registry = &ui.app.registry;
     let q = query_of(parts);
     let sort = Sort::parse(get(&q, "sort"));
-    let mut tags = match registry.tag_push_times(&name).await {
-        Ok(t) => t,
-        Err(e) => {
-            tracing::warn!(repository = %name, error = %e, "tags could not be listed");
-            return visit.message(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "Storage unavailable",
-                "The registry's storage is not answering. Try again in a moment.",
-            );
-        }
+    let unavailable = |e: registry_core::RegistryError| {
+        tracing::warn!(repository = %name, error = %e, "tags could not be listed");
+        visit.message(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "Storage unavailable",
+            "The registry's storage is not answering. Try again in a moment.",
+        )
     };
-    if tags.is_empty() && !registry.repository_exists(&name).await.unwrap_or(false) {
-        return hidden(&visit);
-    }
-    if sort == Sort::Pushed {
-        // Newest first; a tag gone since the listing (no time) last.
-        tags.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
-    }
+    let mut tags = match registry.list_tags(&name, None, None).await {
+        Ok(page) => page.items,
+        Err(registry_core::RegistryError::NameUnknown(_)) => return hidden(&visit),
+        Err(e) => return unavailable(e),
+    };
     let total = tags.len();
     let pages = total.div_ceil(PAGE).max(1);
     let page: usize = get(&q, "page")
         .and_then(|p| p.parse().ok())
         .unwrap_or(1)
         .clamp(1, pages);
-    let shown: Vec<(String, Option<SystemTime>)> = tags
-        .into_iter()
-        .skip((page - 1) * PAGE)
-        .take(PAGE)
-        .collect();
+    // By name, only the page's tags are looked at; by push time, every tag's time is needed.
+    let shown: Vec<(String, Option<SystemTime>)> = if sort == Sort::Pushed {
+        let mut all = match registry.all_tag_push_times(&name).await {
+            Ok(t) => t,
+            Err(e) => return unavailable(e),
+        };
+        // Newest first; a tag gone since the listing (no time) last.
+        all.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+        all.into_iter().skip((page - 1) * PAGE).take(PAGE).collect()
+    } else {
+        tags = tags
+            .into_iter()
+            .skip((page - 1) * PAGE)
+            .take(PAGE)
+            .collect();
+        match registry.tag_push_times(&name, &tags).await {
+            Ok(times) => tags.into_iter().zip(times).collect(),
+            Err(e) => return unavailable(e),
+        }
+    };
     let pulls: HashMap<String, u64> = registry
         .reference_pull_times(&name)
         .await
