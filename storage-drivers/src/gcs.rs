@@ -107,6 +107,9 @@ struct ObjectResource {
     size: u64,
     #[serde(default)]
     generation: Option<String>,
+    /// When its data last changed (RFC 3339).
+    #[serde(default)]
+    updated: Option<String>,
 }
 
 #[derive(Deserialize, Default)]
@@ -142,7 +145,13 @@ fn u64_from_string<'de, D: serde::Deserializer<'de>>(d: D) -> Result<u64, D::Err
 fn info_of(o: &ObjectResource) -> ObjectInfo {
     ObjectInfo {
         size: o.size,
-        last_modified: None,
+        // Without it, age checks (GC's grace window, a stale lease) would see every object as
+        // new, forever.
+        last_modified: o
+            .updated
+            .as_deref()
+            .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
+            .map(std::time::SystemTime::from),
         version: ObjectVersion {
             e_tag: None,
             version: o.generation.clone(),
