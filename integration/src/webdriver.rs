@@ -182,13 +182,22 @@ impl Browser {
         .map(str::to_owned)
     }
 
-    /// The texts of every element `css` selects.
+    /// The texts of every element `css` selects, read in one step (a list the page replaces
+    /// meanwhile is never half read).
     pub async fn texts(&self, css: &str) -> Vec<String> {
-        let mut out = Vec::new();
-        for e in self.all(css).await {
-            out.push(self.text(&e).await);
-        }
-        out
+        let v = self
+            .run(
+                "return Array.from(document.querySelectorAll(arguments[0])).map(e => e.innerText.trim());",
+                json!([css]),
+            )
+            .await;
+        v.as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(|t| t.as_str().map(str::to_owned))
+                    .collect()
+            })
+            .unwrap_or_default()
     }
 
     /// Runs `script` (a function body; `arguments` holds `args`) and returns its value.

@@ -367,6 +367,18 @@ async fn people_find_inspect_copy_and_delete_in_a_browser() {
     assert_eq!(b.text(&notice).await, "Deleted 2.0.");
     assert_eq!(b.texts("td.tag").await, vec!["1.0"]);
     assert_eq!(api_tags(&url, "team/web").await, vec!["1.0"]);
+    // A manifest, from its page: the index goes, with the tag naming it.
+    b.goto(&format!("{url}/ui/repo/team/multi")).await;
+    b.click(&b.find("td.tag a").await).await;
+    let index_digest = b.text(&b.find("#digest").await).await;
+    b.click(&b.find("#delete-manifest").await).await;
+    b.click(&b.find("#confirm-delete").await).await;
+    assert_eq!(
+        b.text(&b.find("#notice").await).await,
+        format!("Deleted {index_digest}.")
+    );
+    assert!(b.all("td.tag").await.is_empty());
+    assert!(api_tags(&url, "team/multi").await.is_empty());
 
     // Readable on a phone, and dark where the system is.
     b.resize(390, 844).await;
