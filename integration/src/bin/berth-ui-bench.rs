@@ -172,6 +172,22 @@ async fn time_listing(http: &reqwest::Client, base: &str, path: &str, n: usize) 
     times[n / 2]
 }
 
+/// Store operations the registry at `base` has made so far, by its metrics.
+async fn store_operations(http: &reqwest::Client, base: &str) -> u64 {
+    let text = http
+        .get(format!("{base}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    text.lines()
+        .filter(|l| l.starts_with("berth_storage_operation_duration_seconds_count"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+        .sum()
+}
+
 /// Median and 95th percentile, in milliseconds, of `n` sequential GETs of `url`.
 async fn time_page(http: &reqwest::Client, url: &str, n: usize) -> (f64, f64) {
     let get = || async {

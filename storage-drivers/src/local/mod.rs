@@ -69,6 +69,26 @@ fn place_written(
     }
 }
 
+/// Creates `dir` and its missing parents. Another writer's removal prunes directories it left
+/// empty, and may prune one of these between its creation and the next (create_dir_all then
+/// fails with NotFound, or with AlreadyExists when the directory vanished right after it was
+/// seen): the creation is tried again, as each attempt makes progress unless such a removal
+/// lands in the same instant.
+fn create_dirs(dir: &Path) -> std::io::Result<()> {
+    let mut tries = 0;
+    loop {
+        match std::fs::create_dir_all(dir) {
+            Err(e)
+                if tries < 16
+                    && matches!(e.kind(), ErrorKind::NotFound | ErrorKind::AlreadyExists) =>
+            {
+                tries += 1;
+            }
+            other => return other,
+        }
+    }
+}
+
 /// Writes `data` to a hidden sibling of `path` and puts it in place as `condition` says.
 fn put_small(
     path: &Path,
@@ -80,14 +100,18 @@ fn put_small(
     let tmp = hidden_sibling(path, "tmp");
     // The parent usually exists (a session's state, a repository's links): create it only
     // when the first write says it is missing.
-    let written = match std::fs::write(&tmp, data) {
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            if let Some(parent) = path.parent() {
-                std::fs::create_dir_all(parent).map_err(fail)?;
+    let mut tries = 0;
+    let written = loop {
+        match std::fs::write(&tmp, data) {
+            // The parent is missing (or was pruned by a removal beside it just now).
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && tries < 16 => {
+                tries += 1;
+                if let Some(parent) = path.parent() {
+                    create_dirs(parent).map_err(fail)?;
+                }
             }
-            std::fs::write(&tmp, data)
+            other => break other,
         }
-        other => other,
     };
     if let Err(e) = written {
         // A short write (a full disk) may have created the file.
@@ -266,8 +290,10 @@ impl LocalDriver {
 
     async fn ensure_parent(path: &Path, key: &str) -> Result<(), StorageError> {
         if let Some(parent) = path.parent() {
-            tokio::fs::create_dir_all(parent)
+            let parent = parent.to_owned();
+            tokio::task::spawn_blocking(move || create_dirs(&parent))
                 .await
+                .unwrap_or_else(|e| Err(std::io::Error::other(e)))
                 .map_err(|e| io_err(key, e))?;
         }
         Ok(())
@@ -714,6 +740,34 @@ mod tests {
     use std::sync::Arc;
 
     use super::*;
+
+    /// Writers creating directories while others' removals prune the empty ones they leave
+    /// (monolithic uploads: a session folder each under one `_uploads`, moved out when done).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn writes_survive_removals_pruning_beside_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let driver = Arc::new(LocalDriver::new(dir.path()).unwrap());
+        // Few writers, many rounds: `_uploads` is often empty, so often pruned and made again.
+        let tasks: Vec<_> = (0..6)
+            .map(|w| {
+                let d = driver.clone();
+                tokio::spawn(async move {
+                    for n in 0..400 {
+                        let i = format!("{w}-{n}");
+                        let data = format!("repo/_uploads/{i}/data");
+                        let body = futures::stream::iter([Ok(Bytes::from_static(b"x"))]).boxed();
+                        d.put_stream(&data, body).await?;
+                        d.rename(&data, &format!("blobs/{i}")).await?;
+                        d.delete_prefix(&format!("repo/_uploads/{i}/")).await?;
+                    }
+                    Ok::<(), StorageError>(())
+                })
+            })
+            .collect();
+        for t in tasks {
+            t.await.unwrap().unwrap();
+        }
+    }
 
     #[tokio::test]
     async fn passes_the_shared_driver_suite() {
