@@ -269,13 +269,16 @@ async fn main() {
         ),
     ];
     println!(
-        "| page ({} repositories, {} tags in one, {}) | median ms | p95 ms |",
+        "| page ({} repositories, {} tags in one, {}) | median ms | p95 ms | store requests a view |",
         cli.repos, cli.tags, cli.backend
     );
-    println!("| --- | --- | --- |");
+    println!("| --- | --- | --- | --- |");
     for (label, url) in &pages {
+        let before = store_operations(&http, &berth.url).await;
         let (median, p95) = time_page(&http, url, n).await;
-        println!("| {label} | {median:.1} | {p95:.1} |");
+        // The first (warming) view is among them.
+        let ops = (store_operations(&http, &berth.url).await - before) as f64 / (n + 1) as f64;
+        println!("| {label} | {median:.1} | {p95:.1} | {ops:.0} |");
     }
     println!();
     println!("| the same names as JSON | Berth ms | distribution ms | distribution vs Berth |");
