@@ -95,7 +95,7 @@ pub(super) async fn page(ui: &Arc<Ui>, parts: &Parts, raw_name: &str) -> Respons
             "The registry's storage is not answering. Try again in a moment.",
         )
     };
-    let mut tags = match registry.list_tags(&name, None, None).await {
+    let tags = match registry.list_tags(&name, None, None).await {
         Ok(page) => page.items,
         Err(registry_core::RegistryError::NameUnknown(_)) => return hidden(&visit),
         Err(e) => return unavailable(e),
@@ -107,24 +107,23 @@ pub(super) async fn page(ui: &Arc<Ui>, parts: &Parts, raw_name: &str) -> Respons
         .unwrap_or(1)
         .clamp(1, pages);
     // By name, only the page's tags are looked at; by push time, every tag's time is needed.
-    let shown: Vec<(String, Option<SystemTime>)> = if sort == Sort::Pushed {
+    let shown: Vec<String> = if sort == Sort::Pushed {
         let mut all = match registry.all_tag_push_times(&name).await {
             Ok(t) => t,
             Err(e) => return unavailable(e),
         };
         // Newest first; a tag gone since the listing (no time) last.
         all.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
-        all.into_iter().skip((page - 1) * PAGE).take(PAGE).collect()
-    } else {
-        tags = tags
-            .into_iter()
+        all.into_iter()
             .skip((page - 1) * PAGE)
             .take(PAGE)
-            .collect();
-        match registry.tag_push_times(&name, &tags).await {
-            Ok(times) => tags.into_iter().zip(times).collect(),
-            Err(e) => return unavailable(e),
-        }
+            .map(|(t, _)| t)
+            .collect()
+    } else {
+        tags.into_iter()
+            .skip((page - 1) * PAGE)
+            .take(PAGE)
+            .collect()
     };
     let pulls: HashMap<String, u64> = registry
         .reference_pull_times(&name)
@@ -138,12 +137,14 @@ pub(super) async fn page(ui: &Arc<Ui>, parts: &Parts, raw_name: &str) -> Respons
     };
     let base = format!("/ui/repo/{name}");
     let rows: Vec<Option<TagRow>> = stream::iter(shown)
-        .map(|(tag, pushed)| {
+        .map(|tag| {
             let (reader, pulls, host, base, name) = (&reader, &pulls, &host, &base, &name);
             async move {
-                let reference = Reference::Tag(tag.parse::<Tag>().ok()?);
-                // A tag deleted since the listing is left out.
-                let m = reader.manifest(&reference).await.ok()?;
+                // One read of the tag's link says what it names and when it was pushed; a tag
+                // deleted since the listing is left out.
+                let parsed = tag.parse::<Tag>().ok()?;
+                let (target, pushed) = registry.tag_target(name, &parsed).await.ok()??;
+                let m = reader.manifest(&Reference::Digest(target)).await.ok()?;
                 let facts = reader.summary(&m).await;
                 let digest = m.digest.to_string();
                 let pulled = [pulls.get(&tag), pulls.get(&format!("@{digest}"))]
@@ -178,7 +179,7 @@ pub(super) async fn page(ui: &Arc<Ui>, parts: &Parts, raw_name: &str) -> Respons
                 })
             }
         })
-        .buffered(8)
+        .buffered(32)
         .collect()
         .await;
     let link = |sort: Sort, page: usize| format!("{base}?sort={}&page={page}", sort.param());
