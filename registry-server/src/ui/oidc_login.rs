@@ -225,11 +225,11 @@ async fn finish(ui: &Arc<Ui>, parts: &Parts, visit: &mut Visit) -> Response {
 #[cfg(test)]
 mod tests {
     #[test]
-    fn pkce_challenges_are_rfc_7636s() {
-        // RFC 7636, appendix B.
+    fn pkce_challenges_are_s256() {
+        // RFC 7636 section 4.2: BASE64URL(SHA256(verifier)), without padding.
         assert_eq!(
-            super::challenge("dBjftJeZ4CVP-mB92K27uhbUJU-p1r_wW1gFWFOEjXk"),
-            "E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cM"
+            super::challenge("abc"),
+            "ungWv48Bz-pBQUDeXa4iI7ADYaOWF3qctBD_YfIAFa0"
         );
     }
 }
