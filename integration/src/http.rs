@@ -115,6 +115,17 @@ impl Api {
             .expect("metrics body")
     }
 
+    /// The sum of every series of the server's metrics whose line starts with `prefix` (a
+    /// metric name, with labels to pick some of its series).
+    pub async fn metric_total(&self, prefix: &str) -> u64 {
+        self.metrics()
+            .await
+            .lines()
+            .filter(|l| l.starts_with(prefix))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+            .sum()
+    }
+
     /// Opens an upload session in `repo` (asserting 202) and returns its Location.
     pub async fn start_upload(&self, repo: &str) -> String {
         let r = self

@@ -574,16 +574,9 @@ async fn an_openid_provider_logs_people_in() {
 
 /// The requests an upstream Berth served for manifests, by its metrics.
 async fn manifest_requests(url: &str) -> u64 {
-    let text = reqwest::get(format!("{url}/metrics"))
+    integration::http::Api::new(url)
+        .metric_total("berth_http_requests_total{route=\"manifest\"")
         .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    text.lines()
-        .filter(|l| l.starts_with("berth_http_requests_total{route=\"manifest\""))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
-        .sum()
 }
 
 /// A cached (pull-through) repository shows what was fetched for it, costs its upstream no

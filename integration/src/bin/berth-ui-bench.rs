@@ -38,6 +38,8 @@ struct Cli {
 
 const BIG: &str = "big/app";
 const CONCURRENCY: usize = 32;
+/// Berth's count of store operations, one series per kind.
+const STORE_OPERATIONS: &str = "berth_storage_operation_duration_seconds_count";
 
 /// An image manifest naming `config` and the shared layer.
 fn manifest(config: &(String, usize), layer: &(String, usize)) -> Vec<u8> {
@@ -172,22 +174,6 @@ async fn time_listing(http: &reqwest::Client, base: &str, path: &str, n: usize) 
     times[n / 2]
 }
 
-/// Store operations the registry at `base` has made so far, by its metrics.
-async fn store_operations(http: &reqwest::Client, base: &str) -> u64 {
-    let text = http
-        .get(format!("{base}/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    text.lines()
-        .filter(|l| l.starts_with("berth_storage_operation_duration_seconds_count"))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
-        .sum()
-}
-
 /// Median and 95th percentile, in milliseconds, of `n` sequential GETs of `url`.
 async fn time_page(http: &reqwest::Client, url: &str, n: usize) -> (f64, f64) {
     let get = || async {
@@ -276,10 +262,10 @@ async fn main() {
     for (label, url) in &pages {
         // Warmed first: the very first catalog view of a store builds its index once.
         time_page(&http, url, 1).await;
-        let before = store_operations(&http, &berth.url).await;
+        let before = api.metric_total(STORE_OPERATIONS).await;
         let (median, p95) = time_page(&http, url, n).await;
         // Each timed view, and time_page's own warming one.
-        let ops = (store_operations(&http, &berth.url).await - before) as f64 / (n + 1) as f64;
+        let ops = (api.metric_total(STORE_OPERATIONS).await - before) as f64 / (n + 1) as f64;
         println!("| {label} | {median:.1} | {p95:.1} | {ops:.0} |");
     }
     println!();
