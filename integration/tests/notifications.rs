@@ -8,6 +8,25 @@ use integration::http::Api;
 use integration::listener::{recording_listener, response};
 use reqwest::Method;
 
+/// HMAC-SHA256 (RFC 2104) of `body` under `key`, in hex: written here, apart from the
+/// server's, to check its signatures.
+fn hmac_sha256(key: &[u8], body: &[u8]) -> String {
+    use sha2::{Digest, Sha256};
+    let mut block = [0u8; 64];
+    block[..key.len()].copy_from_slice(key);
+    let pad = |byte: u8| block.iter().map(|b| b ^ byte).collect::<Vec<u8>>();
+    let inner = Sha256::new()
+        .chain_update(pad(0x36))
+        .chain_update(body)
+        .finalize();
+    hex::encode(
+        Sha256::new()
+            .chain_update(pad(0x5c))
+            .chain_update(inner)
+            .finalize(),
+    )
+}
+
 fn endpoint(url: &str, extra: &str) -> String {
     format!(
         "    - name: hook\n      url: {url}\n      headers:\n        Authorization: [Bearer hook-secret]\n      timeout: 500ms\n      threshold: 3\n      backoff: 100ms\n{extra}"
@@ -28,7 +47,7 @@ async fn push_pull_and_delete_events_reach_the_endpoint() {
         dir.path().display(),
         endpoint(
             &format!("{base}/events"),
-            "      ignore:\n        actions: [mount]\n"
+            "      ignore:\n        actions: [mount]\n      signingsecret: hook-signing-key\n"
         ),
         "    - name: dead\n      url: ".to_owned()
             + &dead
@@ -82,6 +101,19 @@ async fn push_pull_and_delete_events_reach_the_endpoint() {
         );
         assert!(req.headers.iter().any(|(k, v)| k == "content-type"
             && v == "application/vnd.docker.distribution.events.v1+json"));
+        // Signed: the receiver can tell the body came from this registry, unchanged.
+        let signed = req
+            .headers
+            .iter()
+            .find(|(k, _)| k == "x-berth-signature-256")
+            .map(|(_, v)| v.clone());
+        assert_eq!(
+            signed,
+            Some(format!(
+                "sha256={}",
+                hmac_sha256(b"hook-signing-key", &req.body)
+            ))
+        );
         let envelope: serde_json::Value = serde_json::from_slice(&req.body).unwrap();
         events.extend(envelope["events"].as_array().unwrap().iter().cloned());
     }

@@ -33,6 +33,20 @@ pub struct EndpointSettings {
     pub ignored_actions: Vec<String>,
     /// Target media types not sent.
     pub ignored_media_types: Vec<String>,
+    /// The key each body is signed with, so that the receiver knows it came from here.
+    pub signing_secret: Option<String>,
+}
+
+/// The header carrying a body's signature: `sha256=` and the hex HMAC-SHA256 of the exact
+/// bytes sent, keyed with the endpoint's `signingsecret` (the scheme GitHub's webhooks use).
+pub const SIGNATURE_HEADER: &str = "x-berth-signature-256";
+
+fn signature(secret: &str, body: &[u8]) -> String {
+    use hmac::{KeyInit, Mac};
+    let mut mac = <hmac::Hmac<sha2::Sha256> as KeyInit>::new_from_slice(secret.as_bytes())
+        .expect("HMAC takes keys of any length");
+    mac.update(body);
+    format!("sha256={}", hex::encode(mac.finalize().into_bytes()))
 }
 
 /// What happened to which object.
@@ -174,14 +188,20 @@ async fn deliver(
     failed: Arc<AtomicU64>,
 ) {
     while let Some(event) = rx.recv().await {
-        let body = serde_json::json!({ "events": [event] });
+        // Serialized once: the signature is of these very bytes.
+        let body =
+            serde_json::to_vec(&serde_json::json!({ "events": [event] })).unwrap_or_default();
+        let signed = e.signing_secret.as_deref().map(|k| signature(k, &body));
         let mut ok = false;
         for attempt in 1..=e.threshold.max(1) {
             let mut req = client
                 .post(&e.url)
                 .timeout(e.timeout)
                 .header("content-type", ENVELOPE_MEDIA_TYPE)
-                .json(&body);
+                .body(body.clone());
+            if let Some(sig) = &signed {
+                req = req.header(SIGNATURE_HEADER, sig.as_str());
+            }
             for (k, v) in &e.headers {
                 req = req.header(k.as_str(), v.as_str());
             }
@@ -209,6 +229,15 @@ async fn deliver(
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn signatures_are_rfc_4231_hmac_sha256() {
+        // RFC 4231, test case 2.
+        assert_eq!(
+            super::signature("Jefe", b"what do ya want for nothing?"),
+            "sha256=5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843"
+        );
+    }
+
     #[test]
     fn timestamps() {
         let t = std::time::SystemTime::UNIX_EPOCH

@@ -290,6 +290,8 @@ pub struct EndpointConfig {
     pub ignoredmediatypes: Vec<String>,
     /// `mediatypes` and `actions` not sent.
     pub ignore: Option<IgnoreConfig>,
+    /// Berth: a key each event body is signed with (HMAC-SHA256, `X-Berth-Signature-256`).
+    pub signingsecret: Option<String>,
 }
 
 /// `notifications.endpoints[].ignore`.

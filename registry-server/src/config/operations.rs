@@ -35,6 +35,7 @@ pub(super) fn endpoints(
             ignored_actions,
             ignored_media_types,
             url,
+            signing_secret: e.signingsecret.clone().filter(|k| !k.is_empty()),
         });
     }
     Ok(out)
