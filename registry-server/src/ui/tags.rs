@@ -10,7 +10,7 @@ use axum::http::StatusCode;
 use axum::http::request::Parts;
 use axum::response::Response;
 use futures::{StreamExt, stream};
-use registry_core::{Reference, RepositoryName, Tag};
+use registry_core::{Reference, RegistryError, RepositoryName, Tag};
 
 use super::Ui;
 use super::facts::{FactReader, human_size};
@@ -95,36 +95,43 @@ pub(super) async fn page(ui: &Arc<Ui>, parts: &Parts, raw_name: &str) -> Respons
             "The registry's storage is not answering. Try again in a moment.",
         )
     };
-    let tags = match registry.list_tags(&name, None, None).await {
-        Ok(page) => page.items,
-        Err(registry_core::RegistryError::NameUnknown(_)) => return hidden(&visit),
-        Err(e) => return unavailable(e),
+    // Every tag in the order shown, from one listing: by name, the tag names; by push time,
+    // every tag's time as well (one listing with times where the store has them, else a stat
+    // per tag). Beyond that, only the page's tags are looked at.
+    let ordered: Vec<String> = match sort {
+        Sort::Name => match registry.list_tags(&name, None, None).await {
+            Ok(page) => page.items,
+            Err(RegistryError::NameUnknown(_)) => return hidden(&visit),
+            Err(e) => return unavailable(e),
+        },
+        Sort::Pushed => {
+            let mut all = match registry.all_tag_push_times(&name).await {
+                Ok(t) => t,
+                Err(e) => return unavailable(e),
+            };
+            if all.is_empty() {
+                match registry.repository_exists(&name).await {
+                    Ok(true) => {}
+                    Ok(false) => return hidden(&visit),
+                    Err(e) => return unavailable(e),
+                }
+            }
+            // Newest first; a tag gone since the listing (no time) last.
+            all.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+            all.into_iter().map(|(t, _)| t).collect()
+        }
     };
-    let total = tags.len();
+    let total = ordered.len();
     let pages = total.div_ceil(PAGE).max(1);
     let page: usize = get(&q, "page")
         .and_then(|p| p.parse().ok())
         .unwrap_or(1)
         .clamp(1, pages);
-    // By name, only the page's tags are looked at; by push time, every tag's time is needed.
-    let shown: Vec<String> = if sort == Sort::Pushed {
-        let mut all = match registry.all_tag_push_times(&name).await {
-            Ok(t) => t,
-            Err(e) => return unavailable(e),
-        };
-        // Newest first; a tag gone since the listing (no time) last.
-        all.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
-        all.into_iter()
-            .skip((page - 1) * PAGE)
-            .take(PAGE)
-            .map(|(t, _)| t)
-            .collect()
-    } else {
-        tags.into_iter()
-            .skip((page - 1) * PAGE)
-            .take(PAGE)
-            .collect()
-    };
+    let shown: Vec<String> = ordered
+        .into_iter()
+        .skip((page - 1) * PAGE)
+        .take(PAGE)
+        .collect();
     let pulls: HashMap<String, u64> = registry
         .reference_pull_times(&name)
         .await
@@ -136,15 +143,26 @@ pub(super) async fn page(ui: &Arc<Ui>, parts: &Parts, raw_name: &str) -> Respons
         name: &name,
     };
     let base = format!("/ui/repo/{name}");
-    let rows: Vec<Option<TagRow>> = stream::iter(shown)
+    let rows: Vec<Result<Option<TagRow>, RegistryError>> = stream::iter(shown)
         .map(|tag| {
             let (reader, pulls, host, base, name) = (&reader, &pulls, &host, &base, &name);
             async move {
-                // One read of the tag's link says what it names and when it was pushed; a tag
-                // deleted since the listing is left out.
-                let parsed = tag.parse::<Tag>().ok()?;
-                let (target, pushed) = registry.tag_target(name, &parsed).await.ok()??;
-                let m = reader.manifest(&Reference::Digest(target)).await.ok()?;
+                // One read of the tag's link says what it names and when it was pushed. A tag
+                // deleted since the listing is left out; a store that fails fails the page
+                // (never a page that quietly lacks tags).
+                let Ok(parsed) = tag.parse::<Tag>() else {
+                    return Ok(None);
+                };
+                let Some((target, pushed)) = registry.tag_target(name, &parsed).await? else {
+                    return Ok(None);
+                };
+                let m = match reader.manifest(&Reference::Digest(target)).await {
+                    Ok(m) => m,
+                    Err(RegistryError::ManifestUnknown(_) | RegistryError::NameUnknown(_)) => {
+                        return Ok(None);
+                    }
+                    Err(e) => return Err(e),
+                };
                 let facts = reader.summary(&m).await;
                 let digest = m.digest.to_string();
                 let pulled = [pulls.get(&tag), pulls.get(&format!("@{digest}"))]
@@ -157,7 +175,7 @@ pub(super) async fn page(ui: &Arc<Ui>, parts: &Parts, raw_name: &str) -> Respons
                 } else {
                     facts.platforms.join(", ")
                 };
-                Some(TagRow {
+                Ok(Some(TagRow {
                     short_digest: short(&digest),
                     size: facts.size.map(human_size).unwrap_or_default(),
                     platforms,
@@ -176,12 +194,16 @@ pub(super) async fn page(ui: &Arc<Ui>, parts: &Parts, raw_name: &str) -> Respons
                     pull_by_digest: format!("docker pull {host}/{name}@{digest}"),
                     digest,
                     tag,
-                })
+                }))
             }
         })
         .buffered(32)
         .collect()
         .await;
+    let rows = match rows.into_iter().collect::<Result<Vec<_>, _>>() {
+        Ok(rows) => rows.into_iter().flatten().collect(),
+        Err(e) => return unavailable(e),
+    };
     let link = |sort: Sort, page: usize| format!("{base}?sort={}&page={page}", sort.param());
     let sorts = [(Sort::Name, "name"), (Sort::Pushed, "last push")]
         .into_iter()
@@ -196,7 +218,7 @@ pub(super) async fn page(ui: &Arc<Ui>, parts: &Parts, raw_name: &str) -> Respons
     let page_view = Tags {
         chrome: &visit.chrome,
         name: name.as_str(),
-        rows: rows.into_iter().flatten().collect(),
+        rows,
         total,
         sorts,
         previous: (page > 1).then(|| link(sort, page - 1)),
