@@ -89,6 +89,8 @@ struct Issuer {
     fetched: Mutex<Option<Instant>>,
     /// Its browser login endpoints, once read.
     endpoints: RwLock<Option<LoginEndpoints>>,
+    /// When its discovery document was last asked for them.
+    endpoints_asked: Mutex<Option<Instant>>,
 }
 
 /// How long a verified ID token is taken as verified again without checking its signature
@@ -164,6 +166,7 @@ impl OidcIssuers {
                     keys: RwLock::new(HashMap::new()),
                     fetched: Mutex::new(None),
                     endpoints: RwLock::new(None),
+                    endpoints_asked: Mutex::new(None),
                 })
                 .collect(),
             http,
@@ -283,6 +286,18 @@ impl OidcIssuers {
             .clone()
         {
             return Ok(e);
+        }
+        // Anyone can start a login: a provider that does not answer is asked again at most
+        // every REFRESH_AT_MOST_EVERY, not once per visitor.
+        {
+            let mut asked = issuer
+                .endpoints_asked
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            if asked.is_some_and(|at| at.elapsed() < REFRESH_AT_MOST_EVERY) {
+                return Err("the provider was asked a moment ago; try again shortly".into());
+            }
+            *asked = Some(Instant::now());
         }
         let d = self.discover(issuer).await?;
         let (Some(authorization), Some(token)) = (d.authorization_endpoint, d.token_endpoint)
@@ -405,6 +420,20 @@ impl Issuer {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn a_silent_provider_is_not_asked_once_per_visitor() {
+        let issuers = OidcIssuers::new(vec![IssuerSettings {
+            issuer: "https://127.0.0.1:1".into(),
+            audiences: vec!["ui".into()],
+            account_claim: "sub".into(),
+        }])
+        .unwrap();
+        let first = issuers.login_endpoints("https://127.0.0.1:1").await;
+        assert!(first.unwrap_err().starts_with("discovery"));
+        let again = issuers.login_endpoints("https://127.0.0.1:1").await;
+        assert!(again.unwrap_err().contains("a moment ago"));
+    }
 
     #[test]
     fn jwt_shapes() {
