@@ -189,8 +189,9 @@ async fn deliver(
 ) {
     while let Some(event) = rx.recv().await {
         // Serialized once: the signature is of these very bytes.
-        let body =
-            serde_json::to_vec(&serde_json::json!({ "events": [event] })).unwrap_or_default();
+        let body = bytes::Bytes::from(
+            serde_json::to_vec(&serde_json::json!({ "events": [event] })).unwrap_or_default(),
+        );
         let signed = e.signing_secret.as_deref().map(|k| signature(k, &body));
         let mut ok = false;
         for attempt in 1..=e.threshold.max(1) {
