@@ -481,8 +481,21 @@ async fn forms_need_the_session_token_and_pages_a_strict_policy() {
         .await,
         403
     );
-    // The same token from this session's page: deleted.
-    assert_eq!(post(vec![("cookie", session.clone())], body).await, 303);
+    // The same token from this session's page, reached through a proxy that names the public
+    // host in X-Forwarded-Host: deleted.
+    assert_eq!(
+        post(
+            vec![
+                ("cookie", session.clone()),
+                ("origin", "https://registry.example".into()),
+                ("x-forwarded-host", "registry.example".into()),
+                ("sec-fetch-site", "same-origin".into())
+            ],
+            body
+        )
+        .await,
+        303
+    );
     let tags = text_of("/v2/open/app/tags/list").await;
     assert!(!tags.contains("v1"), "{tags}");
 }

@@ -104,9 +104,20 @@ impl Visit {
         {
             return false;
         }
-        if let (Some(origin), Some(host)) = (header("origin"), header("host")) {
+        // Behind a proxy that rewrites Host, the browser's origin is the one the proxy names
+        // (a cross-site form cannot set that header; the token is checked besides).
+        if let Some(origin) = header("origin") {
             let origin_host = origin.split_once("://").map_or(origin, |(_, h)| h);
-            if origin_host != host {
+            // HTTP/2 names the host in the URI's authority rather than a Host header.
+            let names: Vec<&str> = [
+                header("host"),
+                header("x-forwarded-host"),
+                parts.uri.authority().map(|a| a.as_str()),
+            ]
+            .into_iter()
+            .flatten()
+            .collect();
+            if !names.is_empty() && !names.contains(&origin_host) {
                 return false;
             }
         }
