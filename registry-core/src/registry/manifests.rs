@@ -287,8 +287,8 @@ impl Registry {
     /// The digest `tag` names now, `None` when it names nothing.
     /// Asked of the store, never the tag cache: a write decides by it.
     async fn current_tag(&self, name: &RepositoryName, tag: &Tag) -> Result<Option<Digest>> {
-        match self.read_tag(name, tag).await {
-            Ok(d) => Ok(Some(d)),
+        match self.tag_target(name, tag).await {
+            Ok((d, _)) => Ok(Some(d)),
             Err(RegistryError::ManifestUnknown(_)) => Ok(None),
             Err(e) => Err(e),
         }
@@ -309,24 +309,29 @@ impl Registry {
             }
             Reference::Tag(t) => match self.tags.get(name, t) {
                 Some(d) => Ok(d),
-                None => self.read_tag(name, t).await,
+                None => self.tag_target(name, t).await.map(|(d, _)| d),
             },
         }
     }
 
-    /// What the tag's link names in the store.
-    async fn read_tag(&self, name: &RepositoryName, t: &Tag) -> Result<Digest> {
+    /// What the tag's link names in the store, and when it was written (the tag's last push),
+    /// from one read. `ManifestUnknown` when there is no such tag or its link is corrupt.
+    pub async fn tag_target(
+        &self,
+        name: &RepositoryName,
+        t: &Tag,
+    ) -> Result<(Digest, Option<std::time::SystemTime>)> {
         match self
             .store
             .read_small(&layout::tag_current_link(name, t))
             .await
         {
-            Ok((body, _)) => {
+            Ok((body, info)) => {
                 let d = layout::parse_link(&body).ok_or_else(|| {
                     RegistryError::ManifestUnknown(format!("tag {t} has a corrupt link"))
                 })?;
                 self.tags.put(name, t, &d);
-                Ok(d)
+                Ok((d, info.last_modified))
             }
             Err(StorageError::NotFound(_)) => Err(RegistryError::ManifestUnknown(t.to_string())),
             Err(e) => Err(e.into()),

@@ -1,5 +1,6 @@
 //! When each repository, and each tag and manifest of it, was last pulled, for usage reports
-//! and the web UI: noted in memory on every pull and written by each replica to its own object in the store every few minutes, so a pull
+//! and the web UI: noted in memory on every pull and written by each replica to its own
+//! object in the store every few minutes, so a pull
 //! costs no store request. Readers take the newest time over every replica's object; a
 //! collection folds the objects of replicas that stopped writing into one.
 

@@ -66,24 +66,6 @@ impl Registry {
         Ok(times)
     }
 
-    /// What a tag names and when it was pushed, from one read of its link (`None`: no such
-    /// tag).
-    pub async fn tag_target(
-        &self,
-        name: &RepositoryName,
-        tag: &Tag,
-    ) -> Result<Option<(crate::digest::Digest, Option<SystemTime>)>> {
-        match self
-            .store
-            .read_small(&layout::tag_current_link(name, tag))
-            .await
-        {
-            Ok((body, info)) => Ok(layout::parse_link(&body).map(|d| (d, info.last_modified))),
-            Err(StorageError::NotFound(_)) => Ok(None),
-            Err(e) => Err(e.into()),
-        }
-    }
-
     /// Every tag of a repository with when it was last pushed: from one listing of its tag
     /// links where the store's listing carries their times, else a stat per tag (a walk of
     /// every tag's folders would cost more).

@@ -153,15 +153,17 @@ pub(super) async fn page(ui: &Arc<Ui>, parts: &Parts, raw_name: &str) -> Respons
                 let Ok(parsed) = tag.parse::<Tag>() else {
                     return Ok(None);
                 };
-                let Some((target, pushed)) = registry.tag_target(name, &parsed).await? else {
-                    return Ok(None);
+                let gone = |e| match e {
+                    RegistryError::ManifestUnknown(_) | RegistryError::NameUnknown(_) => Ok(None),
+                    e => Err(e),
+                };
+                let (target, pushed) = match registry.tag_target(name, &parsed).await {
+                    Ok(t) => t,
+                    Err(e) => return gone(e),
                 };
                 let m = match reader.manifest(&Reference::Digest(target)).await {
                     Ok(m) => m,
-                    Err(RegistryError::ManifestUnknown(_) | RegistryError::NameUnknown(_)) => {
-                        return Ok(None);
-                    }
-                    Err(e) => return Err(e),
+                    Err(e) => return gone(e),
                 };
                 let facts = reader.summary(&m).await;
                 let digest = m.digest.to_string();
