@@ -8,7 +8,7 @@ use axum::http::StatusCode;
 use axum::http::request::Parts;
 use axum::response::Response;
 use registry_core::manifest::{Manifest, ManifestKind};
-use registry_core::{Digest, Reference, RepositoryName, Tag};
+use registry_core::{Digest, Reference, RegistryError, RepositoryName, Tag};
 
 use super::Ui;
 use super::facts::{FactReader, descriptor_platform, human_size};
@@ -44,12 +44,16 @@ pub(super) async fn page(
         configs: &ui.configs,
         name: &name,
     };
-    let Ok(m) = reader.manifest(&Reference::Digest(digest.clone())).await else {
-        return visit.message(
-            StatusCode::NOT_FOUND,
-            "Not found",
-            "This repository has no such manifest (it may have been deleted).",
-        );
+    let m = match reader.manifest(&Reference::Digest(digest.clone())).await {
+        Ok(m) => m,
+        Err(RegistryError::ManifestUnknown(_) | RegistryError::NameUnknown(_)) => {
+            return visit.message(
+                StatusCode::NOT_FOUND,
+                "Not found",
+                "This repository has no such manifest (it may have been deleted).",
+            );
+        }
+        Err(e) => return visit.unavailable("a manifest", &e),
     };
     let parsed = Manifest::parse(&m.body, Some(&m.media_type)).ok();
     let base = format!("/ui/repo/{name}");
@@ -135,7 +139,8 @@ pub(super) async fn page(
                 })
                 .collect()
         }
-        Err(_) => Vec::new(),
+        // "Nothing refers to it" would be a claim: a store that fails fails the page.
+        Err(e) => return visit.unavailable("a manifest's referrers", &e),
     };
     let raw = serde_json::from_slice::<serde_json::Value>(&m.body)
         .ok()

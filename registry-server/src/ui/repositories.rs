@@ -56,14 +56,7 @@ pub(super) async fn page(State(ui): State<Arc<Ui>>, req: Request) -> Response {
     let after = get(&q, "after");
     let names = match ui.app.registry.list_catalog(None, None).await {
         Ok(page) => page.items,
-        Err(e) => {
-            tracing::warn!(error = %e, "the catalog could not be read");
-            return visit.message(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "Storage unavailable",
-                "The registry's storage is not answering. Try again in a moment.",
-            );
-        }
+        Err(e) => return visit.unavailable("the catalog", &e),
     };
     let (shown, matched, more) = select(&names, &filter, after, |n| visit.viewer.may(n, "pull"));
     let next = more.then(|| {

@@ -87,14 +87,7 @@ pub(super) async fn page(ui: &Arc<Ui>, parts: &Parts, raw_name: &str) -> Respons
     let registry = &ui.app.registry;
     let q = query_of(parts);
     let sort = Sort::parse(get(&q, "sort"));
-    let unavailable = |e: registry_core::RegistryError| {
-        tracing::warn!(repository = %name, error = %e, "tags could not be listed");
-        visit.message(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "Storage unavailable",
-            "The registry's storage is not answering. Try again in a moment.",
-        )
-    };
+    let unavailable = |e: RegistryError| visit.unavailable("a repository's tags", &e);
     // Every tag in the order shown, from one listing: by name, the tag names; by push time,
     // every tag's time as well (one listing with times where the store has them, else a stat
     // per tag). Beyond that, only the page's tags are looked at.

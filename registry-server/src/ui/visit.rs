@@ -175,6 +175,16 @@ impl Visit {
         resp
     }
 
+    /// The page for a store that failed (`what` the page was reading, for the log): 503.
+    pub fn unavailable(&self, what: &str, e: &dyn std::fmt::Display) -> Response {
+        tracing::warn!(error = %e, "{what} could not be read for a page");
+        self.message(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "Storage unavailable",
+            "The registry's storage is not answering. Try again in a moment.",
+        )
+    }
+
     /// A page saying `text`, with `status`.
     pub fn message(&self, status: StatusCode, title: &str, text: &str) -> Response {
         let page = Message {
