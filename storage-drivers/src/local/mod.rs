@@ -188,6 +188,23 @@ fn io_err(key: &str, e: std::io::Error) -> StorageError {
     }
 }
 
+/// Upload state is rewritten twice per PATCH and links once per push: small puts run on the
+/// request task, as small reads do; a hop to the blocking pool costs more than they.
+async fn put_small_here_or_off_task(
+    path: &Path,
+    key: &str,
+    data: Bytes,
+    condition: PutCondition,
+) -> Result<ObjectInfo, StorageError> {
+    if data.len() as u64 <= INLINE_WRITE {
+        return put_small(path, key, &data, condition);
+    }
+    let (path, key) = (path.to_owned(), key.to_owned());
+    tokio::task::spawn_blocking(move || put_small(&path, &key, &data, condition))
+        .await
+        .map_err(StorageError::backend)?
+}
+
 fn version_of(meta: &std::fs::Metadata) -> ObjectVersion {
     // A rename-into-place always brings a new inode, so inode+mtime+size changes on every write.
     ObjectVersion {
@@ -251,6 +268,23 @@ fn hidden_sibling(path: &Path, tag: &str) -> PathBuf {
 }
 
 impl LocalDriver {
+    /// A stream cannot be written again, but a client that is told the disk is full retries:
+    /// what the trash still holds is freed before the answer, so the retry finds the room.
+    async fn settle_when_full<T>(
+        &self,
+        result: Result<T, StorageError>,
+    ) -> Result<T, StorageError> {
+        if matches!(result, Err(StorageError::Full(_))) && self.trash.holds_any() {
+            self.trash_settled().await;
+        }
+        result
+    }
+
+    /// Waits until everything removed so far is freed.
+    async fn trash_settled(&self) {
+        let trash = self.trash.clone();
+        let _ = tokio::task::spawn_blocking(move || trash.settle()).await;
+    }
     /// A driver rooted at `root` (created when missing) that writes blob data directly.
     pub fn new(root: impl Into<PathBuf>) -> std::io::Result<Self> {
         Self::with_write_mode(root, WriteMode::Direct)
@@ -452,15 +486,15 @@ impl StorageDriver for LocalDriver {
         condition: PutCondition,
     ) -> Result<ObjectInfo, StorageError> {
         let path = self.path(key)?;
-        // Upload state is rewritten twice per PATCH and links once per push: small puts run on
-        // the request task, as small reads do; a hop to the blocking pool costs more than they.
-        if data.len() as u64 <= INLINE_WRITE {
-            return put_small(&path, key, &data, condition);
+        match put_small_here_or_off_task(&path, key, data.clone(), condition.clone()).await {
+            // Space a removal just gave back may still be queued in the trash (a cancelled
+            // upload, then its end mark): once it is freed the write fits.
+            Err(StorageError::Full(_)) if self.trash.holds_any() => {
+                self.trash_settled().await;
+                put_small_here_or_off_task(&path, key, data, condition).await
+            }
+            done => done,
         }
-        let owned_key = key.to_owned();
-        tokio::task::spawn_blocking(move || put_small(&path, &owned_key, &data, condition))
-            .await
-            .map_err(StorageError::backend)?
     }
 
     async fn put_stream(&self, key: &str, body: ByteStream) -> Result<u64, StorageError> {
@@ -488,7 +522,7 @@ impl StorageDriver for LocalDriver {
         if result.is_err() {
             let _ = tokio::fs::remove_file(&tmp).await;
         }
-        result
+        self.settle_when_full(result).await
     }
 
     async fn delete(&self, key: &str) -> Result<(), StorageError> {
@@ -669,7 +703,8 @@ impl StorageDriver for LocalDriver {
             // Synced once, at completion, not per part.
             Ok(out.finish(false).map_err(fail)? - slot.offset)
         })
-        .await?;
+        .await;
+        let written = self.settle_when_full(written).await?;
         let part = WrittenPart {
             content_id: String::new(),
         };
@@ -730,8 +765,7 @@ impl StorageDriver for LocalDriver {
     }
 
     async fn settle(&self) {
-        let trash = self.trash.clone();
-        let _ = tokio::task::spawn_blocking(move || trash.settle()).await;
+        self.trash_settled().await
     }
 }
 

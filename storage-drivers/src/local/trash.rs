@@ -8,7 +8,8 @@
 
 use std::io::{self, ErrorKind};
 use std::path::{Path, PathBuf};
-use std::sync::mpsc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, mpsc};
 
 /// Directory under the root holding what waits to be freed (hidden: no key can name it).
 const TRASH_DIR: &str = ".berth-trash";
@@ -21,6 +22,8 @@ const LARGE_FILE: u64 = 8 << 20;
 pub(crate) struct Trash {
     dir: PathBuf,
     reaper: Option<mpsc::Sender<Job>>,
+    /// Removals queued and not yet freed.
+    queued: Arc<AtomicUsize>,
 }
 
 /// Work for the thread, done in order.
@@ -37,12 +40,17 @@ impl Trash {
     pub(crate) fn open(root: &Path) -> Trash {
         let dir = root.join(TRASH_DIR);
         let (tx, rx) = mpsc::channel::<Job>();
+        let queued = Arc::new(AtomicUsize::new(0));
+        let freed = queued.clone();
         let started = std::thread::Builder::new()
             .name("berth-trash".into())
             .spawn(move || {
                 for job in rx {
                     match job {
-                        Job::Free(path) => free(&path),
+                        Job::Free(path) => {
+                            free(&path);
+                            freed.fetch_sub(1, Ordering::AcqRel);
+                        }
                         Job::Barrier(done) => {
                             let _ = done.send(());
                         }
@@ -52,10 +60,20 @@ impl Trash {
         let reaper = started.ok().map(|_| tx);
         if let (Some(tx), Ok(entries)) = (&reaper, std::fs::read_dir(&dir)) {
             for e in entries.flatten() {
+                queued.fetch_add(1, Ordering::AcqRel);
                 let _ = tx.send(Job::Free(e.path()));
             }
         }
-        Trash { dir, reaper }
+        Trash {
+            dir,
+            reaper,
+            queued,
+        }
+    }
+
+    /// Whether removals wait to be freed (the space they hold is not yet back).
+    pub(crate) fn holds_any(&self) -> bool {
+        self.queued.load(Ordering::Acquire) > 0
     }
 
     /// Blocks until everything removed so far is freed.
@@ -106,10 +124,12 @@ impl Trash {
         if moved.is_err() {
             return false;
         }
+        self.queued.fetch_add(1, Ordering::AcqRel);
         if let Err(mpsc::SendError(job)) = tx.send(Job::Free(target))
             && let Job::Free(target) = job
         {
             free(&target);
+            self.queued.fetch_sub(1, Ordering::AcqRel);
         }
         true
     }
@@ -167,7 +187,9 @@ mod tests {
         }
         let dir_of_trash = root.path().join(TRASH_DIR);
         assert!(dir_of_trash.is_dir(), "nothing was deferred");
+        assert!(trash.holds_any());
         trash.settle();
+        assert!(!trash.holds_any());
         assert_eq!(std::fs::read_dir(&dir_of_trash).unwrap().count(), 0);
         // Gone is NotFound, as for a removal in place; a file is not a directory.
         assert_eq!(
