@@ -25,9 +25,13 @@ impl Distribution {
 
     /// Starts distribution with `storage_yaml` indented under `storage:`.
     pub fn start(storage_yaml: &str) -> Distribution {
+        Self::start_at(&format!("127.0.0.1:{}", free_port()), storage_yaml)
+    }
+
+    /// Starts distribution on `host` (`127.0.0.1:PORT`: again where a stopped one was).
+    pub fn start_at(host: &str, storage_yaml: &str) -> Distribution {
         crate::tools::require("docker-registry");
-        let port = free_port();
-        let host = format!("127.0.0.1:{port}");
+        let host = host.to_owned();
         let dir = tempfile::tempdir().unwrap();
         let cfg = dir.path().join("config.yml");
         std::fs::write(

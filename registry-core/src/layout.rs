@@ -257,6 +257,22 @@ pub fn gc_lease() -> String {
     format!("{ROOT}/berth/gc-lease")
 }
 
+/// Events waiting to be sent to the downstream registry `downstream`, one object each, named
+/// so that their keys sort in the order they were queued.
+pub fn replication_queue(downstream: &str) -> String {
+    format!("{ROOT}/berth/replication/{downstream}/queue/")
+}
+
+/// Events the downstream `downstream` refused for good, kept with the reason.
+pub fn replication_dead_letters(downstream: &str) -> String {
+    format!("{ROOT}/berth/replication/{downstream}/failed/")
+}
+
+/// The lease that lets one process at a time send `downstream` its queue.
+pub fn replication_lease(downstream: &str) -> String {
+    format!("{ROOT}/berth/replication/{downstream}/lease")
+}
+
 /// Parses a blob data key back into its digest.
 pub fn digest_of_blob_key(key: &str) -> Option<Digest> {
     let rest = key

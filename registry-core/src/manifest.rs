@@ -23,6 +23,13 @@ pub const SUPPORTED_MEDIA_TYPES: [&str; 4] = [
     DOCKER_MANIFEST_LIST,
 ];
 
+/// Every manifest kind Berth stores, as an Accept header asking another registry for them
+/// in order of preference.
+pub const ACCEPT_ALL: &str = "application/vnd.oci.image.index.v1+json, \
+application/vnd.oci.image.manifest.v1+json, \
+application/vnd.docker.distribution.manifest.list.v2+json, \
+application/vnd.docker.distribution.manifest.v2+json";
+
 /// Why a manifest body was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ManifestError {

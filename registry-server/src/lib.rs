@@ -11,6 +11,7 @@ pub mod gc;
 pub mod malloc_settings;
 pub mod notify;
 pub mod observe;
+pub mod replication;
 pub mod serve;
 pub mod ui;
 pub mod upstream;

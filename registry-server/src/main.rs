@@ -1,7 +1,8 @@
 //! The `berth` binary: `berth serve [CONFIG]` (the default) runs the registry, `berth gc [CONFIG]`
 //! collects garbage once, `berth htpasswd -Bbn USER PASSWORD` writes a password entry, `berth
 //! token create|list|revoke` manages robot tokens, `berth usage` says what repositories hold,
-//! `berth policy explain` which rule decides.
+//! `berth policy explain` which rule decides, `berth replicate --once` brings the downstream
+//! registries in line.
 //! distribution's `registry serve CONFIG` and `registry garbage-collect CONFIG` invocations work
 //! too, and so does `--config` (or `BERTH_CONFIG`) before or after the command.
 
@@ -51,6 +52,10 @@ enum Command {
         #[arg(long)]
         rebuild: bool,
     },
+    /// Compare every tag with the downstream registries of `berth.replication` and send what
+    /// is missing or differs (a JSON report per downstream on stdout; exit 1 if anything could
+    /// not be sent). Tags found only downstream are reported, never deleted.
+    Replicate(ReplicateArgs),
     /// Ask the access policy (`berth.policy.file`) what it decides.
     Policy {
         #[command(subcommand)]
@@ -120,6 +125,20 @@ struct GcArgs {
 }
 
 #[derive(Args)]
+struct ReplicateArgs {
+    /// Run one full reconciliation and exit (the only mode: the server sends changes as they
+    /// happen).
+    #[arg(long, required = true)]
+    once: bool,
+    /// Only this downstream (by its name).
+    #[arg(long)]
+    downstream: Option<String>,
+    /// Compare and report without sending anything.
+    #[arg(long)]
+    dry_run: bool,
+}
+
+#[derive(Args)]
 struct HtpasswdArgs {
     /// Hash with bcrypt (the only kind a registry accepts; accepted for Apache's spelling).
     #[arg(short = 'B')]
@@ -174,7 +193,10 @@ fn main() -> ExitCode {
         Command::Htpasswd(args) => return htpasswd(args),
         Command::Serve { file } => file.clone(),
         Command::Gc(args) => args.file.clone(),
-        Command::Token { .. } | Command::Policy { .. } | Command::Usage { .. } => None,
+        Command::Token { .. }
+        | Command::Policy { .. }
+        | Command::Usage { .. }
+        | Command::Replicate(_) => None,
     };
     let path = cli.config.or(file);
     let source = path.as_deref().map_or(Source::Embedded, Source::File);
@@ -228,6 +250,66 @@ fn main() -> ExitCode {
         Command::Token { action } => runtime.block_on(token(settings, action)),
         Command::Policy { action } => policy(&settings, action),
         Command::Usage { rebuild } => runtime.block_on(usage(settings, rebuild)),
+        Command::Replicate(args) => runtime.block_on(replicate(settings, args)),
+    }
+}
+
+/// `berth replicate --once`.
+async fn replicate(settings: Settings, args: ReplicateArgs) -> ExitCode {
+    let app = match registry_server::serve::app(settings) {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("berth: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let Some(replication) = &app.replication else {
+        eprintln!("berth replicate: the configuration names no berth.replication.downstreams");
+        return ExitCode::from(2);
+    };
+    let _ = args.once;
+    match replication
+        .reconcile(&app.registry, args.downstream.as_deref(), args.dry_run)
+        .await
+    {
+        Ok(reports) if reports.is_empty() => {
+            eprintln!(
+                "berth replicate: no downstream is named {:?}",
+                args.downstream
+            );
+            ExitCode::from(2)
+        }
+        Ok(reports) => {
+            for r in &reports {
+                eprintln!(
+                    "berth replicate: {}: {} tags in {} repositories, {} the same, {} missing, {} differing, {} only there, {} failed; sent {} manifests, {} blobs ({} bytes)",
+                    r.downstream,
+                    r.tags,
+                    r.repositories,
+                    r.in_sync,
+                    r.missing.len(),
+                    r.differing.len(),
+                    r.only_downstream.len(),
+                    r.failed.len(),
+                    r.manifests_sent,
+                    r.blobs_sent,
+                    r.bytes_sent
+                );
+            }
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&reports).unwrap_or_default()
+            );
+            if reports.iter().all(|r| r.converged()) {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            }
+        }
+        Err(e) => {
+            eprintln!("berth replicate: {e}");
+            ExitCode::FAILURE
+        }
     }
 }
 

@@ -39,12 +39,19 @@ pub fn app(settings: Settings) -> Result<Arc<App>, ConfigError> {
     let notifier = crate::notify::Notifier::start(settings.notifications.clone());
     let content = crate::content::Content::new(registry.clone(), &settings.proxies)
         .map_err(|e| crate::config::key_err("proxy", e.to_string()))?;
+    let replication = match &settings.replication {
+        None => None,
+        Some(r) => Some(Arc::new(crate::replication::Replication::new(r).map_err(
+            |e| crate::config::key_err("berth.replication", e.to_string()),
+        )?)),
+    };
     Ok(Arc::new(App {
         registry,
         content,
         settings,
         metrics,
         notifier,
+        replication,
     }))
 }
 
@@ -74,6 +81,9 @@ pub async fn run(settings: Settings) -> Result<(), StartupError> {
         tokio::spawn(reload_on_change(cert.clone()));
     }
     tokio::spawn(flush_pull_times(app.clone()));
+    if let Some(r) = &app.replication {
+        r.start(app.registry.clone());
+    }
     if let Some(policy) = &app.settings.policy {
         tokio::spawn(policy.clone().watch());
     }

@@ -12,9 +12,8 @@
 use std::collections::HashSet;
 use std::time::{Duration, SystemTime};
 
-use bytes::Bytes;
 use futures::TryStreamExt;
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 
 use super::Registry;
 use crate::digest::Digest;
@@ -22,7 +21,7 @@ use crate::error::Result;
 use crate::layout;
 use crate::manifest::Manifest;
 use crate::names::RepositoryName;
-use crate::storage::{PutCondition, StorageError};
+use crate::storage::StorageError;
 
 /// How a collection runs.
 #[derive(Debug, Clone)]
@@ -67,11 +66,6 @@ pub struct GcReport {
     pub retention: Vec<super::retention::RetentionRemoval>,
 }
 
-#[derive(Serialize, Deserialize)]
-struct Lease {
-    holder: String,
-}
-
 /// What a manifest refers to: config, layers, index children.
 pub(super) fn references_of(m: Manifest) -> Vec<Digest> {
     m.config
@@ -87,83 +81,6 @@ fn older_than(t: Option<SystemTime>, cutoff: SystemTime) -> bool {
 }
 
 impl Registry {
-    /// Takes the GC lease; `None` when another live collector holds it. Returns the store's time
-    /// and the lease's version.
-    async fn take_lease(
-        &self,
-        o: &GcOptions,
-    ) -> Result<Option<(SystemTime, crate::storage::ObjectVersion)>> {
-        let key = layout::gc_lease();
-        let body = Bytes::from(
-            serde_json::to_vec(&Lease {
-                holder: o.holder.clone(),
-            })
-            .unwrap_or_default(),
-        );
-        match self
-            .store
-            .put_bytes(&key, body.clone(), PutCondition::CreateOnly)
-            .await
-        {
-            Ok(_) => {}
-            Err(StorageError::AlreadyExists(_)) => {
-                let current = self.store.stat(&key).await?;
-                let stale = current
-                    .last_modified
-                    .and_then(|t| t.elapsed().ok())
-                    .is_some_and(|age| age > o.lease_ttl);
-                if !stale {
-                    return Ok(None);
-                }
-                match self
-                    .store
-                    .put_bytes(&key, body, PutCondition::IfVersion(current.version))
-                    .await
-                {
-                    Ok(_) => {}
-                    Err(StorageError::Precondition(_)) => return Ok(None),
-                    Err(e) => return Err(e.into()),
-                }
-            }
-            Err(e) => return Err(e.into()),
-        }
-        let held = self.store.stat(&key).await?;
-        Ok(Some((
-            held.last_modified.unwrap_or_else(SystemTime::now),
-            held.version,
-        )))
-    }
-
-    /// Rewrites the lease every quarter of its TTL while a collection runs, so that a collector
-    /// that died (a killed pod) is replaced within the TTL and a live one never is. Ends when
-    /// the lease is lost: two collectors at once only repeat work, as markers keep pushes safe.
-    async fn hold_lease(&self, o: &GcOptions, mut version: crate::storage::ObjectVersion) {
-        let body = Bytes::from(
-            serde_json::to_vec(&Lease {
-                holder: o.holder.clone(),
-            })
-            .unwrap_or_default(),
-        );
-        loop {
-            tokio::time::sleep(o.lease_ttl / 4).await;
-            match self
-                .store
-                .put_bytes(
-                    &layout::gc_lease(),
-                    body.clone(),
-                    PutCondition::IfVersion(version.clone()),
-                )
-                .await
-            {
-                Ok(info) => version = info.version,
-                Err(e) => {
-                    tracing::warn!(error = %e, "the garbage collection lease could not be renewed");
-                    return;
-                }
-            }
-        }
-    }
-
     pub(super) async fn revisions(&self, name: &RepositoryName) -> Result<Vec<Digest>> {
         let mut out = Vec::new();
         let prefix = layout::manifest_revisions_prefix(name);
@@ -419,19 +336,19 @@ impl Registry {
 
     /// Runs one collection; `None` when another process holds the lease.
     pub async fn collect_garbage(&self, o: &GcOptions) -> Result<Option<GcReport>> {
-        let Some((start, version)) = self.take_lease(o).await? else {
+        let lease = super::StoreLease {
+            key: layout::gc_lease(),
+            holder: o.holder.clone(),
+            ttl: o.lease_ttl,
+        };
+        let Some((start, result)) = lease
+            .run(&self.store, async |held| {
+                (held.taken_at, self.collect(o, held.taken_at).await)
+            })
+            .await?
+        else {
             return Ok(None);
         };
-        let collect = std::pin::pin!(self.collect(o, start));
-        let hold = std::pin::pin!(async {
-            self.hold_lease(o, version).await;
-            std::future::pending::<()>().await
-        });
-        let result = match futures::future::select(collect, hold).await {
-            futures::future::Either::Left((result, _)) => result,
-            futures::future::Either::Right(((), _)) => unreachable!("holding never ends"),
-        };
-        let _ = self.store.delete(&layout::gc_lease()).await;
         if let Ok(report) = &result
             && !o.dry_run
         {

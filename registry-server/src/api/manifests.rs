@@ -3,6 +3,7 @@
 use axum::body::Body;
 use axum::http::{Method, StatusCode};
 use axum::response::IntoResponse;
+use registry_core::registry::ReplicationAction;
 use registry_core::{Reference, RegistryError, Tag};
 
 use super::error::{ApiError, ApiResult};
@@ -98,6 +99,20 @@ pub(crate) async fn put(ctx: &Ctx, name: &str, reference: &str, body: Body) -> A
         Reference::Digest(_) => None,
     };
     ctx.notify("push", &name, &media_type, &outcome.digest, size, tag);
+    if let Some(r) = &ctx.app.replication {
+        let changed: Vec<&str> = tag
+            .into_iter()
+            .chain(tags.iter().map(|t| t.as_str()))
+            .collect();
+        r.record(
+            &ctx.app.registry,
+            ReplicationAction::Push,
+            &name,
+            &changed,
+            Some(&outcome.digest),
+        )
+        .await;
+    }
     let reference_text = reference.to_string();
     ctx.audit(
         "push",
@@ -146,6 +161,20 @@ pub(crate) async fn delete(ctx: &Ctx, name: &str, reference: &str) -> ApiResult 
     ctx.app.registry.delete_manifest(&name, &reference).await?;
     if let Some(d) = &digest {
         ctx.notify("delete", &name, "", d, 0, None);
+    }
+    if let Some(r) = &ctx.app.replication {
+        let tag = match &reference {
+            Reference::Tag(t) => vec![t.as_str()],
+            Reference::Digest(_) => Vec::new(),
+        };
+        r.record(
+            &ctx.app.registry,
+            ReplicationAction::Delete,
+            &name,
+            &tag,
+            digest.as_ref(),
+        )
+        .await;
     }
     let reference_text = reference.to_string();
     ctx.audit(

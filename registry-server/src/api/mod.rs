@@ -39,6 +39,8 @@ pub struct App {
     pub metrics: Arc<crate::observe::Metrics>,
     /// Webhook notifications.
     pub notifier: crate::notify::Notifier,
+    /// Push mirroring to downstream registries, when configured.
+    pub replication: Option<Arc<crate::replication::Replication>>,
 }
 
 /// Builds the router serving the whole API, and `pages` (the web UI) beside it under the
@@ -240,11 +242,11 @@ pub(crate) fn empty(status: StatusCode, headers: &[(&'static str, String)]) -> R
 }
 
 async fn metrics(State(app): State<Arc<App>>) -> Response {
-    (
-        [("content-type", "text/plain; version=0.0.4")],
-        app.metrics.render(),
-    )
-        .into_response()
+    let mut text = app.metrics.render();
+    if let Some(r) = &app.replication {
+        r.render_metrics(&mut text);
+    }
+    ([("content-type", "text/plain; version=0.0.4")], text).into_response()
 }
 
 /// Ready when the store answers: a stat of a key that need not exist.

@@ -7,12 +7,14 @@ mod auth;
 mod env;
 mod operations;
 mod proxy;
+mod replication;
 mod storage;
 
 pub use crate::connections::tls::TlsFiles;
 use auth::authorizer;
 use operations::{endpoints, gc_settings, purge_settings};
 pub use proxy::{PrefixedProxyConfig, ProxyConfig, UpstreamSettings};
+pub use replication::{DownstreamSettings, ReplicationConfig, ReplicationSettings};
 use storage::{azure_options, gcs_options, s3_options};
 
 use std::net::SocketAddr;
@@ -434,6 +436,8 @@ pub struct BerthConfig {
     pub usage: Option<UsageConfig>,
     /// The web UI.
     pub ui: Option<UiConfig>,
+    /// Push mirroring to downstream registries.
+    pub replication: Option<ReplicationConfig>,
 }
 
 /// `berth.ui`: the web UI at `/ui/`.
@@ -716,6 +720,8 @@ pub struct Settings {
     pub gc: Option<GcSettings>,
     /// Webhook endpoints.
     pub notifications: Vec<crate::notify::EndpointSettings>,
+    /// Push mirroring, when downstreams are configured.
+    pub replication: Option<ReplicationSettings>,
     /// Upstream registries this one caches, most specific prefix first.
     pub proxies: Vec<UpstreamSettings>,
     /// Limits on client connections.
@@ -1126,6 +1132,7 @@ fn validate(config: Config, warnings: &mut Vec<String>) -> Result<Settings, Conf
             proxies.iter().any(|u| u.ttl.is_some()),
         )?,
         notifications: endpoints(config.notifications.as_ref())?,
+        replication: replication::replication_settings(config.berth.replication.as_ref())?,
         proxies,
         purge: purge_settings(
             s.maintenance

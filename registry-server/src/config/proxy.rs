@@ -173,7 +173,7 @@ fn trusted_origins(raw: &[String], key: &str) -> Result<Vec<(String, u16)>, Conf
 
 /// The checks both sections share, for the upstream at `key`.
 #[allow(clippy::too_many_arguments)]
-fn upstream(
+pub(super) fn upstream(
     key: &str,
     prefix: Option<&str>,
     remoteurl: Option<&str>,

@@ -418,3 +418,50 @@ fn the_ui_is_on_unless_turned_off_and_its_oidc_login_must_be_trusted() {
         .unwrap_err();
     assert!(e.to_string().contains("redirecturl"), "{e}");
 }
+
+#[test]
+fn replication_downstreams_are_checked() {
+    let with = |d: &str| {
+        load_str(
+            &format!("storage: {{inmemory: {{}}}}\nberth:\n  replication:\n    downstreams: {d}\n"),
+            &[],
+        )
+    };
+    let (s, _) = load_str("storage: {inmemory: {}}\n", &[]).unwrap();
+    assert!(s.replication.is_none());
+    let (s, _) = with(
+        "[{name: dr, remoteurl: 'https://bot:pw@dr.example', repositories: ['team/*']}, {name: all, remoteurl: 'http://10.0.0.9:5000'}]",
+    )
+    .unwrap();
+    let r = s.replication.unwrap();
+    assert_eq!(r.poll, Duration::from_secs(5));
+    assert_eq!(r.lease_ttl, Duration::from_secs(30));
+    let dr = &r.downstreams[0];
+    assert_eq!(dr.remote.credentials, Some(("bot".into(), "pw".into())));
+    assert_eq!(dr.remote.url.as_str(), "https://dr.example/");
+    assert!(dr.wants("team/app") && !dr.wants("other/app"));
+    assert!(r.downstreams[1].wants("anything/at/all"));
+    for (bad, key) in [
+        ("[{remoteurl: 'https://x'}]", "downstreams[0].name"),
+        (
+            "[{name: 'Big Name', remoteurl: 'https://x'}]",
+            "downstreams[0].name",
+        ),
+        (
+            "[{name: a, remoteurl: 'https://x'}, {name: a, remoteurl: 'https://y'}]",
+            "downstreams[1].name",
+        ),
+        ("[{name: a}]", "downstreams[0].remoteurl"),
+        (
+            "[{name: a, remoteurl: 'https://x/v2/'}]",
+            "downstreams[0].remoteurl",
+        ),
+        (
+            "[{name: a, remoteurl: 'https://x', username: u}]",
+            "downstreams[0]",
+        ),
+    ] {
+        let e = with(bad).unwrap_err().to_string();
+        assert!(e.contains(key), "{bad}: {e}");
+    }
+}

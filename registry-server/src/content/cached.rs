@@ -15,11 +15,7 @@ use super::{Blob, Content, ContentError, Tags, uses};
 use crate::upstream::client::unreachable;
 use crate::upstream::{Remote, UpstreamError};
 
-/// Every manifest kind Berth stores, asked of the upstream in its order of preference.
-const MANIFEST_ACCEPT: &str = "application/vnd.oci.image.index.v1+json, \
-application/vnd.oci.image.manifest.v1+json, \
-application/vnd.docker.distribution.manifest.list.v2+json, \
-application/vnd.docker.distribution.manifest.v2+json";
+use registry_core::manifest::ACCEPT_ALL as MANIFEST_ACCEPT;
 
 /// Chunks in flight between the upstream, the client and the store (bounded memory per pull).
 const TEE_QUEUE: usize = 4;

@@ -23,6 +23,24 @@ const DEFAULT_TOKEN_LIFETIME: Duration = Duration::from_secs(60);
 /// Largest token answer read from a realm (a JWT is a few KiB).
 const MAX_TOKEN_ANSWER_BYTES: usize = 64 << 10;
 
+/// One request to an upstream (or downstream) registry.
+pub(crate) struct Request<'a> {
+    /// The method.
+    pub(crate) method: Method,
+    /// A path starting `/v2/`, or an absolute URL the registry gave.
+    pub(crate) target: &'a str,
+    /// The repository, for the token's scope.
+    pub(crate) repository: &'a str,
+    /// The actions asked of it: `pull`, or `pull,push`.
+    pub(crate) actions: &'a str,
+    /// The Accept header.
+    pub(crate) accept: Option<&'a str>,
+    /// Other headers.
+    pub(crate) headers: &'a [(&'a str, &'a str)],
+    /// A body that can be sent again after a challenge.
+    pub(crate) body: Option<bytes::Bytes>,
+}
+
 /// A client of one upstream registry.
 pub(crate) struct UpstreamClient {
     settings: UpstreamSettings,
@@ -35,8 +53,16 @@ pub(crate) struct UpstreamClient {
 }
 
 impl UpstreamClient {
-    /// A client for `settings`.
+    /// A client for `settings`, as the pull-through cache.
     pub(crate) fn new(settings: UpstreamSettings) -> Result<Self, UpstreamError> {
+        Self::for_purpose(settings, "pull-through cache")
+    }
+
+    /// A client for `settings`, saying in its User-Agent what it does there.
+    pub(crate) fn for_purpose(
+        settings: UpstreamSettings,
+        purpose: &str,
+    ) -> Result<Self, UpstreamError> {
         let reach = Reach::new(&settings.url, &settings.trusted);
         let http = reqwest::Client::builder()
             .redirect(redirect_policy(reach.clone()))
@@ -44,11 +70,7 @@ impl UpstreamClient {
             .connect_timeout(Duration::from_secs(10))
             // Between two reads of a body, not for the whole of a multi-GiB layer.
             .read_timeout(Duration::from_secs(60))
-            .user_agent(concat!(
-                "berth/",
-                env!("CARGO_PKG_VERSION"),
-                " (pull-through cache)"
-            ))
+            .user_agent(format!("berth/{} ({purpose})", env!("CARGO_PKG_VERSION")))
             .build()
             .map_err(|e| UpstreamError::Unreachable(e.to_string()))?;
         Ok(UpstreamClient {
@@ -76,37 +98,31 @@ impl UpstreamClient {
         accept: Option<&str>,
         headers: &[(&str, &str)],
     ) -> Result<Response, UpstreamError> {
-        let url = self
-            .settings
-            .url
-            .join(path)
-            .map_err(|e| UpstreamError::Unreachable(e.to_string()))?;
-        let scope = format!("repository:{repository}:pull");
+        self.request(Request {
+            method,
+            target: path,
+            repository,
+            actions: "pull",
+            accept,
+            headers,
+            body: None,
+        })
+        .await
+    }
+
+    /// Sends `r`, answering an authentication challenge once (for the actions it asks).
+    pub(crate) async fn request(&self, r: Request<'_>) -> Result<Response, UpstreamError> {
+        let url = self.url_of(r.target)?;
+        let scope = format!("repository:{}:{}", r.repository, r.actions);
         let mut fresh_auth = false;
         loop {
-            let mut req = self.http.request(method.clone(), url.clone());
-            if let Some(a) = accept {
-                req = req.header(ACCEPT, a);
-            }
-            for (k, v) in headers {
-                req = req.header(*k, *v);
-            }
-            if let Some(token) = self.token(&scope) {
-                req = req.bearer_auth(token);
-            } else if let Some((user, password)) = self.basic_credentials() {
-                req = req.basic_auth(user, Some(password));
+            let mut req = self.authorized(r.method.clone(), url.clone(), &scope, &r);
+            if let Some(b) = &r.body {
+                req = req.body(b.clone());
             }
             let resp = req.send().await.map_err(unreachable)?;
             if resp.status() != StatusCode::UNAUTHORIZED || fresh_auth {
-                return match resp.status() {
-                    StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => {
-                        Err(UpstreamError::Refused(self.origin().to_string()))
-                    }
-                    StatusCode::TOO_MANY_REQUESTS => {
-                        Err(UpstreamError::RateLimited(self.origin().to_string()))
-                    }
-                    _ => Ok(resp),
-                };
+                return self.judged(resp);
             }
             let challenge = resp
                 .headers()
@@ -116,6 +132,80 @@ impl UpstreamClient {
                 .ok_or_else(|| UpstreamError::Refused(self.origin().to_string()))?;
             self.answer(challenge, &scope).await?;
             fresh_auth = true;
+        }
+    }
+
+    /// Sends `r` with a streamed `body` of `len` bytes, which cannot be sent twice: the
+    /// credentials are those an earlier request of the same actions got (a push starts an
+    /// upload before it sends the bytes), and a challenge now is a refusal.
+    pub(crate) async fn request_streaming(
+        &self,
+        r: Request<'_>,
+        body: reqwest::Body,
+        len: u64,
+    ) -> Result<Response, UpstreamError> {
+        let url = self.url_of(r.target)?;
+        let scope = format!("repository:{}:{}", r.repository, r.actions);
+        let resp = self
+            .authorized(r.method.clone(), url, &scope, &r)
+            .header(reqwest::header::CONTENT_LENGTH, len)
+            .body(body)
+            .send()
+            .await
+            .map_err(unreachable)?;
+        self.judged(resp)
+    }
+
+    /// A path under the upstream, or an absolute URL it gave (an upload's Location), which
+    /// must be somewhere its requests may go.
+    fn url_of(&self, target: &str) -> Result<url::Url, UpstreamError> {
+        let url = self
+            .settings
+            .url
+            .join(target)
+            .map_err(|e| UpstreamError::BadAnswer(format!("{target:?}: {e}")))?;
+        self.reach.check(&url).map_err(|why| {
+            UpstreamError::BadAnswer(format!("{} refused: {why}", redacted(url.as_str())))
+        })?;
+        Ok(url)
+    }
+
+    fn authorized(
+        &self,
+        method: Method,
+        url: url::Url,
+        scope: &str,
+        r: &Request<'_>,
+    ) -> reqwest::RequestBuilder {
+        let same_origin = url.origin() == self.settings.url.origin();
+        let mut req = self.http.request(method, url);
+        if let Some(a) = r.accept {
+            req = req.header(ACCEPT, a);
+        }
+        for (k, v) in r.headers {
+            req = req.header(*k, *v);
+        }
+        if !same_origin {
+            return req;
+        }
+        if let Some(token) = self.token(scope) {
+            req.bearer_auth(token)
+        } else if let Some((user, password)) = self.basic_credentials() {
+            req.basic_auth(user, Some(password))
+        } else {
+            req
+        }
+    }
+
+    fn judged(&self, resp: Response) -> Result<Response, UpstreamError> {
+        match resp.status() {
+            StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => {
+                Err(UpstreamError::Refused(self.origin().to_string()))
+            }
+            StatusCode::TOO_MANY_REQUESTS => {
+                Err(UpstreamError::RateLimited(self.origin().to_string()))
+            }
+            _ => Ok(resp),
         }
     }
 

@@ -1,0 +1,131 @@
+//! `berth.replication`: push mirroring of repositories to downstream registries.
+
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use super::proxy::upstream;
+use super::{ConfigError, UpstreamSettings, key_err, parse_duration};
+
+/// `berth.replication`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ReplicationConfig {
+    /// Registries every push and delete of matching repositories is sent to.
+    pub downstreams: Vec<DownstreamConfig>,
+    /// How often the replica sending a downstream looks for events other replicas queued
+    /// (default 5s; its own are sent at once).
+    pub poll: Option<String>,
+    /// How long a replica that stopped sending (killed, partitioned) keeps its downstreams'
+    /// leases before another replica takes them over (default 30s).
+    pub leasettl: Option<String>,
+}
+
+/// `berth.replication.downstreams[]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DownstreamConfig {
+    /// A name for logs, metrics and the queue's place in the store (`[a-z0-9._-]`).
+    pub name: Option<String>,
+    /// The registry's origin, e.g. `https://dr.example.com`.
+    pub remoteurl: Option<String>,
+    /// Account there.
+    pub username: Option<String>,
+    /// Its password or token.
+    pub password: Option<String>,
+    /// Repositories sent, as globs (`*` matches any run, `/` included); default all.
+    pub repositories: Vec<String>,
+    /// Other origins (`host:port`) it may name as its token realm or upload location
+    /// although they are loopback or private.
+    pub trustedorigins: Vec<String>,
+}
+
+/// What replication does, checked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReplicationSettings {
+    /// The downstream registries.
+    pub downstreams: Vec<DownstreamSettings>,
+    /// How often queues are looked at for events other replicas queued.
+    pub poll: Duration,
+    /// How long a silent sender keeps a downstream's lease.
+    pub lease_ttl: Duration,
+}
+
+/// One downstream registry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DownstreamSettings {
+    /// Its name.
+    pub name: String,
+    /// Where it is and how to log in.
+    pub remote: UpstreamSettings,
+    /// Repository globs sent there (empty: all).
+    pub repositories: Vec<String>,
+}
+
+impl DownstreamSettings {
+    /// Whether `repository` is sent there.
+    pub fn wants(&self, repository: &str) -> bool {
+        self.repositories.is_empty()
+            || self
+                .repositories
+                .iter()
+                .any(|g| registry_core::names::glob_match(g, repository))
+    }
+}
+
+/// Checks `berth.replication`; `None` when it names no downstream.
+pub(super) fn replication_settings(
+    c: Option<&ReplicationConfig>,
+) -> Result<Option<ReplicationSettings>, ConfigError> {
+    let Some(c) = c.filter(|c| !c.downstreams.is_empty()) else {
+        return Ok(None);
+    };
+    let duration = |raw: Option<&str>, default: u64, key: &str| match raw {
+        None => Ok(Duration::from_secs(default)),
+        Some(t) => parse_duration(t)
+            .filter(|d| !d.is_zero())
+            .ok_or_else(|| key_err(key, format!("{t:?} is not a duration like {default}s"))),
+    };
+    let poll = duration(c.poll.as_deref(), 5, "berth.replication.poll")?;
+    let lease_ttl = duration(c.leasettl.as_deref(), 30, "berth.replication.leasettl")?;
+    let mut downstreams: Vec<DownstreamSettings> = Vec::new();
+    for (i, d) in c.downstreams.iter().enumerate() {
+        let key = format!("berth.replication.downstreams[{i}]");
+        let name = d.name.clone().unwrap_or_default();
+        let plain = name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"._-".contains(&b));
+        if name.is_empty() || !plain || name.starts_with('.') {
+            return Err(key_err(
+                &format!("{key}.name"),
+                format!("{name:?}: give a name of a-z, 0-9, '.', '_' and '-'"),
+            ));
+        }
+        if downstreams.iter().any(|o| o.name == name) {
+            return Err(key_err(
+                &format!("{key}.name"),
+                format!("{name:?} names two downstreams"),
+            ));
+        }
+        let remote = upstream(
+            &key,
+            None,
+            d.remoteurl.as_deref(),
+            &d.username,
+            &d.password,
+            None,
+            &d.trustedorigins,
+            None,
+        )?;
+        downstreams.push(DownstreamSettings {
+            name,
+            remote,
+            repositories: d.repositories.clone(),
+        });
+    }
+    Ok(Some(ReplicationSettings {
+        downstreams,
+        poll,
+        lease_ttl,
+    }))
+}
