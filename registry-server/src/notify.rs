@@ -1,6 +1,8 @@
-//! Webhook notifications in distribution's event envelope, one bounded queue per endpoint so a
-//! slow or dead listener never holds up a push: when a queue is full the event is dropped and
-//! counted.
+//! Webhook notifications in distribution's event envelope (or as CloudEvents), one bounded
+//! queue per endpoint so a slow or dead listener never holds up a push: when a queue is full
+//! the event is dropped and counted. A failed delivery is tried again after a pause that
+//! doubles each time (from the endpoint's `backoff`, up to a minute), `threshold` times in
+//! all; then the event is given up on and counted as a dead letter.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -35,7 +37,26 @@ pub struct EndpointSettings {
     pub ignored_media_types: Vec<String>,
     /// The key each body is signed with, so that the receiver knows it came from here.
     pub signing_secret: Option<String>,
+    /// The body's shape.
+    pub format: EventFormat,
 }
+
+/// How events are written to an endpoint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum EventFormat {
+    /// distribution's envelope, `{"events": [...]}`, as its receivers expect.
+    #[default]
+    Distribution,
+    /// One CloudEvents 1.0 event per request, in structured mode
+    /// (`application/cloudevents+json`), the distribution event as its `data`.
+    CloudEvents,
+}
+
+/// CloudEvents' media type for one event in structured mode.
+pub const CLOUDEVENTS_MEDIA_TYPE: &str = "application/cloudevents+json";
+
+/// Longest pause between two attempts at one event.
+const MAX_BACKOFF: Duration = Duration::from_secs(60);
 
 /// The header carrying a body's signature: `sha256=` and the hex HMAC-SHA256 of the exact
 /// bytes sent, keyed with the endpoint's `signingsecret` (the scheme GitHub's webhooks use).
@@ -105,16 +126,30 @@ pub struct Event {
     pub source: serde_json::Value,
 }
 
+/// What happened to one endpoint's events in this process.
+#[derive(Debug, Default)]
+pub struct EndpointStats {
+    /// Delivered.
+    pub delivered: AtomicU64,
+    /// Given up on after `threshold` attempts (dead letters).
+    pub failed: AtomicU64,
+    /// Attempts that failed and were tried again.
+    pub retried: AtomicU64,
+    /// Dropped because the endpoint's queue was full.
+    pub dropped: AtomicU64,
+}
+
+/// One endpoint: its settings, its queue, its counts.
+struct Endpoint {
+    settings: EndpointSettings,
+    queue: mpsc::Sender<Event>,
+    stats: Arc<EndpointStats>,
+}
+
 /// Sends events to every configured endpoint.
 #[derive(Default)]
 pub struct Notifier {
-    endpoints: Vec<(EndpointSettings, mpsc::Sender<Event>)>,
-    /// Events dropped because a queue was full.
-    pub dropped: Arc<AtomicU64>,
-    /// Events delivered.
-    pub delivered: Arc<AtomicU64>,
-    /// Events given up on after their attempts.
-    pub failed: Arc<AtomicU64>,
+    endpoints: Vec<Endpoint>,
 }
 
 fn rfc3339(t: SystemTime) -> String {
@@ -132,16 +167,57 @@ impl Notifier {
         let client = reqwest::Client::new();
         for e in endpoints {
             let (tx, rx) = mpsc::channel(QUEUE);
-            tokio::spawn(deliver(
-                client.clone(),
-                e.clone(),
-                rx,
-                n.delivered.clone(),
-                n.failed.clone(),
-            ));
-            n.endpoints.push((e, tx));
+            let stats = Arc::new(EndpointStats::default());
+            tokio::spawn(deliver(client.clone(), e.clone(), rx, stats.clone()));
+            n.endpoints.push(Endpoint {
+                settings: e,
+                queue: tx,
+                stats,
+            });
         }
         n
+    }
+
+    /// The Prometheus exposition of every endpoint's counts and queue.
+    pub fn render_metrics(&self, out: &mut String) {
+        use std::fmt::Write;
+        if self.endpoints.is_empty() {
+            return;
+        }
+        let _ = writeln!(
+            out,
+            "# HELP berth_notifications_total Webhook events by endpoint and outcome (failed: given up on after every attempt)."
+        );
+        let _ = writeln!(out, "# TYPE berth_notifications_total counter");
+        for e in &self.endpoints {
+            let s = &e.stats;
+            for (result, n) in [
+                ("delivered", &s.delivered),
+                ("failed", &s.failed),
+                ("retried", &s.retried),
+                ("dropped", &s.dropped),
+            ] {
+                let _ = writeln!(
+                    out,
+                    "berth_notifications_total{{endpoint=\"{}\",result=\"{result}\"}} {}",
+                    e.settings.name,
+                    n.load(Ordering::Relaxed)
+                );
+            }
+        }
+        let _ = writeln!(
+            out,
+            "# HELP berth_notifications_queued Webhook events waiting to be sent, by endpoint."
+        );
+        let _ = writeln!(out, "# TYPE berth_notifications_queued gauge");
+        for e in &self.endpoints {
+            let _ = writeln!(
+                out,
+                "berth_notifications_queued{{endpoint=\"{}\"}} {}",
+                e.settings.name,
+                QUEUE - e.queue.capacity()
+            );
+        }
     }
 
     /// Whether any endpoint listens (skips building events when none does).
@@ -160,16 +236,16 @@ impl Notifier {
             actor: actor.map_or(serde_json::json!({}), |a| serde_json::json!({ "name": a })),
             source: serde_json::json!({ "instanceID": instance_id() }),
         };
-        for (settings, tx) in &self.endpoints {
-            if settings.ignored_actions.iter().any(|a| a == action)
-                || settings
+        for e in &self.endpoints {
+            if e.settings.ignored_actions.iter().any(|a| a == action)
+                || e.settings
                     .ignored_media_types
                     .contains(&event.target.media_type)
             {
                 continue;
             }
-            if tx.try_send(event.clone()).is_err() {
-                self.dropped.fetch_add(1, Ordering::Relaxed);
+            if e.queue.try_send(event.clone()).is_err() {
+                e.stats.dropped.fetch_add(1, Ordering::Relaxed);
             }
         }
     }
@@ -180,25 +256,61 @@ fn instance_id() -> &'static str {
     ID.get_or_init(|| uuid::Uuid::new_v4().to_string())
 }
 
+/// The body sent for `event`, and its content type.
+fn body_of(event: &Event, format: EventFormat) -> (bytes::Bytes, &'static str) {
+    let value = match format {
+        EventFormat::Distribution => serde_json::json!({ "events": [event] }),
+        EventFormat::CloudEvents => {
+            let subject = match &event.target.tag {
+                Some(t) => format!("{}:{t}", event.target.repository),
+                None => format!("{}@{}", event.target.repository, event.target.digest),
+            };
+            serde_json::json!({
+                "specversion": "1.0",
+                "id": event.id,
+                "source": format!("/berth/{}", instance_id()),
+                "type": format!("io.berth.registry.{}", event.action),
+                "subject": subject,
+                "time": event.timestamp,
+                "datacontenttype": "application/json",
+                "data": event,
+            })
+        }
+    };
+    let media_type = match format {
+        EventFormat::Distribution => ENVELOPE_MEDIA_TYPE,
+        EventFormat::CloudEvents => CLOUDEVENTS_MEDIA_TYPE,
+    };
+    (
+        bytes::Bytes::from(serde_json::to_vec(&value).unwrap_or_default()),
+        media_type,
+    )
+}
+
+/// The pause after the `attempt`-th failure: `backoff`, doubled each time, at most a minute
+/// (or `backoff`, if that is longer).
+fn pause_after(backoff: Duration, attempt: u32) -> Duration {
+    let doubled = backoff.saturating_mul(1u32 << attempt.saturating_sub(1).min(16));
+    doubled.min(MAX_BACKOFF.max(backoff))
+}
+
 async fn deliver(
     client: reqwest::Client,
     e: EndpointSettings,
     mut rx: mpsc::Receiver<Event>,
-    delivered: Arc<AtomicU64>,
-    failed: Arc<AtomicU64>,
+    stats: Arc<EndpointStats>,
 ) {
     while let Some(event) = rx.recv().await {
         // Serialized once: the signature is of these very bytes.
-        let body = bytes::Bytes::from(
-            serde_json::to_vec(&serde_json::json!({ "events": [event] })).unwrap_or_default(),
-        );
+        let (body, media_type) = body_of(&event, e.format);
         let signed = e.signing_secret.as_deref().map(|k| signature(k, &body));
         let mut ok = false;
-        for attempt in 1..=e.threshold.max(1) {
+        let attempts = e.threshold.max(1);
+        for attempt in 1..=attempts {
             let mut req = client
                 .post(&e.url)
                 .timeout(e.timeout)
-                .header("content-type", ENVELOPE_MEDIA_TYPE)
+                .header("content-type", media_type)
                 .body(body.clone());
             if let Some(sig) = &signed {
                 req = req.header(SIGNATURE_HEADER, sig.as_str());
@@ -218,24 +330,43 @@ async fn deliver(
                     tracing::warn!(endpoint = %e.name, error = %err, attempt, "notification failed")
                 }
             }
-            tokio::time::sleep(e.backoff).await;
+            if attempt < attempts {
+                stats.retried.fetch_add(1, Ordering::Relaxed);
+                tokio::time::sleep(pause_after(e.backoff, attempt)).await;
+            }
         }
         if ok {
-            delivered.fetch_add(1, Ordering::Relaxed);
+            stats.delivered.fetch_add(1, Ordering::Relaxed);
         } else {
-            failed.fetch_add(1, Ordering::Relaxed);
+            stats.failed.fetch_add(1, Ordering::Relaxed);
+            tracing::error!(endpoint = %e.name, id = %event.id, action = %event.action, repository = %event.target.repository, "a notification was given up on after every attempt");
         }
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     #[test]
     fn signatures_are_rfc_4231_hmac_sha256() {
         // RFC 4231, test case 2.
         assert_eq!(
             super::signature("Jefe", b"what do ya want for nothing?"),
             "sha256=5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843"
+        );
+    }
+
+    #[test]
+    fn pauses_double_up_to_a_minute() {
+        let ms = Duration::from_millis;
+        let p = |attempt| super::pause_after(ms(100), attempt);
+        assert_eq!((p(1), p(2), p(3)), (ms(100), ms(200), ms(400)));
+        assert_eq!(p(30), Duration::from_secs(60));
+        // A configured pause longer than a minute is kept, as configured.
+        assert_eq!(
+            super::pause_after(Duration::from_secs(90), 3),
+            Duration::from_secs(90)
         );
     }
 

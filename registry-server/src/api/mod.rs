@@ -243,6 +243,7 @@ pub(crate) fn empty(status: StatusCode, headers: &[(&'static str, String)]) -> R
 
 async fn metrics(State(app): State<Arc<App>>) -> Response {
     let mut text = app.metrics.render();
+    app.notifier.render_metrics(&mut text);
     if let Some(r) = &app.replication {
         r.render_metrics(&mut text);
     }

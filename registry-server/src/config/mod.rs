@@ -294,6 +294,9 @@ pub struct EndpointConfig {
     pub ignore: Option<IgnoreConfig>,
     /// Berth: a key each event body is signed with (HMAC-SHA256, `X-Berth-Signature-256`).
     pub signingsecret: Option<String>,
+    /// Berth: `distribution` (its envelope, the default) or `cloudevents` (one CloudEvents
+    /// 1.0 event per request, structured mode).
+    pub format: Option<String>,
 }
 
 /// `notifications.endpoints[].ignore`.

@@ -36,6 +36,16 @@ pub(super) fn endpoints(
             ignored_media_types,
             url,
             signing_secret: e.signingsecret.clone().filter(|k| !k.is_empty()),
+            format: match e.format.as_deref() {
+                None | Some("distribution") => crate::notify::EventFormat::Distribution,
+                Some("cloudevents") => crate::notify::EventFormat::CloudEvents,
+                Some(other) => {
+                    return Err(key_err(
+                        &key("format"),
+                        format!("{other:?} is not distribution or cloudevents"),
+                    ));
+                }
+            },
         });
     }
     Ok(out)
