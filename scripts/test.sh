@@ -3,7 +3,8 @@
 #   skopeo, podman, buildah, wrk, openssl, docker-registry (CNCF distribution 2.8), docker.io (the
 #   Docker engine: each test that needs one starts its own dockerd, with its own socket and
 #   directories, and stops it), busybox-static (the images those tests build) and chromium with
-#   chromium-driver (the web UI's tests, over WebDriver) from Debian's packages, and a Debian
+#   chromium-driver (the web UI's tests, over WebDriver), prometheus (promtool checks the chart's
+#   alerts and dashboard queries) from Debian's packages, and a Debian
 #   root filesystem made with debootstrap (stand-in base images),
 #   moto (S3 emulator), gcp-storage-emulator, azure-storage-blob, oras, helm-python-sdk and
 #   kubernetes-validate from PyPI,
@@ -26,13 +27,14 @@ command -v busybox >/dev/null || apt_missing+=(busybox-static)
 command -v debootstrap >/dev/null || apt_missing+=(debootstrap)
 command -v chromium >/dev/null || apt_missing+=(chromium)
 command -v chromedriver >/dev/null || apt_missing+=(chromium-driver)
+command -v promtool >/dev/null || apt_missing+=(prometheus)
 if ((${#apt_missing[@]})); then
   echo "test.sh: installing ${apt_missing[*]} with apt" >&2
   # Waits for another apt or dpkg to finish instead of failing on its lock.
   as_root apt-get -o DPkg::Lock::Timeout=600 update -qq
   as_root env DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=600 install -y -qq "${apt_missing[@]}" >/dev/null
 fi
-for tool in skopeo docker-registry podman buildah dockerd busybox chromium chromedriver; do
+for tool in skopeo docker-registry podman buildah dockerd busybox chromium chromedriver promtool; do
   command -v "$tool" >/dev/null || { echo "test.sh: $tool is still missing after install" >&2; exit 1; }
 done
 

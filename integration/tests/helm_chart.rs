@@ -281,3 +281,209 @@ fn a_policy_and_oidc_issuers_render_into_a_config_berth_reads() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// Every `berth_*` name in `text`, as a family name (histogram series to their family).
+fn metric_names(text: &str) -> std::collections::BTreeSet<String> {
+    let mut out = std::collections::BTreeSet::new();
+    let bytes = text.as_bytes();
+    let mut i = 0;
+    while let Some(at) = text[i..].find("berth_") {
+        let start = i + at;
+        let mut end = start;
+        while end < bytes.len() && (bytes[end].is_ascii_lowercase() || bytes[end] == b'_') {
+            end += 1;
+        }
+        // Not the middle of another word (a label value such as `dashboard:berth_x`).
+        if start == 0 || !(bytes[start - 1].is_ascii_alphanumeric() || bytes[start - 1] == b'_') {
+            let name = &text[start..end];
+            let family = ["_bucket", "_count", "_sum"]
+                .iter()
+                .find_map(|s| name.strip_suffix(s))
+                .unwrap_or(name);
+            out.insert(family.to_owned());
+        }
+        i = end.max(start + 1);
+    }
+    out
+}
+
+/// The dashboard and the alerts the chart ships: every expression is valid PromQL (promtool),
+/// every Berth metric they name is one a running Berth exports, and the alerts fire on the
+/// series they watch (promtool's rule tests).
+#[tokio::test]
+async fn the_dashboard_and_alerts_watch_metrics_berth_exports() {
+    integration::tools::require("promtool");
+    let objects = render(&json!({"metrics": {"grafanaDashboard": {"enabled": true},
+        "prometheusRule": {"enabled": true}, "serviceMonitor": {"enabled": true}}}))
+    .unwrap();
+    let dashboard = objects
+        .iter()
+        .find(|o| o["kind"] == "ConfigMap" && o["metadata"]["labels"]["grafana_dashboard"] == "1")
+        .expect("a ConfigMap Grafana's sidecar picks up");
+    let dash: Value =
+        serde_json::from_str(dashboard["data"]["berth.json"].as_str().unwrap()).unwrap();
+    let exprs: Vec<String> = dash["panels"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|p| p["targets"].as_array().cloned().unwrap_or_default())
+        .map(|t| t["expr"].as_str().unwrap().to_owned())
+        .collect();
+    assert!(exprs.len() >= 20, "{exprs:?}");
+    let rule = find(&objects, "PrometheusRule");
+    let alerts = rule["spec"]["groups"][0]["rules"]
+        .as_array()
+        .unwrap()
+        .clone();
+    let names: Vec<&str> = alerts
+        .iter()
+        .map(|a| a["alert"].as_str().unwrap())
+        .collect();
+    for wanted in [
+        "BerthStoreNotReady",
+        "BerthHighErrorRate",
+        "BerthStoreErrors",
+        "BerthGcFailing",
+    ] {
+        assert!(names.contains(&wanted), "{names:?}");
+    }
+    // The ServiceMonitor scrapes the metrics port, which the Service names.
+    let monitor = find(&objects, "ServiceMonitor");
+    assert_eq!(monitor["spec"]["endpoints"][0]["port"], "metrics");
+    let ports = &find(&objects, "Service")["spec"]["ports"];
+    assert!(
+        ports
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|p| p["name"] == "metrics"),
+        "{ports}"
+    );
+
+    // Parsed by Prometheus' own checker: the alerts as they are, each dashboard query as a
+    // recording rule with Grafana's variables filled in.
+    let dir = tempfile::tempdir().unwrap();
+    let recorded: Vec<Value> = exprs
+        .iter()
+        .enumerate()
+        .map(|(i, e)| {
+            json!({"record": format!("dashboard:panel_{i}"),
+                   "expr": e.replace("$__rate_interval", "5m").replace("$job", ".*")})
+        })
+        .collect();
+    let rules = dir.path().join("rules.yml");
+    std::fs::write(
+        &rules,
+        serde_json::to_string(&json!({"groups": [
+            {"name": "berth", "rules": alerts},
+            {"name": "dashboard", "rules": recorded},
+        ]}))
+        .unwrap(),
+    )
+    .unwrap();
+    integration::tools::run(
+        std::process::Command::new("promtool")
+            .arg("check")
+            .arg("rules")
+            .arg(&rules),
+    );
+
+    // Alerts fire on the series they watch, and stay quiet without them.
+    let sel = r#"namespace="registry",service="berth",pod="berth-0""#;
+    let tests = dir.path().join("tests.yml");
+    std::fs::write(
+        &tests,
+        serde_json::to_string(&json!({
+            "rule_files": [rules.file_name().unwrap().to_str().unwrap()],
+            "evaluation_interval": "1m",
+            "tests": [{
+                "interval": "1m",
+                "input_series": [
+                    {"series": format!("berth_store_ready{{{sel}}}"), "values": "1 1 0 0 0 0 0"},
+                    {"series": format!(r#"berth_http_requests_total{{{sel},route="blob",status="200"}}"#), "values": "0+60x20"},
+                    {"series": format!(r#"berth_http_requests_total{{{sel},route="blob",status="500"}}"#), "values": "0+30x20"},
+                    {"series": format!(r#"berth_gc_runs_total{{{sel},result="failed"}}"#), "values": "0 0 1 1 1"},
+                ],
+                "alert_rule_test": [
+                    {"eval_time": "1m", "alertname": "BerthStoreNotReady", "exp_alerts": []},
+                    {"eval_time": "5m", "alertname": "BerthStoreNotReady",
+                     "exp_alerts": [{"exp_labels": {"severity": "critical", "pod": "berth-0"},
+                        "exp_annotations": {"summary": alerts.iter().find(|a| a["alert"] == "BerthStoreNotReady").unwrap()["annotations"]["summary"]}}]},
+                    {"eval_time": "15m", "alertname": "BerthHighErrorRate",
+                     "exp_alerts": [{"exp_labels": {"severity": "warning"},
+                        "exp_annotations": {"summary": alerts.iter().find(|a| a["alert"] == "BerthHighErrorRate").unwrap()["annotations"]["summary"]}}]},
+                    {"eval_time": "1m", "alertname": "BerthGcFailing", "exp_alerts": []},
+                    {"eval_time": "3m", "alertname": "BerthGcFailing",
+                     "exp_alerts": [{"exp_labels": {"severity": "warning"},
+                        "exp_annotations": {"summary": alerts.iter().find(|a| a["alert"] == "BerthGcFailing").unwrap()["annotations"]["summary"]}}]},
+                ],
+            }],
+        }))
+        .unwrap(),
+    )
+    .unwrap();
+    integration::tools::run(
+        std::process::Command::new("promtool")
+            .arg("test")
+            .arg("rules")
+            .arg(&tests)
+            .current_dir(dir.path()),
+    );
+
+    // Every metric they name, a Berth exports (with webhooks, replication and scheduled
+    // collections on, as the dashboard shows them).
+    let store = tempfile::tempdir().unwrap();
+    let debug = format!("127.0.0.1:{}", integration::server::free_port());
+    let nowhere = format!("127.0.0.1:{}", integration::server::free_port());
+    let berth = Berth::with_config(
+        &format!(
+            "storage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  debug:\n    addr: {debug}\nnotifications:\n  endpoints:\n    - name: hook\n      url: http://{nowhere}/\n      threshold: 1\nberth:\n  gc:\n    enabled: true\n    interval: 1s\n  replication:\n    downstreams:\n      - name: dr\n        remoteurl: http://{nowhere}\n",
+            store.path().display()
+        ),
+        &[],
+    );
+    let api = integration::http::Api::new(&berth.url);
+    let m = api.image_manifest("team/app", "dashboard").await;
+    api.put_manifest(
+        "team/app",
+        "v1",
+        "application/vnd.oci.image.manifest.v1+json",
+        &m,
+    )
+    .await;
+    let wanted: std::collections::BTreeSet<String> = exprs
+        .iter()
+        .chain(
+            alerts
+                .iter()
+                .map(|a| a["expr"].as_str().unwrap().to_owned())
+                .collect::<Vec<_>>()
+                .iter(),
+        )
+        .flat_map(|e| metric_names(e))
+        .collect();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let text = reqwest::get(format!("http://{debug}/metrics"))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        let exported: std::collections::BTreeSet<String> = text
+            .lines()
+            .filter_map(|l| l.strip_prefix("# TYPE "))
+            .filter_map(|l| l.split_whitespace().next())
+            .map(str::to_owned)
+            .collect();
+        let missing: Vec<&String> = wanted.difference(&exported).collect();
+        if missing.is_empty() {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "named by the dashboard or the alerts, not exported: {missing:?}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    }
+}

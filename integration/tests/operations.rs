@@ -114,11 +114,13 @@ async fn metrics_and_access_log() {
         "{text}"
     );
     assert!(
-        text.contains("berth_storage_operation_duration_seconds_count{operation=\"put_stream\"} 1"),
+        text.contains("berth_storage_operation_duration_seconds_count{backend=\"filesystem\",operation=\"put_stream\"} 1"),
         "{text}"
     );
     assert!(
-        text.contains("berth_storage_operation_errors_total{operation=\"get\"} 0"),
+        text.contains(
+            "berth_storage_operation_errors_total{backend=\"filesystem\",operation=\"get\"} 0"
+        ),
         "{text}"
     );
     let log = berth.log();
@@ -208,4 +210,65 @@ async fn a_full_disk_answers_507_and_pushes_work_once_there_is_room() {
         .await;
     assert_eq!(r.status(), 200);
     assert!(r.bytes().await.unwrap().to_vec() == small);
+}
+
+/// `http.debug.addr` (distribution's key, or `REGISTRY_HTTP_DEBUG_ADDR`) moves the metrics to
+/// an address of their own, beside the probes; the API's address no longer serves them.
+#[tokio::test]
+async fn metrics_move_to_the_debug_address() {
+    let dir = tempfile::tempdir().unwrap();
+    let debug = format!("127.0.0.1:{}", integration::server::free_port());
+    let berth = Berth::with_config(
+        &config(dir.path(), ""),
+        &[("REGISTRY_HTTP_DEBUG_ADDR", debug.as_str())],
+    );
+    let api = Api::new(&berth.url);
+    api.push_blob("obs/app", b"observed").await;
+    assert_eq!(
+        api.send(Method::GET, "/metrics", &[], None).await.status(),
+        404
+    );
+    assert_eq!(
+        api.send(Method::GET, "/readyz", &[], None).await.status(),
+        200
+    );
+    let get = |path: &str| reqwest::get(format!("http://{debug}{path}"));
+    let m = get("/metrics").await.unwrap();
+    assert_eq!(m.status(), 200);
+    let text = m.text().await.unwrap();
+    assert!(
+        text.contains(
+            "berth_http_requests_total{route=\"upload_start\",method=\"POST\",status=\"201\"} 1"
+        ),
+        "{text}"
+    );
+    assert!(
+        text.contains("berth_storage_operation_duration_seconds_count{backend=\"filesystem\",operation=\"put_stream\"}"),
+        "{text}"
+    );
+    assert_eq!(get("/readyz").await.unwrap().status(), 200);
+    assert_eq!(get("/healthz").await.unwrap().status(), 200);
+    assert_eq!(get("/v2/").await.unwrap().status(), 404, "no API there");
+
+    // Another path, as distribution's prometheus.path has it.
+    let other = format!("127.0.0.1:{}", integration::server::free_port());
+    let berth = Berth::with_config(
+        &format!(
+            "{}http:\n  debug:\n    addr: {other}\n    prometheus:\n      enabled: true\n      path: /internal/metrics\n",
+            config(dir.path(), "")
+        ),
+        &[],
+    );
+    let _ = berth;
+    let r = reqwest::get(format!("http://{other}/internal/metrics"))
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(
+        reqwest::get(format!("http://{other}/metrics"))
+            .await
+            .unwrap()
+            .status(),
+        404
+    );
 }

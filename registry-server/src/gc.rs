@@ -47,6 +47,7 @@ pub async fn schedule(app: Arc<App>, s: GcSettings) {
             .await
         {
             Ok(Some(r)) => {
+                app.metrics.gc_run("ok");
                 app.metrics
                     .add_gc(r.swept.len() as u64, r.bytes, r.expired.len() as u64);
                 // The usage gauges, from the replica that just walked the store.
@@ -66,9 +67,13 @@ pub async fn schedule(app: Arc<App>, s: GcSettings) {
                 );
             }
             Ok(None) => {
+                app.metrics.gc_run("skipped");
                 tracing::info!("garbage collection skipped: another replica holds the lease")
             }
-            Err(e) => tracing::warn!(error = %e, "garbage collection failed"),
+            Err(e) => {
+                app.metrics.gc_run("failed");
+                tracing::warn!(error = %e, "garbage collection failed")
+            }
         }
     }
 }

@@ -93,6 +93,18 @@ pub async fn run(settings: Settings) -> Result<(), StartupError> {
     let bound = listener
         .local_addr()
         .map_err(|e| StartupError::Io(e.to_string()))?;
+    if let Some(settings) = app.settings.debug.clone() {
+        let listener = tokio::net::TcpListener::bind(settings.addr)
+            .await
+            .map_err(|e| StartupError::Io(format!("cannot listen on {}: {e}", settings.addr)))?;
+        let router = crate::api::debug_router(app.clone());
+        tracing::info!(addr = %settings.addr, "debug endpoints (metrics, probes) serving");
+        tokio::spawn(async move {
+            if let Err(e) = axum::serve(listener, router).await {
+                tracing::error!(error = %e, "the debug server stopped");
+            }
+        });
+    }
     let scheme = if tls.is_some() { "https" } else { "http" };
     tracing::info!(%bound, backend = app.registry.store().name(), scheme, "berth serving");
     println!("listening on {scheme}://{bound}");

@@ -61,7 +61,9 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
 {{- if .Values.secrets.gcs.keyfile -}}{{- $_ := set $gcs "keyfile" "/etc/berth/gcs/key.json" -}}{{- end -}}
 {{- $_ := set $storage "gcs" $gcs -}}
 {{- end -}}
-{{- $config := dict "version" 0.1 "log" (dict "level" "info" "formatter" "json") "storage" $storage "http" (dict "addr" ":5000") -}}
+{{- $http := dict "addr" ":5000" -}}
+{{- if .Values.metrics.port -}}{{- $_ := set $http "debug" (dict "addr" (printf ":%d" (int .Values.metrics.port))) -}}{{- end -}}
+{{- $config := dict "version" 0.1 "log" (dict "level" "info" "formatter" "json") "storage" $storage "http" $http -}}
 {{- if .Values.secrets.htpasswd -}}
 {{- $_ := set $config "auth" (dict "htpasswd" (dict "realm" "berth" "path" "/etc/berth/auth/htpasswd")) -}}
 {{- end -}}

@@ -63,9 +63,7 @@ pub fn router(app: Arc<App>, pages: Router<Arc<App>>) -> Router {
         axum::routing::delete(admin::revoke_token),
     )
     .route(admin::USAGE_PATH, axum::routing::get(admin::usage))
-    .route("/healthz", axum::routing::get(|| async { "ok" }))
-    .route("/readyz", axum::routing::get(readyz))
-    .route("/metrics", axum::routing::get(metrics))
+    .merge(probes(app.settings.debug.is_none().then_some("/metrics")))
     .fallback(dispatch)
     .layer(axum::middleware::map_response(api_version_header))
     .layer(axum::middleware::from_fn_with_state(
@@ -73,6 +71,27 @@ pub fn router(app: Arc<App>, pages: Router<Arc<App>>) -> Router {
         access_log::observe,
     ))
     .with_state(app)
+}
+
+/// Liveness, readiness and, at `metrics`, the Prometheus metrics.
+fn probes(metrics_path: Option<&str>) -> Router<Arc<App>> {
+    let r = Router::new()
+        .route("/healthz", axum::routing::get(|| async { "ok" }))
+        .route("/readyz", axum::routing::get(readyz));
+    match metrics_path {
+        Some(p) => r.route(p, axum::routing::get(metrics)),
+        None => r,
+    }
+}
+
+/// The debug server of `http.debug.addr`: the probes and the metrics, nothing of the API.
+pub fn debug_router(app: Arc<App>) -> Router {
+    let path = app
+        .settings
+        .debug
+        .as_ref()
+        .and_then(|d| d.metrics_path.clone());
+    probes(path.as_deref()).with_state(app)
 }
 
 async fn api_version_header(mut resp: Response) -> Response {
@@ -247,22 +266,39 @@ async fn metrics(State(app): State<Arc<App>>) -> Response {
     if let Some(r) = &app.replication {
         r.render_metrics(&mut text);
     }
+    // Asked at each scrape, as readyz asks: an alert on it sees what the probes see.
+    let ready = tokio::time::timeout(std::time::Duration::from_secs(2), store_ready(&app))
+        .await
+        .unwrap_or(false);
+    text.push_str(&format!(
+        "# HELP berth_store_ready Whether the store answered this scrape (as /readyz asks it).\n# TYPE berth_store_ready gauge\nberth_store_ready {}\n",
+        u8::from(ready)
+    ));
     ([("content-type", "text/plain; version=0.0.4")], text).into_response()
 }
 
-/// Ready when the store answers: a stat of a key that need not exist.
-async fn readyz(State(app): State<Arc<App>>) -> Response {
+/// Whether the store answers: a stat of a key that need not exist.
+async fn store_ready(app: &App) -> bool {
     match app
         .registry
         .store()
         .stat("docker/registry/v2/berth/readyz")
         .await
     {
-        Ok(_) | Err(StorageError::NotFound(_)) => (StatusCode::OK, "ready").into_response(),
+        Ok(_) | Err(StorageError::NotFound(_)) => true,
         Err(e) => {
             tracing::warn!(error = %e, "storage not reachable");
-            (StatusCode::SERVICE_UNAVAILABLE, "storage unreachable").into_response()
+            false
         }
+    }
+}
+
+/// Ready when the store answers.
+async fn readyz(State(app): State<Arc<App>>) -> Response {
+    if store_ready(&app).await {
+        (StatusCode::OK, "ready").into_response()
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "storage unreachable").into_response()
     }
 }
 

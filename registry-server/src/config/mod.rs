@@ -249,8 +249,8 @@ pub struct HttpConfig {
     pub headers: Option<Value>,
     /// TLS.
     pub tls: Option<TlsConfig>,
-    /// Debug server (accepted for compatibility).
-    pub debug: Option<Value>,
+    /// The debug server: `/metrics`, `/healthz` and `/readyz` on an address of their own.
+    pub debug: Option<DebugConfig>,
     /// HTTP/2 settings (accepted for compatibility).
     pub http2: Option<Value>,
     /// Draining timeout (accepted for compatibility).
@@ -441,6 +441,35 @@ pub struct BerthConfig {
     pub ui: Option<UiConfig>,
     /// Push mirroring to downstream registries.
     pub replication: Option<ReplicationConfig>,
+}
+
+/// `http.debug`, in distribution's keys.
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+pub struct DebugConfig {
+    /// Where it listens, e.g. `:5001` (plain HTTP: keep it inside the cluster).
+    pub addr: Option<String>,
+    /// `prometheus.enabled` and `prometheus.path` (default `/metrics`).
+    pub prometheus: Option<PrometheusConfig>,
+}
+
+/// `http.debug.prometheus`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+pub struct PrometheusConfig {
+    /// Serve metrics there (default true once `http.debug.addr` is set).
+    pub enabled: Option<bool>,
+    /// Their path (default `/metrics`).
+    pub path: Option<String>,
+}
+
+/// Where the debug endpoints are served, when apart from the API.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DebugSettings {
+    /// The address.
+    pub addr: SocketAddr,
+    /// The metrics' path there; `None`: not served.
+    pub metrics_path: Option<String>,
 }
 
 /// `berth.ui`: the web UI at `/ui/`.
@@ -688,6 +717,8 @@ pub struct Settings {
     pub addr: SocketAddr,
     /// Serve HTTPS with these files.
     pub tls: Option<TlsFiles>,
+    /// The debug endpoints' own address (then `/metrics` is not on the API's).
+    pub debug: Option<DebugSettings>,
     /// Base URL for absolute Location headers, if configured.
     pub host: Option<String>,
     /// The storage backend.
@@ -853,6 +884,35 @@ fn dotted(path: &str) -> String {
         .filter(|s| !s.is_empty() && *s != "?")
         .collect::<Vec<_>>()
         .join(".")
+}
+
+/// `http.debug`; `None` without an address.
+fn debug_settings(c: Option<&DebugConfig>) -> Result<Option<DebugSettings>, ConfigError> {
+    let Some(addr) = c.and_then(|c| c.addr.as_deref()).filter(|a| !a.is_empty()) else {
+        return Ok(None);
+    };
+    let prometheus = c.and_then(|c| c.prometheus.as_ref());
+    let path = prometheus
+        .and_then(|p| p.path.clone())
+        .unwrap_or_else(|| "/metrics".into());
+    if !path.starts_with('/') {
+        return Err(key_err(
+            "http.debug.prometheus.path",
+            format!("{path:?} must start with /"),
+        ));
+    }
+    Ok(Some(DebugSettings {
+        addr: parse_addr(addr).map_err(|_| {
+            key_err(
+                "http.debug.addr",
+                format!("{addr:?} is not an address like :5001"),
+            )
+        })?,
+        metrics_path: prometheus
+            .and_then(|p| p.enabled)
+            .unwrap_or(true)
+            .then_some(path),
+    }))
 }
 
 fn parse_addr(addr: &str) -> Result<SocketAddr, ConfigError> {
@@ -1104,6 +1164,7 @@ fn validate(config: Config, warnings: &mut Vec<String>) -> Result<Settings, Conf
         retry,
         tls,
         addr: parse_addr(config.http.addr.as_deref().unwrap_or(":5000"))?,
+        debug: debug_settings(config.http.debug.as_ref())?,
         host: config.http.host.map(|h| h.trim_end_matches('/').to_owned()),
         storage,
         delete_enabled: s.delete.as_ref().is_some_and(|d| d.enabled),

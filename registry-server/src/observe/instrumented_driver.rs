@@ -37,7 +37,8 @@ impl InstrumentedDriver {
     fn record<T>(&self, op: &'static str, start: Instant, r: &Result<T, StorageError>) {
         // A missing object is an answer, not a failure of the store.
         let failed = matches!(r, Err(e) if !matches!(e, StorageError::NotFound(_) | StorageError::AlreadyExists(_) | StorageError::Precondition(_) | StorageError::RangeNotSatisfiable { .. }));
-        self.metrics.observe_storage(op, start.elapsed(), failed);
+        self.metrics
+            .observe_storage(self.inner.name(), op, start.elapsed(), failed);
     }
 }
 
@@ -103,7 +104,7 @@ impl StorageDriver for InstrumentedDriver {
 
     fn list_recursive(&self, prefix: &str) -> BoxStream<'static, Result<String, StorageError>> {
         self.metrics
-            .observe_storage("list_recursive", Duration::ZERO, false);
+            .observe_storage(self.inner.name(), "list_recursive", Duration::ZERO, false);
         self.inner.list_recursive(prefix)
     }
 

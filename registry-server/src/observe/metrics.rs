@@ -29,30 +29,30 @@ impl Histogram {
         self.sum += secs;
     }
 
-    fn render(&self, out: &mut String, name: &str, label: &str, value: &str) {
+    /// Writes the histogram with `labels` (written out: `route="blob"`).
+    fn render(&self, out: &mut String, name: &str, labels: &str) {
         for (i, b) in BUCKETS.iter().enumerate() {
             let _ = writeln!(
                 out,
-                "{name}_bucket{{{label}=\"{value}\",le=\"{b}\"}} {}",
+                "{name}_bucket{{{labels},le=\"{b}\"}} {}",
                 self.counts[i]
             );
         }
-        let _ = writeln!(
-            out,
-            "{name}_bucket{{{label}=\"{value}\",le=\"+Inf\"}} {}",
-            self.count
-        );
-        let _ = writeln!(out, "{name}_sum{{{label}=\"{value}\"}} {}", self.sum);
-        let _ = writeln!(out, "{name}_count{{{label}=\"{value}\"}} {}", self.count);
+        let _ = writeln!(out, "{name}_bucket{{{labels},le=\"+Inf\"}} {}", self.count);
+        let _ = writeln!(out, "{name}_sum{{{labels}}} {}", self.sum);
+        let _ = writeln!(out, "{name}_count{{{labels}}} {}", self.count);
     }
 }
+
+/// A kind of store operation: the backend's name and the operation's.
+type StoreOperation = (&'static str, &'static str);
 
 /// Counters and histograms of the HTTP API.
 #[derive(Default)]
 pub struct Metrics {
     requests: Mutex<BTreeMap<(&'static str, &'static str, u16), u64>>,
     latency: Mutex<BTreeMap<&'static str, Histogram>>,
-    storage: Mutex<BTreeMap<&'static str, (Histogram, u64)>>,
+    storage: Mutex<BTreeMap<StoreOperation, (Histogram, u64)>>,
     bytes_in: AtomicU64,
     bytes_out: AtomicU64,
     redirects: AtomicU64,
@@ -73,7 +73,7 @@ pub struct Metrics {
 pub const BIGGEST_REPOSITORIES: usize = 20;
 
 /// What the labelled counters are, for their HELP lines.
-const LABELLED_HELP: [(&str, &str); 3] = [
+const LABELLED_HELP: [(&str, &str); 4] = [
     (
         "berth_connections_refused_total",
         "Connections closed at once: the registry or the client at its cap, or no descriptor left.",
@@ -85,6 +85,10 @@ const LABELLED_HELP: [(&str, &str); 3] = [
     (
         "berth_logins_total",
         "Password checks by result (accepted, refused, throttled before checking).",
+    ),
+    (
+        "berth_gc_runs_total",
+        "Scheduled garbage collections by result (ok, failed, skipped: another replica held the lease).",
     ),
 ];
 
@@ -120,10 +124,16 @@ impl Metrics {
         }
     }
 
-    /// Records one storage operation.
-    pub fn observe_storage(&self, op: &'static str, elapsed: Duration, failed: bool) {
+    /// Records one storage operation of the `backend` (s3, azure, gcs, filesystem, ...).
+    pub fn observe_storage(
+        &self,
+        backend: &'static str,
+        op: &'static str,
+        elapsed: Duration,
+        failed: bool,
+    ) {
         if let Ok(mut m) = self.storage.lock() {
-            let (h, errors) = m.entry(op).or_default();
+            let (h, errors) = m.entry((backend, op)).or_default();
             h.add(elapsed.as_secs_f64());
             *errors += u64::from(failed);
         }
@@ -197,6 +207,11 @@ impl Metrics {
         self.count("berth_connections_timed_out_total", "deadline", deadline);
     }
 
+    /// A scheduled collection ended with `result` (`ok`, `failed`, `skipped`).
+    pub fn gc_run(&self, result: &'static str) {
+        self.count("berth_gc_runs_total", "result", result);
+    }
+
     /// A password check ended with `result` (`accepted`, `refused`, `throttled`).
     pub fn login(&self, result: &'static str) {
         self.count("berth_logins_total", "result", result);
@@ -228,14 +243,13 @@ impl Metrics {
                 h.render(
                     &mut out,
                     "berth_http_request_duration_seconds",
-                    "route",
-                    route,
+                    &format!("route=\"{route}\""),
                 );
             }
         }
         let _ = writeln!(
             out,
-            "# HELP berth_storage_operation_duration_seconds Storage operations by kind."
+            "# HELP berth_storage_operation_duration_seconds Storage operations by backend and kind."
         );
         let _ = writeln!(
             out,
@@ -243,16 +257,16 @@ impl Metrics {
         );
         let mut errors = String::new();
         if let Ok(m) = self.storage.lock() {
-            for (op, (h, e)) in m.iter() {
+            for ((backend, op), (h, e)) in m.iter() {
+                let labels = format!("backend=\"{backend}\",operation=\"{op}\"");
                 h.render(
                     &mut out,
                     "berth_storage_operation_duration_seconds",
-                    "operation",
-                    op,
+                    &labels,
                 );
                 let _ = writeln!(
                     errors,
-                    "berth_storage_operation_errors_total{{operation=\"{op}\"}} {e}"
+                    "berth_storage_operation_errors_total{{{labels}}} {e}"
                 );
             }
         }
