@@ -14,6 +14,7 @@ pub mod image;
 pub mod layout;
 pub mod listener;
 pub mod oidc_issuer;
+pub mod otlp_receiver;
 pub mod ruled_registry;
 pub mod scripted;
 pub mod server;

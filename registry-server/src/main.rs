@@ -160,25 +160,47 @@ struct HtpasswdArgs {
     words: Vec<String>,
 }
 
-fn init_logging(settings: &Settings) {
+/// Logs to stderr, and spans to the OTLP collector when `berth.tracing` (or `OTEL_*`) says
+/// so; the provider returned is flushed at exit. Call inside the runtime.
+fn init_logging(
+    settings: &Settings,
+) -> Result<Option<opentelemetry_sdk::trace::SdkTracerProvider>, String> {
+    use registry_server::observe::trace_export;
+    use tracing_subscriber::Layer as _;
+    use tracing_subscriber::layer::SubscriberExt as _;
+    use tracing_subscriber::util::SubscriberInitExt as _;
     let filter =
         EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(&settings.log_level));
-    if settings.log_json {
-        tracing_subscriber::fmt()
-            .with_env_filter(filter)
+    // Spans are for the traces; in the log they would prefix every line inside a request.
+    let filter = match format!("{}=off", trace_export::TRACE_TARGET).parse() {
+        Ok(d) => filter.add_directive(d),
+        Err(_) => filter,
+    };
+    let log = if settings.log_json {
+        tracing_subscriber::fmt::layer()
             .json()
             .with_writer(std::io::stderr)
-            .init();
+            .with_filter(filter)
+            .boxed()
     } else {
         // Colour codes only for a person at a terminal, never into files or log shippers.
         let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
-        tracing_subscriber::fmt()
-            .with_env_filter(filter)
+        tracing_subscriber::fmt::layer()
             .fmt_fields(registry_server::observe::log_format::escaped_fields())
             .with_ansi(ansi)
             .with_writer(std::io::stderr)
-            .init();
-    }
+            .with_filter(filter)
+            .boxed()
+    };
+    let provider = match &settings.tracing {
+        Some(t) => Some(trace_export::provider(t).map_err(|e| e.to_string())?),
+        None => None,
+    };
+    tracing_subscriber::registry()
+        .with(log)
+        .with(provider.as_ref().map(trace_export::layer))
+        .init();
+    Ok(provider)
 }
 
 fn main() -> ExitCode {
@@ -207,10 +229,6 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    init_logging(&settings);
-    for w in warnings {
-        tracing::warn!("{w}");
-    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -221,14 +239,35 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match command {
-        Command::Serve { .. } => match runtime.block_on(registry_server::serve::run(settings)) {
-            Ok(()) => ExitCode::SUCCESS,
+    let traces = {
+        let _in_runtime = runtime.enter();
+        match init_logging(&settings) {
+            Ok(t) => t,
             Err(e) => {
                 eprintln!("berth: {e}");
-                ExitCode::FAILURE
+                return ExitCode::from(2);
             }
-        },
+        }
+    };
+    for w in warnings {
+        tracing::warn!("{w}");
+    }
+    match command {
+        Command::Serve { .. } => {
+            let served = runtime.block_on(registry_server::serve::run(settings));
+            if let Some(t) = traces {
+                // The spans of the last requests, before the process goes.
+                let _in_runtime = runtime.enter();
+                let _ = t.shutdown();
+            }
+            match served {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("berth: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
         Command::Gc(args) => {
             let Some(grace) = config::parse_duration(&args.grace) else {
                 eprintln!(

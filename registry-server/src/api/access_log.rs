@@ -10,6 +10,7 @@ use axum::http::{HeaderValue, Method};
 use axum::middleware::Next;
 use axum::response::Response;
 use futures::StreamExt;
+use tracing::Instrument as _;
 
 use super::App;
 use super::route::Route;
@@ -40,6 +41,21 @@ pub async fn observe(State(app): State<Arc<App>>, req: Request, next: Next) -> R
         Some(Route::Upload { .. } | Route::UploadStart { .. })
     ) && method != Method::GET;
 
+    // The request's span, the root of its trace (or a child of the caller's `traceparent`).
+    let span = tracing::info_span!(
+        target: crate::observe::trace_export::TRACE_TARGET,
+        "request",
+        otel.name = %format!("{method} {label}"),
+        otel.kind = "server",
+        otel.status_code = tracing::field::Empty,
+        http.request.method = %method,
+        http.route = label,
+        url.path = %req.uri().path(),
+        http.response.status_code = tracing::field::Empty,
+        repository = %repository,
+        request_id = %request_id,
+    );
+    crate::observe::trace_export::continue_trace(&span, req.headers());
     let metrics = app.metrics.clone();
     let (parts, body) = req.into_parts();
     let counter = metrics.clone();
@@ -51,12 +67,19 @@ pub async fn observe(State(app): State<Arc<App>>, req: Request, next: Next) -> R
     if uploading {
         metrics.upload_in_flight(1);
     }
-    let mut resp = next.run(Request::from_parts(parts, body)).await;
+    let mut resp = next
+        .run(Request::from_parts(parts, body))
+        .instrument(span.clone())
+        .await;
     if uploading {
         metrics.upload_in_flight(-1);
     }
     let elapsed = start.elapsed();
     let status = resp.status().as_u16();
+    span.record("http.response.status_code", status);
+    if status >= 500 {
+        span.record("otel.status_code", "ERROR");
+    }
     let bytes_out = content_length(resp.headers())
         .filter(|_| method != Method::HEAD)
         .unwrap_or(0);

@@ -9,6 +9,7 @@ mod operations;
 mod proxy;
 mod replication;
 mod storage;
+mod telemetry;
 
 pub use crate::connections::tls::TlsFiles;
 use auth::authorizer;
@@ -16,6 +17,7 @@ use operations::{endpoints, gc_settings, purge_settings};
 pub use proxy::{PrefixedProxyConfig, ProxyConfig, UpstreamSettings};
 pub use replication::{DownstreamSettings, ReplicationConfig, ReplicationSettings};
 use storage::{azure_options, gcs_options, s3_options};
+pub use telemetry::{OtlpProtocol, TracingConfig, TracingSettings};
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -441,6 +443,8 @@ pub struct BerthConfig {
     pub ui: Option<UiConfig>,
     /// Push mirroring to downstream registries.
     pub replication: Option<ReplicationConfig>,
+    /// Traces over OTLP.
+    pub tracing: Option<TracingConfig>,
 }
 
 /// `http.debug`, in distribution's keys.
@@ -756,6 +760,8 @@ pub struct Settings {
     pub notifications: Vec<crate::notify::EndpointSettings>,
     /// Push mirroring, when downstreams are configured.
     pub replication: Option<ReplicationSettings>,
+    /// Trace export, when on.
+    pub tracing: Option<TracingSettings>,
     /// Upstream registries this one caches, most specific prefix first.
     pub proxies: Vec<UpstreamSettings>,
     /// Limits on client connections.
@@ -859,6 +865,12 @@ pub fn load(
     if value.is_null() {
         value = Value::Mapping(Default::default());
     }
+    let environment: Vec<(String, String)> = environment.into_iter().collect();
+    let otel: std::collections::HashMap<String, String> = environment
+        .iter()
+        .filter(|(k, _)| k.starts_with("OTEL_"))
+        .cloned()
+        .collect();
     env::apply_overrides(&mut value, environment)?;
     let mut warnings = Vec::new();
     let config: Config = {
@@ -874,7 +886,9 @@ pub fn load(
             key_err(&key, e.into_inner().to_string())
         })?
     };
-    let settings = validate(config, &mut warnings)?;
+    let tracing = telemetry::tracing_settings(config.berth.tracing.as_ref(), &otel)?;
+    let mut settings = validate(config, &mut warnings)?;
+    settings.tracing = tracing;
     Ok((settings, warnings))
 }
 
@@ -1197,6 +1211,7 @@ fn validate(config: Config, warnings: &mut Vec<String>) -> Result<Settings, Conf
         )?,
         notifications: endpoints(config.notifications.as_ref())?,
         replication: replication::replication_settings(config.berth.replication.as_ref())?,
+        tracing: None,
         proxies,
         purge: purge_settings(
             s.maintenance

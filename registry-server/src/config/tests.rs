@@ -465,3 +465,53 @@ fn replication_downstreams_are_checked() {
         assert!(e.contains(key), "{bad}: {e}");
     }
 }
+
+#[test]
+fn traces_follow_the_otel_variables_and_berth_tracing() {
+    let (s, _) = load_str("storage: {inmemory: {}}\n", &[]).unwrap();
+    assert!(s.tracing.is_none(), "off unless asked");
+    let (s, _) = load_str(
+        "storage: {inmemory: {}}\n",
+        &[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://collector:4317"),
+            ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc"),
+            ("OTEL_SERVICE_NAME", "registry-eu"),
+        ],
+    )
+    .unwrap();
+    let t = s.tracing.unwrap();
+    assert_eq!(t.protocol, OtlpProtocol::Grpc);
+    assert_eq!(t.service_name, "registry-eu");
+    assert_eq!(t.endpoint, None, "the exporter reads the variable itself");
+    let file = "storage: {inmemory: {}}\nberth: {tracing: {endpoint: 'http://c:4318', protocol: http/json, samplingratio: 0.25}}\n";
+    let (s, _) = load_str(file, &[]).unwrap();
+    let t = s.tracing.unwrap();
+    assert_eq!(
+        (
+            t.protocol,
+            t.endpoint.as_deref(),
+            t.sampling_ratio,
+            t.service_name.as_str()
+        ),
+        (
+            OtlpProtocol::HttpJson,
+            Some("http://c:4318"),
+            Some(0.25),
+            "berth"
+        )
+    );
+    let (s, _) = load_str(file, &[("OTEL_SDK_DISABLED", "true")]).unwrap();
+    assert!(s.tracing.is_none(), "OTEL_SDK_DISABLED wins");
+    let e = load_str(
+        "storage: {inmemory: {}}\nberth: {tracing: {endpoint: 'http://c', protocol: thrift}}\n",
+        &[],
+    )
+    .unwrap_err();
+    assert!(e.to_string().contains("berth.tracing.protocol"), "{e}");
+    let e = load_str(
+        "storage: {inmemory: {}}\nberth: {tracing: {endpoint: 'http://c', samplingratio: 2}}\n",
+        &[],
+    )
+    .unwrap_err();
+    assert!(e.to_string().contains("samplingratio"), "{e}");
+}

@@ -34,19 +34,38 @@ impl InstrumentedDriver {
         InstrumentedDriver { inner, metrics }
     }
 
-    fn record<T>(&self, op: &'static str, start: Instant, r: &Result<T, StorageError>) {
+    fn record<T>(
+        &self,
+        op: &'static str,
+        start: Instant,
+        r: &Result<T, StorageError>,
+        span: &tracing::Span,
+    ) {
         // A missing object is an answer, not a failure of the store.
         let failed = matches!(r, Err(e) if !matches!(e, StorageError::NotFound(_) | StorageError::AlreadyExists(_) | StorageError::Precondition(_) | StorageError::RangeNotSatisfiable { .. }));
+        if failed {
+            span.record("otel.status_code", "ERROR");
+        }
         self.metrics
             .observe_storage(self.inner.name(), op, start.elapsed(), failed);
     }
 }
 
+/// Times the call, counts its failure, and wraps it in a span of the request's trace.
 macro_rules! timed {
     ($self:ident, $op:literal, $call:expr) => {{
+        let span = tracing::info_span!(
+            target: super::trace_export::TRACE_TARGET,
+            "store",
+            otel.name = concat!("store ", $op),
+            otel.kind = "client",
+            otel.status_code = tracing::field::Empty,
+            store.backend = $self.inner.name(),
+            store.operation = $op,
+        );
         let start = Instant::now();
-        let r = $call.await;
-        $self.record($op, start, &r);
+        let r = tracing::Instrument::instrument($call, span.clone()).await;
+        $self.record($op, start, &r, &span);
         r
     }};
 }

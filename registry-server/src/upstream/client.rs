@@ -112,6 +112,24 @@ impl UpstreamClient {
 
     /// Sends `r`, answering an authentication challenge once (for the actions it asks).
     pub(crate) async fn request(&self, r: Request<'_>) -> Result<Response, UpstreamError> {
+        let span = self.span(&r);
+        tracing::Instrument::instrument(self.request_now(r), span).await
+    }
+
+    /// A span of the trace for a call to this registry.
+    fn span(&self, r: &Request<'_>) -> tracing::Span {
+        tracing::info_span!(
+            target: crate::observe::trace_export::TRACE_TARGET,
+            "upstream",
+            otel.name = %format!("{} {}", r.method, self.origin().host_str().unwrap_or("")),
+            otel.kind = "client",
+            http.request.method = %r.method,
+            server.address = self.origin().host_str().unwrap_or(""),
+            repository = r.repository,
+        )
+    }
+
+    async fn request_now(&self, r: Request<'_>) -> Result<Response, UpstreamError> {
         let url = self.url_of(r.target)?;
         let scope = format!("repository:{}:{}", r.repository, r.actions);
         let mut fresh_auth = false;
@@ -146,11 +164,14 @@ impl UpstreamClient {
     ) -> Result<Response, UpstreamError> {
         let url = self.url_of(r.target)?;
         let scope = format!("repository:{}:{}", r.repository, r.actions);
-        let resp = self
-            .authorized(r.method.clone(), url, &scope, &r)
-            .header(reqwest::header::CONTENT_LENGTH, len)
-            .body(body)
-            .send()
+        let span = self.span(&r);
+        let send = span.in_scope(|| {
+            self.authorized(r.method.clone(), url, &scope, &r)
+                .header(reqwest::header::CONTENT_LENGTH, len)
+                .body(body)
+                .send()
+        });
+        let resp = tracing::Instrument::instrument(send, span)
             .await
             .map_err(unreachable)?;
         self.judged(resp)
@@ -178,7 +199,11 @@ impl UpstreamClient {
         r: &Request<'_>,
     ) -> reqwest::RequestBuilder {
         let same_origin = url.origin() == self.settings.url.origin();
-        let mut req = self.http.request(method, url);
+        // The trace goes on at the other registry (a no-op without trace export).
+        let mut req = self
+            .http
+            .request(method, url)
+            .headers(crate::observe::trace_export::trace_headers());
         if let Some(a) = r.accept {
             req = req.header(ACCEPT, a);
         }
