@@ -13,6 +13,7 @@ pub mod http;
 pub mod image;
 pub mod layout;
 pub mod listener;
+pub mod load;
 pub mod oidc_issuer;
 pub mod otlp_receiver;
 pub mod ruled_registry;

@@ -86,3 +86,28 @@ fn berth_bench_compares_two_berth_builds() {
     assert!(table.contains("baseline berth"), "{table}");
     assert!(row.trim_end().ends_with("x |"), "{row}");
 }
+
+#[test]
+fn berth_ops_bench_runs_at_small_sizes() {
+    integration::tools::require("wrk");
+    let out = Command::new(env!("CARGO_BIN_EXE_berth-ops-bench"))
+        .args(["--images", "2", "--layers", "1", "--layer-mib", "1"])
+        .args(["--pushes", "2", "--load-seconds", "1"])
+        .env("BERTH_BIN", berth_binary())
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{text}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for line in [
+        "berth replicate --once:",
+        "lag (push answered",
+        "every trace:",
+        "1 % of traces:",
+    ] {
+        assert!(text.contains(line), "{line} missing:\n{text}");
+    }
+}

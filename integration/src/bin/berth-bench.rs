@@ -517,43 +517,6 @@ async fn pull(api: &Api, repo: &str, digest: &str) -> (f64, u64) {
     (start.elapsed().as_secs_f64(), if through { n } else { 0 })
 }
 
-/// wrk against one URL: (requests/s, p50 ms, p99 ms).
-fn wrk(url: &str, seconds: u32) -> (f64, f64, f64) {
-    let out = Command::new("wrk")
-        .args(["-t2", "-c64", &format!("-d{seconds}s"), "--latency"])
-        .args(["-H", "Accept: application/vnd.oci.image.manifest.v1+json"])
-        .arg(url)
-        .output()
-        .expect("wrk is not installed (apt-get install wrk)");
-    let text = String::from_utf8_lossy(&out.stdout);
-    let ms = |s: &str| -> f64 {
-        let s = s.trim();
-        if let Some(v) = s.strip_suffix("us") {
-            v.parse::<f64>().unwrap() / 1000.0
-        } else if let Some(v) = s.strip_suffix("ms") {
-            v.parse().unwrap()
-        } else if let Some(v) = s.strip_suffix('s') {
-            v.parse::<f64>().unwrap() * 1000.0
-        } else {
-            f64::NAN
-        }
-    };
-    let mut rps = f64::NAN;
-    let (mut p50, mut p99) = (f64::NAN, f64::NAN);
-    for line in text.lines() {
-        let l = line.trim();
-        if let Some(v) = l.strip_prefix("Requests/sec:") {
-            rps = v.trim().parse().unwrap_or(f64::NAN);
-        } else if let Some(v) = l.strip_prefix("50%") {
-            p50 = ms(v);
-        } else if let Some(v) = l.strip_prefix("99%") {
-            p99 = ms(v);
-        }
-    }
-    assert!(!text.contains("Non-2xx"), "wrk saw errors: {text}");
-    (rps, p50, p99)
-}
-
 /// Peak resident memory (VmHWM) of a process, MiB.
 fn peak_rss_mib(pid: u32) -> f64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
@@ -749,7 +712,8 @@ async fn manifest_and_tags(a: &Args, pair: &Pair, rows: &mut Vec<Row>) {
                 .await;
             assert_eq!(r.status(), 201);
         }
-        let (rps, p50, p99) = wrk(&api.url("/v2/bench/tags/manifests/t00000"), a.load_seconds);
+        let (rps, p50, p99) =
+            integration::load::wrk(&api.url("/v2/bench/tags/manifests/t00000"), a.load_seconds);
         let mut list_ms = Vec::new();
         for _ in 0..a.runs.max(3) {
             let start = Instant::now();

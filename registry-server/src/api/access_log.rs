@@ -15,6 +15,37 @@ use tracing::Instrument as _;
 use super::App;
 use super::route::Route;
 
+/// `METHOD route`, made once per pair: a span name is asked for on every traced request.
+/// Methods outside HTTP's own are `OTHER`, so a client cannot grow the set.
+fn span_name(method: &Method, route: &'static str) -> &'static str {
+    type Names =
+        std::sync::RwLock<std::collections::HashMap<(&'static str, &'static str), &'static str>>;
+    static NAMES: OnceLock<Names> = OnceLock::new();
+    let verb = match *method {
+        Method::GET => "GET",
+        Method::HEAD => "HEAD",
+        Method::PUT => "PUT",
+        Method::POST => "POST",
+        Method::PATCH => "PATCH",
+        Method::DELETE => "DELETE",
+        Method::OPTIONS => "OPTIONS",
+        _ => "OTHER",
+    };
+    let names = NAMES.get_or_init(Default::default);
+    if let Some(n) = names
+        .read()
+        .ok()
+        .and_then(|m| m.get(&(verb, route)).copied())
+    {
+        return n;
+    }
+    let Ok(mut m) = names.write() else {
+        return "request";
+    };
+    m.entry((verb, route))
+        .or_insert_with(|| format!("{verb} {route}").leak())
+}
+
 /// Wraps one request: counts body bytes as they stream, then logs and records the outcome.
 pub async fn observe(State(app): State<Arc<App>>, req: Request, next: Next) -> Response {
     let start = Instant::now();
@@ -45,12 +76,11 @@ pub async fn observe(State(app): State<Arc<App>>, req: Request, next: Next) -> R
     let span = tracing::info_span!(
         target: crate::observe::trace_export::TRACE_TARGET,
         "request",
-        otel.name = %format!("{method} {label}"),
+        otel.name = span_name(&method, label),
         otel.kind = "server",
         otel.status_code = tracing::field::Empty,
         http.request.method = %method,
         http.route = label,
-        url.path = %req.uri().path(),
         http.response.status_code = tracing::field::Empty,
         repository = %repository,
         request_id = %request_id,

@@ -79,8 +79,19 @@ where
     S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a> + Send + Sync,
 {
     use tracing_subscriber::Layer as _;
+    // Only what a span needs: source locations, thread names, targets, busy/idle times (two
+    // clock reads per poll of the request's future) and a thread-local context swapped on
+    // each poll cost on every request; without them a traced manifest GET went from 0.51 to
+    // 0.66 of the untraced rate (0.80 to 0.92 at 1 % sampling). Calls out read the span's
+    // own context, which needs no activation.
     tracing_opentelemetry::layer()
         .with_tracer(provider.tracer("berth"))
+        .with_location(false)
+        .with_threads(false)
+        .with_target(false)
+        .with_level(false)
+        .with_tracked_inactivity(false)
+        .with_context_activation(false)
         .with_filter(
             tracing_subscriber::filter::Targets::new()
                 .with_target(TRACE_TARGET, tracing::Level::INFO),

@@ -3,7 +3,7 @@
 //! index children, then the manifest, then the manifests that refer to it. What the
 //! downstream already has is not sent again.
 
-use futures::TryStreamExt;
+use futures::{StreamExt, TryStreamExt};
 use registry_core::manifest::Manifest;
 use registry_core::{Digest, Reference, Registry, RegistryError, RepositoryName};
 use reqwest::{Method, StatusCode};
@@ -11,6 +11,9 @@ use reqwest::{Method, StatusCode};
 use crate::upstream::UpstreamClient;
 use crate::upstream::UpstreamError;
 use crate::upstream::client::Request;
+
+/// Blobs of one manifest sent at once.
+const BLOBS_AT_ONCE: usize = 4;
 
 /// Deepest nesting of indexes followed (an index of indexes of images is 2).
 const MAX_DEPTH: usize = 8;
@@ -88,13 +91,12 @@ impl<'a> ImageCopy<'a> {
 
     /// Sends the manifest `digest` and what it names, then points `tag` at it downstream.
     pub(crate) async fn tag(&mut self, tag: &str, digest: &Digest) -> Result<(), CopyError> {
-        let m = self.manifest(digest, 0).await?;
-        self.put_manifest(tag, &m).await
+        self.manifest(digest, 0, Some(tag)).await
     }
 
     /// Sends the manifest `digest` and what it names (and what refers to it).
     pub(crate) async fn digest(&mut self, digest: &Digest) -> Result<(), CopyError> {
-        self.manifest(digest, 0).await.map(|_| ())
+        self.manifest(digest, 0, None).await
     }
 
     /// The digest `tag` names downstream, if it is there.
@@ -147,11 +149,14 @@ impl<'a> ImageCopy<'a> {
         }
     }
 
+    /// Sends the manifest `digest` unless the downstream has it, after what it names; with
+    /// `tag`, puts it by that tag (one request for both, where the manifest is new).
     async fn manifest(
         &mut self,
         digest: &Digest,
         depth: usize,
-    ) -> Result<registry_core::registry::ManifestContent, CopyError> {
+        tag: Option<&str>,
+    ) -> Result<(), CopyError> {
         if depth > MAX_DEPTH {
             return Err(CopyError::Refused(format!(
                 "{digest}: indexes nested deeper than {MAX_DEPTH}"
@@ -177,16 +182,29 @@ impl<'a> ImageCopy<'a> {
             let parsed = Manifest::parse(&m.body, Some(&m.media_type))
                 .map_err(|e| CopyError::Refused(format!("{digest}: {e}")))?;
             for child in &parsed.manifests {
-                Box::pin(self.manifest(&child.digest, depth + 1)).await?;
+                Box::pin(self.manifest(&child.digest, depth + 1, None)).await?;
             }
-            for blob in parsed.config.iter().chain(&parsed.layers) {
-                self.blob(
-                    &blob.digest,
-                    blob.urls.as_ref().is_some_and(|u| !u.is_empty()),
-                )
+            // A few at a time: each is a few round trips, and a layer's bytes stream
+            // without being held.
+            // (The futures are made first: a closure in the stream would not be Send.)
+            let sends: Vec<_> = parsed
+                .config
+                .iter()
+                .chain(&parsed.layers)
+                .map(|b| self.blob(&b.digest, b.urls.as_ref().is_some_and(|u| !u.is_empty())))
+                .collect();
+            let sent: Vec<Option<u64>> = futures::stream::iter(sends)
+                .buffer_unordered(BLOBS_AT_ONCE)
+                .try_collect()
                 .await?;
+            for size in sent.into_iter().flatten() {
+                self.copied.blobs += 1;
+                self.copied.bytes += size;
             }
-            self.put_manifest(&digest.to_string(), &m).await?;
+            self.put_manifest(tag.unwrap_or(&digest.to_string()), &m)
+                .await?;
+        } else if let Some(t) = tag {
+            self.put_manifest(t, &m).await?;
         }
         // Referrers are new manifests of their own, each sent by its own push event; the
         // top of a copy looks for them too, for a copy that was not sent by events.
@@ -197,10 +215,10 @@ impl<'a> ImageCopy<'a> {
                 .await
                 .map_err(local)?;
             for r in referrers {
-                Box::pin(self.manifest(&r.digest, depth + 1)).await?;
+                Box::pin(self.manifest(&r.digest, depth + 1, None)).await?;
             }
         }
-        Ok(m)
+        Ok(())
     }
 
     async fn put_manifest(
@@ -227,20 +245,20 @@ impl<'a> ImageCopy<'a> {
         }
     }
 
-    /// Sends one blob unless the downstream has it. `foreign`: a layer that names URLs of
-    /// its own (Windows base layers), which a registry need not hold.
-    async fn blob(&mut self, digest: &Digest, foreign: bool) -> Result<(), CopyError> {
+    /// Sends one blob unless the downstream has it; its size when it was sent. `foreign`: a
+    /// layer that names URLs of its own (Windows base layers), which a registry need not hold.
+    async fn blob(&self, digest: &Digest, foreign: bool) -> Result<Option<u64>, CopyError> {
         let head = self
             .send(Method::HEAD, &format!("/v2/{}/blobs/{digest}", self.name()))
             .await?;
         match head.status() {
-            s if s.is_success() => return Ok(()),
+            s if s.is_success() => return Ok(None),
             StatusCode::NOT_FOUND => {}
             s => return Err(status_error("HEAD of a blob", s)),
         }
         let info = match self.registry.stat_blob(self.repository, digest).await {
             Ok(info) => info,
-            Err(RegistryError::BlobUnknown(_)) if foreign => return Ok(()),
+            Err(RegistryError::BlobUnknown(_)) if foreign => return Ok(None),
             Err(e) => return Err(local(e)),
         };
         let start = self
@@ -280,11 +298,7 @@ impl<'a> ImageCopy<'a> {
             )
             .await?;
         match resp.status() {
-            StatusCode::CREATED | StatusCode::NO_CONTENT | StatusCode::OK => {
-                self.copied.blobs += 1;
-                self.copied.bytes += info.size;
-                Ok(())
-            }
+            StatusCode::CREATED | StatusCode::NO_CONTENT | StatusCode::OK => Ok(Some(info.size)),
             s if s.is_server_error() => Err(status_error("a blob upload", s)),
             s => Err(CopyError::Refused(format!(
                 "the downstream refused blob {digest} ({s})"
