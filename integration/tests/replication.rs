@@ -211,17 +211,27 @@ async fn same_bytes(source: &str, downstream: &str, repos: &[&str]) {
 }
 
 async fn same_content(source: &str, downstream: &str, repo: &str, manifest: &[u8]) {
+    same_content_as(source, repo, downstream, repo, manifest).await
+}
+
+/// Every child manifest and blob `manifest` (of `repo` at `a`) names is at `b` in `b_repo`
+/// with the same bytes.
+async fn same_content_as(a: &str, repo: &str, b: &str, b_repo: &str, manifest: &[u8]) {
     let m: Value = serde_json::from_slice(manifest).unwrap();
     for child in m["manifests"].as_array().into_iter().flatten() {
         let d = child["digest"].as_str().unwrap();
-        let path = format!("/v2/{repo}/manifests/{d}");
-        let here = get(source, &path).await.unwrap().0;
+        let here = get(a, &format!("/v2/{repo}/manifests/{d}"))
+            .await
+            .unwrap()
+            .0;
         assert_eq!(
-            get(downstream, &path).await.map(|x| x.0),
+            get(b, &format!("/v2/{b_repo}/manifests/{d}"))
+                .await
+                .map(|x| x.0),
             Some(here.clone()),
             "{repo}@{d}"
         );
-        Box::pin(same_content(source, downstream, repo, &here)).await;
+        Box::pin(same_content_as(a, repo, b, b_repo, &here)).await;
     }
     let blobs = m["config"].get("digest").into_iter().chain(
         m["layers"]
@@ -232,10 +242,11 @@ async fn same_content(source: &str, downstream: &str, repo: &str, manifest: &[u8
     );
     for d in blobs {
         let d = d.as_str().unwrap();
-        let path = format!("/v2/{repo}/blobs/{d}");
         assert_eq!(
-            get(downstream, &path).await.map(|x| x.0),
-            get(source, &path).await.map(|x| x.0),
+            get(b, &format!("/v2/{b_repo}/blobs/{d}"))
+                .await
+                .map(|x| x.0),
+            get(a, &format!("/v2/{repo}/blobs/{d}")).await.map(|x| x.0),
             "{repo} blob {d}"
         );
     }
@@ -434,7 +445,7 @@ async fn replicate_once_reports_what_differs_and_repairs_it() {
                 String::from_utf8_lossy(&out.stderr)
             )
         });
-        (out.status.code(), report[0].clone())
+        (out.status.code(), report["downstreams"][0].clone())
     };
     let (code, dry) = run(&["--dry-run"]);
     assert_eq!(code, Some(0), "{dry}");
@@ -470,4 +481,92 @@ async fn replicate_once_reports_what_differs_and_repairs_it() {
         }
     }
     same_bytes(&server.url, &mirror.url, &["team/app", "team/multi"]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_scheduled_sync_copies_the_chosen_tags_in_and_follows_them() {
+    let (up_dir, store) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let upstream = Distribution::filesystem(up_dir.path());
+    let up_url = format!("http://{}", upstream.host);
+    let up = Api::new(&up_url);
+    push_image(&up, "library/alpine", "3.18", "a318").await;
+    push_image(&up, "library/alpine", "3.19", "a319").await;
+    push_index(&up, "library/alpine", "latest").await;
+    push_image(&up, "library/alpine", "edge", "edge").await;
+    push_image(&up, "library/other", "1", "other").await;
+    let sync = |interval: &str| {
+        format!(
+            "{}berth:\n  replication:\n    sync:\n      - name: base\n        remoteurl: {up_url}\n{interval}        repositories:\n          - from: library/alpine\n            to: mirror/alpine\n            tags: [\"3.*\", latest]\n",
+            filesystem_yaml(store.path())
+        )
+    };
+    let source = Berth::with_config(&sync("        interval: 1s\n"), &[]);
+    let wanted = ["3.18", "3.19", "latest"];
+    let start = Instant::now();
+    while tags(&source.url, "mirror/alpine").await != wanted {
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "{:?}",
+            tags(&source.url, "mirror/alpine").await
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    for t in wanted {
+        let (theirs, _) = get(&up_url, &format!("/v2/library/alpine/manifests/{t}"))
+            .await
+            .unwrap();
+        let (ours, _) = get(&source.url, &format!("/v2/mirror/alpine/manifests/{t}"))
+            .await
+            .unwrap();
+        assert_eq!(ours, theirs, "{t}");
+        same_content_as(
+            &up_url,
+            "library/alpine",
+            &source.url,
+            "mirror/alpine",
+            &theirs,
+        )
+        .await;
+    }
+    assert!(tags(&source.url, "library/other").await.is_empty());
+
+    // The upstream moves a tag: the next run follows it.
+    let moved = push_image(&up, "library/alpine", "latest", "moved").await;
+    let start = Instant::now();
+    loop {
+        let here = get(&source.url, "/v2/mirror/alpine/manifests/latest")
+            .await
+            .map(|(b, _)| format!("sha256:{}", sha256_hex(&b)));
+        if here.as_deref() == Some(moved.as_str()) {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "latest did not follow"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let api = Api::new(&source.url);
+    assert!(
+        api.metric_total("berth_sync_tags_copied_total").await >= 4,
+        "{}",
+        api.metrics().await
+    );
+
+    // Once, by hand: the report says it is all there.
+    let cfg_dir = tempfile::tempdir().unwrap();
+    let cfg = cfg_dir.path().join("config.yml");
+    std::fs::write(&cfg, sync("")).unwrap();
+    let out = integration::server::berth_command(
+        &cfg,
+        &["replicate", "--once", "--sync", "base", "--dry-run"],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["syncs"][0]["in_sync"], json!(3), "{report}");
+    assert_eq!(report["syncs"][0]["copied"], json!([]), "{report}");
 }

@@ -273,6 +273,12 @@ pub fn replication_lease(downstream: &str) -> String {
     format!("{ROOT}/berth/replication/{downstream}/lease")
 }
 
+/// Where a scheduled sync from an upstream keeps its lease (`lease`) and the mark of its last
+/// finished run (`last`).
+pub fn replication_sync(name: &str, what: &str) -> String {
+    format!("{ROOT}/berth/replication-sync/{name}/{what}")
+}
+
 /// Parses a blob data key back into its digest.
 pub fn digest_of_blob_key(key: &str) -> Option<Digest> {
     let rest = key

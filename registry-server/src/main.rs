@@ -53,8 +53,9 @@ enum Command {
         rebuild: bool,
     },
     /// Compare every tag with the downstream registries of `berth.replication` and send what
-    /// is missing or differs (a JSON report per downstream on stdout; exit 1 if anything could
-    /// not be sent). Tags found only downstream are reported, never deleted.
+    /// is missing or differs, and run its scheduled syncs from upstream registries once (a
+    /// JSON report on stdout; exit 1 if anything could not be copied). Tags found only
+    /// downstream are reported, never deleted.
     Replicate(ReplicateArgs),
     /// Ask the access policy (`berth.policy.file`) what it decides.
     Policy {
@@ -130,9 +131,12 @@ struct ReplicateArgs {
     /// happen).
     #[arg(long, required = true)]
     once: bool,
-    /// Only this downstream (by its name).
-    #[arg(long)]
+    /// Only this downstream (by its name), and no sync.
+    #[arg(long, conflicts_with = "sync")]
     downstream: Option<String>,
+    /// Only this scheduled sync (by its name), and no downstream.
+    #[arg(long)]
+    sync: Option<String>,
     /// Compare and report without sending anything.
     #[arg(long)]
     dry_run: bool,
@@ -307,48 +311,68 @@ async fn replicate(settings: Settings, args: ReplicateArgs) -> ExitCode {
         return ExitCode::from(2);
     };
     let _ = args.once;
-    match replication
-        .reconcile(&app.registry, args.downstream.as_deref(), args.dry_run)
-        .await
-    {
-        Ok(reports) if reports.is_empty() => {
-            eprintln!(
-                "berth replicate: no downstream is named {:?}",
-                args.downstream
-            );
-            ExitCode::from(2)
-        }
-        Ok(reports) => {
-            for r in &reports {
-                eprintln!(
-                    "berth replicate: {}: {} tags in {} repositories, {} the same, {} missing, {} differing, {} only there, {} failed; sent {} manifests, {} blobs ({} bytes)",
-                    r.downstream,
-                    r.tags,
-                    r.repositories,
-                    r.in_sync,
-                    r.missing.len(),
-                    r.differing.len(),
-                    r.only_downstream.len(),
-                    r.failed.len(),
-                    r.manifests_sent,
-                    r.blobs_sent,
-                    r.bytes_sent
-                );
-            }
-            println!(
-                "{}",
-                serde_json::to_string_pretty(&reports).unwrap_or_default()
-            );
-            if reports.iter().all(|r| r.converged()) {
-                ExitCode::SUCCESS
-            } else {
-                ExitCode::FAILURE
+    let (mut downstreams, mut syncs) = (Vec::new(), Vec::new());
+    if args.sync.is_none() {
+        match replication
+            .reconcile(&app.registry, args.downstream.as_deref(), args.dry_run)
+            .await
+        {
+            Ok(r) => downstreams = r,
+            Err(e) => {
+                eprintln!("berth replicate: {e}");
+                return ExitCode::FAILURE;
             }
         }
-        Err(e) => {
-            eprintln!("berth replicate: {e}");
-            ExitCode::FAILURE
-        }
+    }
+    if args.downstream.is_none() {
+        syncs = replication
+            .sync_now(&app.registry, args.sync.as_deref(), args.dry_run)
+            .await;
+    }
+    if downstreams.is_empty() && syncs.is_empty() {
+        eprintln!("berth replicate: nothing is named so in berth.replication");
+        return ExitCode::from(2);
+    }
+    for r in &downstreams {
+        eprintln!(
+            "berth replicate: {}: {} tags in {} repositories, {} the same, {} missing, {} differing, {} only there, {} failed; sent {} manifests, {} blobs ({} bytes)",
+            r.downstream,
+            r.tags,
+            r.repositories,
+            r.in_sync,
+            r.missing.len(),
+            r.differing.len(),
+            r.only_downstream.len(),
+            r.failed.len(),
+            r.manifests_sent,
+            r.blobs_sent,
+            r.bytes_sent
+        );
+    }
+    for r in &syncs {
+        eprintln!(
+            "berth replicate: sync {}: {} tags, {} the same, {} copied in, {} failed; fetched {} blobs ({} bytes)",
+            r.sync,
+            r.tags,
+            r.in_sync,
+            r.copied.len(),
+            r.failed.len(),
+            r.blobs_fetched,
+            r.bytes_fetched
+        );
+    }
+    println!(
+        "{}",
+        serde_json::to_string_pretty(&serde_json::json!({
+            "downstreams": downstreams,
+            "syncs": syncs,
+        }))
+        .unwrap_or_default()
+    );
+    if downstreams.iter().all(|r| r.converged()) && syncs.iter().all(|r| r.failed.is_empty()) {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
     }
 }
 

@@ -173,6 +173,42 @@ impl Registry {
     }
 }
 
+impl Registry {
+    /// The lease a replica holds while it runs the scheduled sync `name`.
+    pub fn sync_lease(&self, name: &str, holder: &str, ttl: Duration) -> StoreLease {
+        StoreLease {
+            key: layout::replication_sync(name, "lease"),
+            holder: holder.to_owned(),
+            ttl,
+        }
+    }
+
+    /// How long ago (by the store's clock) the sync `name` last finished, if it ever did.
+    pub async fn sync_finished_ago(&self, name: &str) -> Result<Option<Duration>> {
+        match self
+            .store
+            .stat(&layout::replication_sync(name, "last"))
+            .await
+        {
+            Ok(info) => Ok(info.last_modified.map(|t| t.elapsed().unwrap_or_default())),
+            Err(StorageError::NotFound(_)) => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Marks that the sync `name` finished now, with what it says (for operators).
+    pub async fn note_sync_finished(&self, name: &str, summary: Bytes) -> Result<()> {
+        self.store
+            .put_bytes(
+                &layout::replication_sync(name, "last"),
+                summary,
+                PutCondition::Overwrite,
+            )
+            .await?;
+        Ok(())
+    }
+}
+
 impl ReplicationEvent {
     /// An event of now.
     pub fn now(

@@ -15,7 +15,9 @@ pub use crate::connections::tls::TlsFiles;
 use auth::authorizer;
 use operations::{endpoints, gc_settings, purge_settings};
 pub use proxy::{PrefixedProxyConfig, ProxyConfig, UpstreamSettings};
-pub use replication::{DownstreamSettings, ReplicationConfig, ReplicationSettings};
+pub use replication::{
+    DownstreamSettings, ReplicationConfig, ReplicationSettings, SyncRepository, SyncSettings,
+};
 use storage::{azure_options, gcs_options, s3_options};
 pub use telemetry::{OtlpProtocol, TracingConfig, TracingSettings};
 

@@ -1,4 +1,5 @@
-//! `berth.replication`: push mirroring of repositories to downstream registries.
+//! `berth.replication`: push mirroring of repositories to downstream registries, and
+//! scheduled copies from upstream ones.
 
 use std::time::Duration;
 
@@ -19,6 +20,40 @@ pub struct ReplicationConfig {
     /// How long a replica that stopped sending (killed, partitioned) keeps its downstreams'
     /// leases before another replica takes them over (default 30s).
     pub leasettl: Option<String>,
+    /// Registries whose chosen repositories and tags are copied here on a schedule.
+    pub sync: Vec<SyncConfig>,
+}
+
+/// `berth.replication.sync[]`: a scheduled copy from an upstream registry.
+#[derive(Debug, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SyncConfig {
+    /// A name for logs, metrics and its lease (`[a-z0-9._-]`).
+    pub name: Option<String>,
+    /// The upstream's origin.
+    pub remoteurl: Option<String>,
+    /// Account there.
+    pub username: Option<String>,
+    /// Its password or token.
+    pub password: Option<String>,
+    /// How often (default 1h).
+    pub interval: Option<String>,
+    /// What is copied.
+    pub repositories: Vec<SyncRepositoryConfig>,
+    /// As for downstreams.
+    pub trustedorigins: Vec<String>,
+}
+
+/// `berth.replication.sync[].repositories[]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SyncRepositoryConfig {
+    /// The repository upstream (`library/alpine`).
+    pub from: Option<String>,
+    /// Its name here (default: the same).
+    pub to: Option<String>,
+    /// Tags copied, as globs (default all).
+    pub tags: Vec<String>,
 }
 
 /// `berth.replication.downstreams[]`.
@@ -49,6 +84,43 @@ pub struct ReplicationSettings {
     pub poll: Duration,
     /// How long a silent sender keeps a downstream's lease.
     pub lease_ttl: Duration,
+    /// Scheduled copies from upstream registries.
+    pub syncs: Vec<SyncSettings>,
+}
+
+/// One scheduled copy from an upstream registry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SyncSettings {
+    /// Its name.
+    pub name: String,
+    /// Where the upstream is and how to log in.
+    pub remote: UpstreamSettings,
+    /// How often it runs.
+    pub interval: Duration,
+    /// What it copies.
+    pub repositories: Vec<SyncRepository>,
+}
+
+/// One repository a sync copies.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SyncRepository {
+    /// Its name upstream.
+    pub from: String,
+    /// Its name here.
+    pub to: registry_core::RepositoryName,
+    /// Tag globs copied (empty: all).
+    pub tags: Vec<String>,
+}
+
+impl SyncRepository {
+    /// Whether `tag` is copied.
+    pub fn wants(&self, tag: &str) -> bool {
+        self.tags.is_empty()
+            || self
+                .tags
+                .iter()
+                .any(|g| registry_core::names::glob_match(g, tag))
+    }
 }
 
 /// One downstream registry.
@@ -77,7 +149,7 @@ impl DownstreamSettings {
 pub(super) fn replication_settings(
     c: Option<&ReplicationConfig>,
 ) -> Result<Option<ReplicationSettings>, ConfigError> {
-    let Some(c) = c.filter(|c| !c.downstreams.is_empty()) else {
+    let Some(c) = c.filter(|c| !c.downstreams.is_empty() || !c.sync.is_empty()) else {
         return Ok(None);
     };
     let duration = |raw: Option<&str>, default: u64, key: &str| match raw {
@@ -91,16 +163,7 @@ pub(super) fn replication_settings(
     let mut downstreams: Vec<DownstreamSettings> = Vec::new();
     for (i, d) in c.downstreams.iter().enumerate() {
         let key = format!("berth.replication.downstreams[{i}]");
-        let name = d.name.clone().unwrap_or_default();
-        let plain = name
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"._-".contains(&b));
-        if name.is_empty() || !plain || name.starts_with('.') {
-            return Err(key_err(
-                &format!("{key}.name"),
-                format!("{name:?}: give a name of a-z, 0-9, '.', '_' and '-'"),
-            ));
-        }
+        let name = plain_name(d.name.as_deref(), &key)?;
         if downstreams.iter().any(|o| o.name == name) {
             return Err(key_err(
                 &format!("{key}.name"),
@@ -123,9 +186,79 @@ pub(super) fn replication_settings(
             repositories: d.repositories.clone(),
         });
     }
+    let mut syncs: Vec<SyncSettings> = Vec::new();
+    for (i, j) in c.sync.iter().enumerate() {
+        let key = format!("berth.replication.sync[{i}]");
+        let name = plain_name(j.name.as_deref(), &key)?;
+        if syncs.iter().any(|o| o.name == name) {
+            return Err(key_err(
+                &format!("{key}.name"),
+                format!("{name:?} names two syncs"),
+            ));
+        }
+        let remote = upstream(
+            &key,
+            None,
+            j.remoteurl.as_deref(),
+            &j.username,
+            &j.password,
+            None,
+            &j.trustedorigins,
+            None,
+        )?;
+        if j.repositories.is_empty() {
+            return Err(key_err(
+                &format!("{key}.repositories"),
+                "name at least one repository to copy",
+            ));
+        }
+        let mut repositories = Vec::new();
+        for (r, rc) in j.repositories.iter().enumerate() {
+            let rkey = format!("{key}.repositories[{r}]");
+            let from = rc
+                .from
+                .clone()
+                .filter(|f| f.parse::<registry_core::RepositoryName>().is_ok())
+                .ok_or_else(|| key_err(&format!("{rkey}.from"), "give a repository name"))?;
+            let to = rc.to.clone().unwrap_or_else(|| from.clone());
+            let to = to.parse().map_err(|_| {
+                key_err(
+                    &format!("{rkey}.to"),
+                    format!("{to:?} is not a repository name"),
+                )
+            })?;
+            repositories.push(SyncRepository {
+                from,
+                to,
+                tags: rc.tags.clone(),
+            });
+        }
+        syncs.push(SyncSettings {
+            name,
+            remote,
+            interval: duration(j.interval.as_deref(), 3600, &format!("{key}.interval"))?,
+            repositories,
+        });
+    }
     Ok(Some(ReplicationSettings {
         downstreams,
         poll,
         lease_ttl,
+        syncs,
     }))
+}
+
+/// A name for logs, metrics and keys in the store: `[a-z0-9._-]`, not starting with a dot.
+fn plain_name(raw: Option<&str>, key: &str) -> Result<String, ConfigError> {
+    let name = raw.unwrap_or_default().to_owned();
+    let plain = name
+        .bytes()
+        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"._-".contains(&b));
+    if name.is_empty() || !plain || name.starts_with('.') {
+        return Err(key_err(
+            &format!("{key}.name"),
+            format!("{name:?}: give a name of a-z, 0-9, '.', '_' and '-'"),
+        ));
+    }
+    Ok(name)
 }

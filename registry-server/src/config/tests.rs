@@ -515,3 +515,46 @@ fn traces_follow_the_otel_variables_and_berth_tracing() {
     .unwrap_err();
     assert!(e.to_string().contains("samplingratio"), "{e}");
 }
+
+#[test]
+fn scheduled_syncs_are_checked() {
+    let with = |j: &str| {
+        load_str(
+            &format!("storage: {{inmemory: {{}}}}\nberth:\n  replication:\n    sync: {j}\n"),
+            &[],
+        )
+    };
+    let (s, _) = with(
+        "[{name: base, remoteurl: 'https://registry-1.docker.io', interval: 6h, repositories: [{from: library/alpine, to: mirror/alpine, tags: ['3.*']}, {from: library/busybox}]}]",
+    )
+    .unwrap();
+    let r = s.replication.unwrap();
+    assert!(r.downstreams.is_empty());
+    let j = &r.syncs[0];
+    assert_eq!(j.interval, Duration::from_secs(6 * 3600));
+    assert_eq!(j.repositories[0].to.as_str(), "mirror/alpine");
+    assert!(j.repositories[0].wants("3.19") && !j.repositories[0].wants("edge"));
+    assert_eq!(j.repositories[1].to.as_str(), "library/busybox");
+    assert!(j.repositories[1].wants("anything"));
+    for (bad, key) in [
+        (
+            "[{name: a, remoteurl: 'https://x'}]",
+            "sync[0].repositories",
+        ),
+        (
+            "[{name: a, remoteurl: 'https://x', repositories: [{to: b}]}]",
+            "repositories[0].from",
+        ),
+        (
+            "[{name: a, remoteurl: 'https://x', repositories: [{from: a, to: 'B B'}]}]",
+            "repositories[0].to",
+        ),
+        (
+            "[{name: a, remoteurl: 'https://x', interval: soon, repositories: [{from: a}]}]",
+            "sync[0].interval",
+        ),
+    ] {
+        let e = with(bad).unwrap_err().to_string();
+        assert!(e.contains(key), "{bad}: {e}");
+    }
+}

@@ -12,7 +12,7 @@ use reqwest::Method;
 
 use super::verified::verified;
 use super::{Blob, Content, ContentError, Tags, uses};
-use crate::upstream::client::unreachable;
+use crate::upstream::client::read_at_most;
 use crate::upstream::{Remote, UpstreamError};
 
 use registry_core::manifest::ACCEPT_ALL as MANIFEST_ACCEPT;
@@ -347,24 +347,6 @@ impl CachedRepository<'_> {
             }
         });
     }
-}
-
-/// A body, refused once it passes `limit` bytes (whatever Content-Length said).
-async fn read_at_most(resp: reqwest::Response, limit: usize) -> Result<Bytes, UpstreamError> {
-    let too_large = || UpstreamError::BadAnswer(format!("an answer larger than {limit} bytes"));
-    if resp.content_length().is_some_and(|n| n > limit as u64) {
-        return Err(too_large());
-    }
-    let mut body = bytes::BytesMut::new();
-    let mut stream = resp.bytes_stream();
-    while let Some(chunk) = stream.next().await {
-        let chunk = chunk.map_err(unreachable)?;
-        if body.len() + chunk.len() > limit {
-            return Err(too_large());
-        }
-        body.extend_from_slice(&chunk);
-    }
-    Ok(body.freeze())
 }
 
 /// The verified upstream body for the client, while the same chunks go into the store. The

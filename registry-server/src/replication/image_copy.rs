@@ -40,7 +40,8 @@ impl From<UpstreamError> for CopyError {
     }
 }
 
-fn local(e: RegistryError) -> CopyError {
+/// A failure of this registry's own store is worth retrying; anything else it says is final.
+pub(super) fn local(e: RegistryError) -> CopyError {
     match e {
         RegistryError::Storage(_) => CopyError::Transient(e.to_string()),
         other => CopyError::Refused(other.to_string()),
@@ -101,21 +102,10 @@ impl<'a> ImageCopy<'a> {
 
     /// The digest `tag` names downstream, if it is there.
     pub(crate) async fn remote_tag(&self, tag: &str) -> Result<Option<Digest>, CopyError> {
-        let resp = self
-            .send(
-                Method::HEAD,
-                &format!("/v2/{}/manifests/{tag}", self.name()),
-            )
-            .await?;
-        match resp.status() {
-            s if s.is_success() => Ok(resp
-                .headers()
-                .get("docker-content-digest")
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.parse().ok())),
-            StatusCode::NOT_FOUND => Ok(None),
-            s => Err(status_error("HEAD of a tag", s)),
-        }
+        Ok(self
+            .client
+            .tag_digest(self.name(), tag, "pull,push")
+            .await?)
     }
 
     /// Removes `reference` (a tag or a digest) downstream; true when it was there. A
@@ -343,9 +333,16 @@ async fn refusal(resp: reqwest::Response, what: &str) -> CopyError {
 }
 
 fn status_error(what: &str, s: StatusCode) -> CopyError {
+    peer_status_error("downstream", what, s)
+}
+
+/// A status another registry (`peer`: upstream, downstream) answered: a 5xx or a timeout is
+/// worth retrying, anything else is final.
+pub(super) fn peer_status_error(peer: &str, what: &str, s: StatusCode) -> CopyError {
+    let text = format!("the {peer} answered {s} to {what}");
     if s.is_server_error() || s == StatusCode::REQUEST_TIMEOUT {
-        CopyError::Transient(format!("the downstream answered {s} to {what}"))
+        CopyError::Transient(text)
     } else {
-        CopyError::Refused(format!("the downstream answered {s} to {what}"))
+        CopyError::Refused(text)
     }
 }

@@ -2,9 +2,12 @@
 //! queued in the store for it (`registry_core`'s replication queue) and sent by whichever
 //! replica holds that downstream's lease, in order, retried with backoff until it is taken.
 //! `berth replicate --once` (reconcile) compares and repairs what events could not carry.
+//! Scheduled syncs copy chosen repositories in from upstream registries.
 
 mod image_copy;
+mod image_fetch;
 pub(crate) mod reconcile;
+pub(crate) mod scheduled_sync;
 mod sender;
 
 use std::fmt::Write;
@@ -48,6 +51,7 @@ struct DownstreamStats {
 /// Every downstream, and the way pushes reach their queues.
 pub struct Replication {
     downstreams: Vec<Arc<Downstream>>,
+    syncs: Vec<Arc<scheduled_sync::SyncJob>>,
     poll: std::time::Duration,
     lease_ttl: std::time::Duration,
 }
@@ -67,15 +71,24 @@ impl Replication {
                 }))
             })
             .collect::<Result<_, UpstreamError>>()?;
+        let syncs = settings
+            .syncs
+            .iter()
+            .map(|s| Ok(Arc::new(scheduled_sync::SyncJob::new(s.clone())?)))
+            .collect::<Result<_, UpstreamError>>()?;
         Ok(Replication {
             downstreams,
+            syncs,
             poll: settings.poll,
             lease_ttl: settings.lease_ttl,
         })
     }
 
-    /// Starts one sender per downstream (call inside the runtime).
+    /// Starts one sender per downstream and each sync's schedule (call inside the runtime).
     pub fn start(&self, registry: Arc<Registry>) {
+        for j in &self.syncs {
+            tokio::spawn(scheduled_sync::schedule(registry.clone(), j.clone()));
+        }
         for d in &self.downstreams {
             tokio::spawn(sender::run(
                 registry.clone(),
@@ -176,6 +189,32 @@ impl Replication {
                 false,
             ),
         ];
+        let _ = writeln!(
+            out,
+            "# HELP berth_sync_runs_total Scheduled syncs run on this replica, by result (failed: some tag was not copied).\n# TYPE berth_sync_runs_total counter"
+        );
+        for j in &self.syncs {
+            for (result, n) in [("ok", &j.runs_ok), ("failed", &j.runs_failed)] {
+                let _ = writeln!(
+                    out,
+                    "berth_sync_runs_total{{sync=\"{}\",result=\"{result}\"}} {}",
+                    j.settings.name,
+                    n.load(Ordering::Relaxed)
+                );
+            }
+        }
+        let _ = writeln!(
+            out,
+            "# HELP berth_sync_tags_copied_total Tags scheduled syncs copied in.\n# TYPE berth_sync_tags_copied_total counter"
+        );
+        for j in &self.syncs {
+            let _ = writeln!(
+                out,
+                "berth_sync_tags_copied_total{{sync=\"{}\"}} {}",
+                j.settings.name,
+                j.tags_copied.load(Ordering::Relaxed)
+            );
+        }
         for (name, help, kind, read, only_sender) in families {
             let _ = writeln!(out, "# HELP {name} {help}");
             let _ = writeln!(out, "# TYPE {name} {kind}");
@@ -192,6 +231,22 @@ impl Replication {
             }
         }
     }
+    /// Runs every scheduled sync (or only the one named `only`) once, now.
+    pub async fn sync_now(
+        &self,
+        registry: &Registry,
+        only: Option<&str>,
+        dry_run: bool,
+    ) -> Vec<scheduled_sync::SyncReport> {
+        let mut out = Vec::new();
+        for j in &self.syncs {
+            if only.is_none_or(|n| n == j.settings.name) {
+                out.push(j.run(registry, dry_run).await);
+            }
+        }
+        out
+    }
+
     /// Reconciles every downstream (or only the one named `only`) with this registry.
     pub async fn reconcile(
         &self,

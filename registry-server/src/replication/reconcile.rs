@@ -4,12 +4,10 @@
 //! store refused to queue. Tags found only downstream are reported, never deleted.
 
 use registry_core::{Registry, RegistryError, RepositoryName, Tag};
-use reqwest::{Method, StatusCode};
 use serde::Serialize;
 
 use super::Downstream;
 use super::image_copy::{CopyError, ImageCopy};
-use crate::upstream::client::Request;
 
 /// What one downstream's reconciliation found and did.
 #[derive(Debug, Default, Serialize)]
@@ -77,7 +75,7 @@ pub(crate) async fn reconcile(
                 report.failed.push(format!("{at}: {why}"));
             }
         }
-        match remote_tags(d, &name).await {
+        match d.client.all_tags(name.as_str()).await {
             Ok(there) => report.only_downstream.extend(
                 there
                     .into_iter()
@@ -124,50 +122,4 @@ async fn reconcile_tag(
         return Ok(());
     }
     copy.tag(tag, &here).await
-}
-
-/// Every tag of `name` downstream, following its pages.
-async fn remote_tags(d: &Downstream, name: &RepositoryName) -> Result<Vec<String>, CopyError> {
-    #[derive(serde::Deserialize)]
-    struct TagList {
-        tags: Option<Vec<String>>,
-    }
-    let mut out = Vec::new();
-    let mut next = Some(format!("/v2/{name}/tags/list?n=1000"));
-    // A downstream that keeps naming further pages is stopped after a bound.
-    for _ in 0..1000 {
-        let Some(target) = next.take() else { break };
-        let resp = d
-            .client
-            .request(Request {
-                method: Method::GET,
-                target: &target,
-                repository: name.as_str(),
-                actions: "pull",
-                accept: None,
-                headers: &[],
-                body: None,
-            })
-            .await?;
-        match resp.status() {
-            StatusCode::NOT_FOUND => break,
-            s if !s.is_success() => {
-                return Err(CopyError::Transient(format!(
-                    "the downstream answered {s} to a tag listing"
-                )));
-            }
-            _ => {}
-        }
-        next = resp
-            .headers()
-            .get("link")
-            .and_then(|v| v.to_str().ok())
-            .and_then(|l| l.split('<').nth(1)?.split('>').next().map(str::to_owned));
-        let list: TagList = resp
-            .json()
-            .await
-            .map_err(|e| CopyError::Transient(format!("a tag listing: {e}")))?;
-        out.extend(list.tags.unwrap_or_default());
-    }
-    Ok(out)
 }

@@ -234,6 +234,88 @@ impl UpstreamClient {
         }
     }
 
+    /// The digest `tag` of `repository` names there (a HEAD, asking for `actions`); `None`
+    /// when there is no such tag, or the registry did not say.
+    pub(crate) async fn tag_digest(
+        &self,
+        repository: &str,
+        tag: &str,
+        actions: &str,
+    ) -> Result<Option<registry_core::Digest>, UpstreamError> {
+        let resp = self
+            .request(Request {
+                method: Method::HEAD,
+                target: &format!("/v2/{repository}/manifests/{tag}"),
+                repository,
+                actions,
+                accept: Some(registry_core::manifest::ACCEPT_ALL),
+                headers: &[],
+                body: None,
+            })
+            .await?;
+        match resp.status() {
+            s if s.is_success() => Ok(resp
+                .headers()
+                .get("docker-content-digest")
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.parse().ok())),
+            StatusCode::NOT_FOUND => Ok(None),
+            s if s.is_server_error() => Err(UpstreamError::Unreachable(format!(
+                "{} answered {s} to a HEAD of a tag",
+                self.origin()
+            ))),
+            s => Err(UpstreamError::BadAnswer(format!("{s} to a HEAD of a tag"))),
+        }
+    }
+
+    /// Every tag of `repository` there, following its pages (a registry that keeps naming
+    /// further pages is stopped after a thousand); none when it has no such repository.
+    pub(crate) async fn all_tags(&self, repository: &str) -> Result<Vec<String>, UpstreamError> {
+        #[derive(serde::Deserialize)]
+        struct TagList {
+            tags: Option<Vec<String>>,
+        }
+        let mut out = Vec::new();
+        let mut next = Some(format!("/v2/{repository}/tags/list?n=1000"));
+        for _ in 0..1000 {
+            let Some(target) = next.take() else { break };
+            let resp = self
+                .request(Request {
+                    method: Method::GET,
+                    target: &target,
+                    repository,
+                    actions: "pull",
+                    accept: None,
+                    headers: &[],
+                    body: None,
+                })
+                .await?;
+            match resp.status() {
+                StatusCode::NOT_FOUND => break,
+                s if s.is_server_error() => {
+                    return Err(UpstreamError::Unreachable(format!(
+                        "{} answered {s} to a tag listing",
+                        self.origin()
+                    )));
+                }
+                s if !s.is_success() => {
+                    return Err(UpstreamError::BadAnswer(format!("{s} to a tag listing")));
+                }
+                _ => {}
+            }
+            next = resp
+                .headers()
+                .get("link")
+                .and_then(|v| v.to_str().ok())
+                .and_then(|l| l.split('<').nth(1)?.split('>').next().map(str::to_owned));
+            let body = read_at_most(resp, 16 << 20).await?;
+            let list: TagList = serde_json::from_slice(&body)
+                .map_err(|e| UpstreamError::BadAnswer(format!("a tag listing: {e}")))?;
+            out.extend(list.tags.unwrap_or_default());
+        }
+        Ok(out)
+    }
+
     fn token(&self, scope: &str) -> Option<String> {
         let tokens = self.tokens.lock().ok()?;
         let (token, until) = tokens.get(scope)?;
@@ -328,6 +410,27 @@ impl UpstreamClient {
         }
         Ok(())
     }
+}
+
+/// A body, refused once it passes `limit` bytes (whatever Content-Length said).
+pub(crate) async fn read_at_most(
+    resp: reqwest::Response,
+    limit: usize,
+) -> Result<bytes::Bytes, UpstreamError> {
+    let too_large = || UpstreamError::BadAnswer(format!("an answer larger than {limit} bytes"));
+    if resp.content_length().is_some_and(|n| n > limit as u64) {
+        return Err(too_large());
+    }
+    let mut body = bytes::BytesMut::new();
+    let mut stream = futures::StreamExt::fuse(resp.bytes_stream());
+    while let Some(chunk) = futures::StreamExt::next(&mut stream).await {
+        let chunk = chunk.map_err(unreachable)?;
+        if body.len() + chunk.len() > limit {
+            return Err(too_large());
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body.freeze())
 }
 
 /// A URL as it may be logged: without any account or password written into it.
