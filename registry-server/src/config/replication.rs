@@ -36,6 +36,8 @@ pub struct SyncConfig {
     pub username: Option<String>,
     /// Its password or token.
     pub password: Option<String>,
+    /// A file holding the password (a mounted Secret), instead of `password`.
+    pub passwordfile: Option<String>,
     /// How often (default 1h).
     pub interval: Option<String>,
     /// What is copied.
@@ -68,6 +70,8 @@ pub struct DownstreamConfig {
     pub username: Option<String>,
     /// Its password or token.
     pub password: Option<String>,
+    /// A file holding the password (a mounted Secret), instead of `password`.
+    pub passwordfile: Option<String>,
     /// Repositories sent, as globs (`*` matches any run, `/` included); default all.
     pub repositories: Vec<String>,
     /// Other origins (`host:port`) it may name as its token realm or upload location
@@ -175,7 +179,7 @@ pub(super) fn replication_settings(
             None,
             d.remoteurl.as_deref(),
             &d.username,
-            &d.password,
+            &password(&d.password, d.passwordfile.as_deref(), &key)?,
             None,
             &d.trustedorigins,
             None,
@@ -201,7 +205,7 @@ pub(super) fn replication_settings(
             None,
             j.remoteurl.as_deref(),
             &j.username,
-            &j.password,
+            &password(&j.password, j.passwordfile.as_deref(), &key)?,
             None,
             &j.trustedorigins,
             None,
@@ -246,6 +250,24 @@ pub(super) fn replication_settings(
         lease_ttl,
         syncs,
     }))
+}
+
+/// The password written in the file, or read from `file` (its trailing newline dropped).
+fn password(
+    written: &Option<String>,
+    file: Option<&str>,
+    key: &str,
+) -> Result<Option<String>, ConfigError> {
+    match (written, file) {
+        (Some(_), Some(_)) => Err(key_err(
+            &format!("{key}.passwordfile"),
+            "give password or passwordfile, not both",
+        )),
+        (_, Some(f)) => std::fs::read_to_string(f)
+            .map(|p| Some(p.trim_end_matches(['\r', '\n']).to_owned()))
+            .map_err(|e| key_err(&format!("{key}.passwordfile"), format!("{f}: {e}"))),
+        (w, None) => Ok(w.clone()),
+    }
 }
 
 /// A name for logs, metrics and keys in the store: `[a-z0-9._-]`, not starting with a dot.

@@ -441,7 +441,23 @@ fn replication_downstreams_are_checked() {
     assert_eq!(dr.remote.url.as_str(), "https://dr.example/");
     assert!(dr.wants("team/app") && !dr.wants("other/app"));
     assert!(r.downstreams[1].wants("anything/at/all"));
+    let dir = tempfile::tempdir().unwrap();
+    let secret = dir.path().join("dr-password");
+    std::fs::write(&secret, "from-a-secret\n").unwrap();
+    let (s, _) = with(&format!(
+        "[{{name: dr, remoteurl: 'https://dr.example', username: bot, passwordfile: '{}'}}]",
+        secret.display()
+    ))
+    .unwrap();
+    assert_eq!(
+        s.replication.unwrap().downstreams[0].remote.credentials,
+        Some(("bot".into(), "from-a-secret".into()))
+    );
     for (bad, key) in [
+        (
+            "[{name: a, remoteurl: 'https://x', username: u, passwordfile: /nonexistent}]",
+            "downstreams[0].passwordfile",
+        ),
         ("[{remoteurl: 'https://x'}]", "downstreams[0].name"),
         (
             "[{name: 'Big Name', remoteurl: 'https://x'}]",

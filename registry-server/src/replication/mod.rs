@@ -128,18 +128,22 @@ impl Replication {
                 })
                 .collect()
         };
-        for d in &self.downstreams {
-            if !d.settings.wants(repository.as_str()) {
-                continue;
-            }
-            for e in &events {
-                if let Err(err) = registry.enqueue_replication(&d.settings.name, e).await {
-                    d.stats.unqueued.fetch_add(1, Ordering::Relaxed);
-                    tracing::error!(downstream = %d.settings.name, repository = %repository, error = %err, "a change could not be queued for replication; `berth replicate --once` will send it");
+        // Every downstream's queue at once: the push waits for one store write, not one per
+        // downstream.
+        let queued = self
+            .downstreams
+            .iter()
+            .filter(|d| d.settings.wants(repository.as_str()))
+            .map(|d| async {
+                for e in &events {
+                    if let Err(err) = registry.enqueue_replication(&d.settings.name, e).await {
+                        d.stats.unqueued.fetch_add(1, Ordering::Relaxed);
+                        tracing::error!(downstream = %d.settings.name, repository = %repository, error = %err, "a change could not be queued for replication; `berth replicate --once` will send it");
+                    }
                 }
-            }
-            d.wake.notify_one();
-        }
+                d.wake.notify_one();
+            });
+        futures::future::join_all(queued).await;
     }
 
     /// The Prometheus exposition of the downstreams' queues.
