@@ -21,6 +21,7 @@ pub mod scripted;
 pub mod server;
 pub mod soak;
 pub mod store_cost;
+pub mod store_generator;
 pub mod tools;
 pub mod webdriver;
 

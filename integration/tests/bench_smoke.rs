@@ -87,12 +87,11 @@ fn berth_bench_compares_two_berth_builds() {
     assert!(row.trim_end().ends_with("x |"), "{row}");
 }
 
-#[test]
-fn berth_ops_bench_runs_at_small_sizes() {
-    integration::tools::require("wrk");
-    let out = Command::new(env!("CARGO_BIN_EXE_berth-ops-bench"))
-        .args(["--images", "2", "--layers", "1", "--layer-mib", "1"])
-        .args(["--pushes", "2", "--load-seconds", "1"])
+/// Runs the bench program `exe` with `args` against the test build of berth and checks that
+/// its output has every one of `rows`.
+fn bench_prints(exe: &str, args: &[&str], rows: &[&str]) {
+    let out = Command::new(exe)
+        .args(args)
         .env("BERTH_BIN", berth_binary())
         .output()
         .unwrap();
@@ -102,12 +101,116 @@ fn berth_ops_bench_runs_at_small_sizes() {
         "{text}\n{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    for line in [
-        "berth replicate --once:",
-        "lag (push answered",
-        "every trace:",
-        "1 % of traces:",
-    ] {
-        assert!(text.contains(line), "{line} missing:\n{text}");
+    for row in rows {
+        assert!(text.contains(row), "{row} missing:\n{text}");
     }
+}
+
+#[test]
+fn berth_ops_bench_runs_at_small_sizes() {
+    integration::tools::require("wrk");
+    bench_prints(
+        env!("CARGO_BIN_EXE_berth-ops-bench"),
+        &[
+            "--images",
+            "2",
+            "--layers",
+            "1",
+            "--layer-mib",
+            "1",
+            "--pushes",
+            "2",
+            "--load-seconds",
+            "1",
+        ],
+        &[
+            "berth replicate --once:",
+            "lag (push answered",
+            "every trace:",
+            "1 % of traces:",
+        ],
+    );
+}
+
+/// The scale generator writes a store both registries take as theirs: every repository is in
+/// the catalog, every tag names its revision, every blob is served, and a collection finds
+/// nothing to remove.
+#[tokio::test]
+async fn the_generated_store_is_a_valid_registry() {
+    use integration::store_generator::{StoreShape, generate, repository_name};
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("store");
+    let shape = StoreShape {
+        repositories: 30,
+        layers: 3,
+        tags: 2,
+    };
+    let files = generate(&root, shape, 2);
+    assert_eq!(files, 30 * (2 * (3 + 2) + 2 * 2));
+    let yaml = format!(
+        "storage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\n",
+        root.display()
+    );
+    let berth = integration::Berth::with_config(&yaml, &[]);
+    let api = integration::http::Api::new(&berth.url);
+    let r = api
+        .send(reqwest::Method::GET, "/v2/_catalog?n=1000", &[], None)
+        .await;
+    let catalog: serde_json::Value = r.json().await.unwrap();
+    let mut want: Vec<String> = (0..30).map(repository_name).collect();
+    want.sort();
+    assert_eq!(catalog["repositories"], serde_json::json!(want));
+    for i in [0, 17, 29] {
+        let name = repository_name(i);
+        let r = api
+            .send(
+                reqwest::Method::GET,
+                &format!("/v2/{name}/manifests/t1"),
+                &[("accept", "application/vnd.oci.image.manifest.v1+json")],
+                None,
+            )
+            .await;
+        assert_eq!(r.status(), 200, "{name}");
+        let m: serde_json::Value = r.json().await.unwrap();
+        for layer in m["layers"].as_array().unwrap() {
+            let d = layer["digest"].as_str().unwrap();
+            let r = api
+                .send(
+                    reqwest::Method::GET,
+                    &format!("/v2/{name}/blobs/{d}"),
+                    &[],
+                    None,
+                )
+                .await;
+            assert_eq!(r.status(), 200);
+            let bytes = r.bytes().await.unwrap();
+            assert_eq!(integration::layout::sha256(&bytes), d);
+        }
+    }
+    drop(berth);
+    let cfg = dir.path().join("config.yml");
+    std::fs::write(&cfg, &yaml).unwrap();
+    let out = integration::server::berth_command(&cfg, &["gc", "--dry-run", "--grace", "0s"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["swept"], serde_json::json!([]), "{report}");
+    assert_eq!(report["marked"], serde_json::json!(30 * 5), "{report}");
+}
+
+#[test]
+fn berth_scale_bench_runs_at_small_sizes() {
+    integration::tools::require("docker-registry");
+    bench_prints(
+        env!("CARGO_BIN_EXE_berth-scale-bench"),
+        &["--repositories", "150", "--layers", "2"],
+        &[
+            "full catalog walk, 2 pages of 100",
+            "first catalog page",
+            "gc --dry-run",
+        ],
+    );
 }
