@@ -91,30 +91,41 @@ impl Registry {
         Ok(())
     }
 
-    /// The oldest `limit` events queued for `downstream`, oldest first.
-    pub async fn replication_backlog(
-        &self,
-        downstream: &str,
-        limit: usize,
-    ) -> Result<(Vec<QueuedEvent>, usize)> {
+    /// The keys of every event queued for `downstream`, oldest first (one listing).
+    pub async fn replication_queue_keys(&self, downstream: &str) -> Result<Vec<String>> {
         let mut keys: Vec<String> = self
             .store
             .list_recursive(&layout::replication_queue(downstream))
             .try_collect()
             .await?;
         keys.sort_unstable();
+        Ok(keys)
+    }
+
+    /// The event queued at `key`; `None` when it is gone (sent by another holder meanwhile).
+    pub async fn queued_event(&self, key: &str) -> Result<Option<QueuedEvent>> {
+        match self.store.read_small(key).await {
+            Ok((body, _)) => Ok(Some(QueuedEvent {
+                event: serde_json::from_slice(&body).ok(),
+                key: key.to_owned(),
+            })),
+            Err(StorageError::NotFound(_)) => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// The oldest `limit` events queued for `downstream`, oldest first, and how many wait.
+    pub async fn replication_backlog(
+        &self,
+        downstream: &str,
+        limit: usize,
+    ) -> Result<(Vec<QueuedEvent>, usize)> {
+        let keys = self.replication_queue_keys(downstream).await?;
         let depth = keys.len();
-        keys.truncate(limit);
-        let mut out = Vec::with_capacity(keys.len());
-        for key in keys {
-            match self.store.read_small(&key).await {
-                Ok((body, _)) => out.push(QueuedEvent {
-                    event: serde_json::from_slice(&body).ok(),
-                    key,
-                }),
-                // Sent by another holder between the listing and the read.
-                Err(StorageError::NotFound(_)) => {}
-                Err(e) => return Err(e.into()),
+        let mut out = Vec::with_capacity(limit.min(depth));
+        for key in keys.iter().take(limit) {
+            if let Some(q) = self.queued_event(key).await? {
+                out.push(q);
             }
         }
         Ok((out, depth))

@@ -15,8 +15,6 @@ use registry_core::registry::{QueuedEvent, ReplicationAction};
 use super::Downstream;
 use super::image_copy::{CopyError, ImageCopy};
 
-/// Events read from the queue at a time.
-const BATCH: usize = 64;
 /// Longest pause between attempts at an event a downstream did not take.
 const MAX_BACKOFF: Duration = Duration::from_secs(60);
 /// First pause after a failed attempt.
@@ -52,32 +50,44 @@ pub(super) async fn run(
     }
 }
 
-/// Sends events as they come; returns only if the queue cannot be read.
+/// Sends events as they come; never returns. Each pass lists the queue once and sends
+/// every event of that listing in order (reading each just before it is sent), so a backlog
+/// of n events costs one listing per pass, not one per batch.
 async fn drain(registry: &Registry, d: &Downstream, poll: Duration) {
     loop {
-        let (batch, depth) = match registry.replication_backlog(&d.settings.name, BATCH).await {
-            Ok(b) => b,
+        let keys = match registry.replication_queue_keys(&d.settings.name).await {
+            Ok(k) => k,
             Err(e) => {
                 tracing::warn!(downstream = %d.settings.name, error = %e, "the replication queue could not be read");
                 tokio::time::sleep(poll).await;
                 continue;
             }
         };
-        d.stats.depth.store(depth as u64, Ordering::Relaxed);
-        note_lag(d, batch.first());
-        if batch.is_empty() {
+        d.stats.depth.store(keys.len() as u64, Ordering::Relaxed);
+        if keys.is_empty() {
+            note_lag(d, None);
             tokio::select! {
                 _ = d.wake.notified() => {}
                 _ = tokio::time::sleep(poll) => {}
             }
             continue;
         }
-        for (i, queued) in batch.iter().enumerate() {
-            note_lag(d, Some(queued));
+        let total = keys.len();
+        for (i, key) in keys.iter().enumerate() {
+            let queued = match registry.queued_event(key).await {
+                Ok(Some(q)) => q,
+                Ok(None) => continue,
+                Err(e) => {
+                    tracing::warn!(downstream = %d.settings.name, error = %e, "a queued event could not be read");
+                    tokio::time::sleep(poll).await;
+                    break;
+                }
+            };
+            note_lag(d, Some(&queued));
             d.stats
                 .depth
-                .store(depth.saturating_sub(i) as u64, Ordering::Relaxed);
-            deliver(registry, d, queued).await;
+                .store(total.saturating_sub(i) as u64, Ordering::Relaxed);
+            deliver(registry, d, &queued).await;
         }
     }
 }
