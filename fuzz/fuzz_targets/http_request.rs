@@ -35,7 +35,9 @@ fn router() -> &'static axum::Router {
         let app: Arc<registry_server::api::App> = runtime()
             .block_on(async { registry_server::serve::app(settings) })
             .expect("app");
-        registry_server::api::router(app)
+        // The web UI's pages too: they parse the same hostile paths and queries.
+        let pages = registry_server::ui::routes(app.clone());
+        registry_server::api::router(app, pages)
     })
 }
 
