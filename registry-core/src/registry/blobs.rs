@@ -98,13 +98,18 @@ impl Registry {
             .await?)
     }
 
-    /// Makes a stored blob part of a repository.
-    pub async fn link_blob(&self, name: &RepositoryName, digest: &Digest) -> Result<()> {
+    /// Makes a stored blob part of a repository; `false` when the store no longer holds its
+    /// bytes. Marked first, then asked of the store (not of memory): a collection on another
+    /// replica may have removed the bytes, and none that begins after the marker will.
+    pub async fn link_blob(&self, name: &RepositoryName, digest: &Digest) -> Result<bool> {
         self.touch([digest]).await?;
+        if self.blob_bytes_in_store(digest).await?.is_none() {
+            return Ok(false);
+        }
         self.write_link(&layout::layer_link(name, digest), digest)
             .await?;
         self.note_linked(name, digest);
-        Ok(())
+        Ok(true)
     }
 
     /// Remembers that `name` links `digest` now (and forgets a miss remembered before).
@@ -163,16 +168,7 @@ impl Registry {
         if !self.has_layer(from, digest).await? {
             return Ok(false);
         }
-        // Marked first, then asked of the store (not of memory): a collection on another
-        // replica may have removed the bytes, and none that begins after the marker will.
-        self.touch([digest]).await?;
-        if self.blob_bytes_in_store(digest).await?.is_none() {
-            return Ok(false);
-        }
-        self.write_link(&layout::layer_link(name, digest), digest)
-            .await?;
-        self.note_linked(name, digest);
-        Ok(true)
+        self.link_blob(name, digest).await
     }
 
     /// Finishes an upload session and links the blob; returns its size. `fresh`: the request

@@ -206,10 +206,9 @@ impl CachedRepository<'_> {
             return self.fetch_blob(digest, head).await;
         };
         match self.ask_blob(Method::HEAD, digest).await? {
-            Some(_) => {
-                registry.link_blob(name, digest).await?;
-                Ok(Blob::Stored(info))
-            }
+            Some(_) if registry.link_blob(name, digest).await? => Ok(Blob::Stored(info)),
+            // Collected since it was seen: fetched again like any blob not stored.
+            Some(_) => self.fetch_blob(digest, head).await,
             None => Err(RegistryError::BlobUnknown(digest.clone()).into()),
         }
     }

@@ -104,25 +104,25 @@ impl ImageFetch<'_> {
 
     /// Makes the blob part of the repository here; its size when it had to be fetched.
     async fn blob(&self, digest: &Digest) -> Result<Option<u64>, CopyError> {
-        if self
-            .registry
-            .links_blob(self.to, digest)
-            .await
-            .map_err(local)?
-        {
-            return Ok(None);
+        match self.registry.stat_blob(self.to, digest).await {
+            Ok(_) => return Ok(None),
+            Err(RegistryError::BlobUnknown(_)) => {}
+            Err(e) => return Err(local(e)),
         }
-        if self
+        // Bytes another repository brought are linked, not fetched (unless collected since).
+        let stored = self
             .registry
             .stored_blob_bytes(digest)
             .await
             .map_err(local)?
-            .is_some()
-        {
-            self.registry
+            .is_some();
+        if stored
+            && self
+                .registry
                 .link_blob(self.to, digest)
                 .await
-                .map_err(local)?;
+                .map_err(local)?
+        {
             return Ok(None);
         }
         let resp = self
