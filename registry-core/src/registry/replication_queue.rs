@@ -114,23 +114,6 @@ impl Registry {
         }
     }
 
-    /// The oldest `limit` events queued for `downstream`, oldest first, and how many wait.
-    pub async fn replication_backlog(
-        &self,
-        downstream: &str,
-        limit: usize,
-    ) -> Result<(Vec<QueuedEvent>, usize)> {
-        let keys = self.replication_queue_keys(downstream).await?;
-        let depth = keys.len();
-        let mut out = Vec::with_capacity(limit.min(depth));
-        for key in keys.iter().take(limit) {
-            if let Some(q) = self.queued_event(key).await? {
-                out.push(q);
-            }
-        }
-        Ok((out, depth))
-    }
-
     /// Removes a sent event from the queue.
     pub async fn settle_replication(&self, queued: &QueuedEvent) -> Result<()> {
         match self.store.delete(&queued.key).await {
@@ -162,16 +145,6 @@ impl Registry {
             )
             .await?;
         self.settle_replication(queued).await
-    }
-
-    /// How many events `downstream` refused for good.
-    pub async fn replication_dead_letters(&self, downstream: &str) -> Result<usize> {
-        let keys: Vec<String> = self
-            .store
-            .list_recursive(&layout::replication_dead_letters(downstream))
-            .try_collect()
-            .await?;
-        Ok(keys.len())
     }
 
     /// The lease a replica holds while it sends `downstream` its queue.

@@ -108,15 +108,15 @@ impl<'a> ImageCopy<'a> {
             .await?)
     }
 
-    /// Removes `reference` (a tag or a digest) downstream; true when it was there. A
-    /// downstream that cannot delete tags (distribution before 3.0) is refused for good, with
-    /// a reason that says so.
-    pub(crate) async fn delete(&self, reference: &str) -> Result<bool, CopyError> {
+    /// Removes `reference` (a tag or a digest) downstream, if it is there. A downstream that
+    /// cannot delete tags (distribution before 3.0) is refused for good, with a reason that
+    /// says so.
+    pub(crate) async fn delete(&self, reference: &str) -> Result<(), CopyError> {
         let is_tag = !reference.contains(':');
         // Asked first: a tag that never got there (pushed and deleted while the downstream
         // was down) needs nothing, also of a downstream that cannot delete tags.
         if is_tag && self.remote_tag(reference).await?.is_none() {
-            return Ok(false);
+            return Ok(());
         }
         let resp = self
             .request(
@@ -127,8 +127,7 @@ impl<'a> ImageCopy<'a> {
             )
             .await?;
         match resp.status() {
-            s if s.is_success() => Ok(true),
-            StatusCode::NOT_FOUND => Ok(false),
+            s if s.is_success() || s == StatusCode::NOT_FOUND => Ok(()),
             s if s.is_server_error() => Err(status_error("a delete", s)),
             s if is_tag => Err(CopyError::Refused(format!(
                 "the downstream cannot delete tags (it answered {s}; distribution before 3.0 \
@@ -152,11 +151,6 @@ impl<'a> ImageCopy<'a> {
                 "{digest}: indexes nested deeper than {MAX_DEPTH}"
             )));
         }
-        let m = self
-            .registry
-            .get_manifest(self.repository, &Reference::Digest(digest.clone()))
-            .await
-            .map_err(local)?;
         let there = self
             .send(
                 Method::HEAD,
@@ -168,7 +162,15 @@ impl<'a> ImageCopy<'a> {
             StatusCode::NOT_FOUND => false,
             s => return Err(status_error("HEAD of a manifest", s)),
         };
+        // Read from the store only when it is to be sent (or tagged).
+        let read = || async {
+            self.registry
+                .get_manifest(self.repository, &Reference::Digest(digest.clone()))
+                .await
+                .map_err(local)
+        };
         if !known {
+            let m = read().await?;
             let parsed = Manifest::parse(&m.body, Some(&m.media_type))
                 .map_err(|e| CopyError::Refused(format!("{digest}: {e}")))?;
             for child in &parsed.manifests {
@@ -194,6 +196,7 @@ impl<'a> ImageCopy<'a> {
             self.put_manifest(tag.unwrap_or(&digest.to_string()), &m)
                 .await?;
         } else if let Some(t) = tag {
+            let m = read().await?;
             self.put_manifest(t, &m).await?;
         }
         // Referrers are new manifests of their own, each sent by its own push event; the
@@ -322,10 +325,17 @@ impl<'a> ImageCopy<'a> {
     }
 }
 
+/// Most of a refusal's body read for its message: a downstream that answers with more is
+/// not read further.
+const REFUSAL_BYTES: usize = 64 << 10;
+
 /// A refusal for good, with the start of what the downstream said (its OCI error).
 async fn refusal(resp: reqwest::Response, what: &str) -> CopyError {
     let s = resp.status();
-    let body = resp.text().await.unwrap_or_default();
+    let body = crate::upstream::client::read_at_most(resp, REFUSAL_BYTES)
+        .await
+        .map(|b| String::from_utf8_lossy(&b).into_owned())
+        .unwrap_or_default();
     CopyError::Refused(format!(
         "the downstream refused {what} ({s}): {}",
         body.chars().take(300).collect::<String>()

@@ -13,7 +13,7 @@ use registry_core::{Reference, Registry, RegistryError, RepositoryName, Tag};
 use registry_core::registry::{QueuedEvent, ReplicationAction};
 
 use super::Downstream;
-use super::image_copy::{CopyError, ImageCopy};
+use super::image_copy::{CopyError, ImageCopy, local};
 
 /// Longest pause between attempts at an event a downstream did not take.
 const MAX_BACKOFF: Duration = Duration::from_secs(60);
@@ -157,9 +157,8 @@ async fn send(registry: &Registry, d: &Downstream, queued: &QueuedEvent) -> Resu
         // What the tag names now, whichever event this is: the last writer wins.
         return match registry.tag_target(&name, &t).await {
             Ok((digest, _)) => copy.tag(tag, &digest).await,
-            Err(RegistryError::ManifestUnknown(_)) => copy.delete(tag).await.map(|_| ()),
-            Err(RegistryError::Storage(s)) => Err(CopyError::Transient(s.to_string())),
-            Err(other) => Err(CopyError::Refused(other.to_string())),
+            Err(RegistryError::ManifestUnknown(_)) => copy.delete(tag).await,
+            Err(e) => Err(local(e)),
         };
     }
     let digest = e
@@ -170,8 +169,7 @@ async fn send(registry: &Registry, d: &Downstream, queued: &QueuedEvent) -> Resu
     let here = match registry.resolve(&name, &Reference::Digest(digest)).await {
         Ok(d) => Some(d),
         Err(RegistryError::ManifestUnknown(_)) => None,
-        Err(RegistryError::Storage(s)) => return Err(CopyError::Transient(s.to_string())),
-        Err(other) => return Err(CopyError::Refused(other.to_string())),
+        Err(e) => return Err(local(e)),
     };
     match (e.action, here) {
         (_, Some(d)) => copy.digest(&d).await,
@@ -179,7 +177,7 @@ async fn send(registry: &Registry, d: &Downstream, queued: &QueuedEvent) -> Resu
         (ReplicationAction::Push, None) => Ok(()),
         (ReplicationAction::Delete, None) => {
             let digest = e.digest.as_deref().unwrap_or_default();
-            copy.delete(digest).await.map(|_| ())
+            copy.delete(digest).await
         }
     }
 }
