@@ -180,44 +180,47 @@ impl Notifier {
 
     /// The Prometheus exposition of every endpoint's counts and queue.
     pub fn render_metrics(&self, out: &mut String) {
-        use std::fmt::Write;
+        use crate::observe::metrics::{label, write_family};
         if self.endpoints.is_empty() {
             return;
         }
-        let _ = writeln!(
+        write_family(
             out,
-            "# HELP berth_notifications_total Webhook events by endpoint and outcome (failed: given up on after every attempt)."
+            "berth_notifications_total",
+            "counter",
+            "Webhook events by endpoint and outcome (failed: given up on after every attempt).",
+            self.endpoints.iter().flat_map(|e| {
+                let s = &e.stats;
+                [
+                    ("delivered", &s.delivered),
+                    ("failed", &s.failed),
+                    ("retried", &s.retried),
+                    ("dropped", &s.dropped),
+                ]
+                .map(|(result, n)| {
+                    (
+                        format!(
+                            "{},{}",
+                            label("endpoint", &e.settings.name),
+                            label("result", result)
+                        ),
+                        n.load(Ordering::Relaxed),
+                    )
+                })
+            }),
         );
-        let _ = writeln!(out, "# TYPE berth_notifications_total counter");
-        for e in &self.endpoints {
-            let s = &e.stats;
-            for (result, n) in [
-                ("delivered", &s.delivered),
-                ("failed", &s.failed),
-                ("retried", &s.retried),
-                ("dropped", &s.dropped),
-            ] {
-                let _ = writeln!(
-                    out,
-                    "berth_notifications_total{{endpoint=\"{}\",result=\"{result}\"}} {}",
-                    e.settings.name,
-                    n.load(Ordering::Relaxed)
-                );
-            }
-        }
-        let _ = writeln!(
+        write_family(
             out,
-            "# HELP berth_notifications_queued Webhook events waiting to be sent, by endpoint."
+            "berth_notifications_queued",
+            "gauge",
+            "Webhook events waiting to be sent, by endpoint.",
+            self.endpoints.iter().map(|e| {
+                (
+                    label("endpoint", &e.settings.name),
+                    QUEUE - e.queue.capacity(),
+                )
+            }),
         );
-        let _ = writeln!(out, "# TYPE berth_notifications_queued gauge");
-        for e in &self.endpoints {
-            let _ = writeln!(
-                out,
-                "berth_notifications_queued{{endpoint=\"{}\"}} {}",
-                e.settings.name,
-                QUEUE - e.queue.capacity()
-            );
-        }
     }
 
     /// Whether any endpoint listens (skips building events when none does).

@@ -270,10 +270,13 @@ async fn metrics(State(app): State<Arc<App>>) -> Response {
     let ready = tokio::time::timeout(std::time::Duration::from_secs(2), store_ready(&app))
         .await
         .unwrap_or(false);
-    text.push_str(&format!(
-        "# HELP berth_store_ready Whether the store answered this scrape (as /readyz asks it).\n# TYPE berth_store_ready gauge\nberth_store_ready {}\n",
-        u8::from(ready)
-    ));
+    crate::observe::metrics::write_family(
+        &mut text,
+        "berth_store_ready",
+        "gauge",
+        "Whether the store answered this scrape (as /readyz asks it).",
+        [(String::new(), u8::from(ready))],
+    );
     ([("content-type", "text/plain; version=0.0.4")], text).into_response()
 }
 

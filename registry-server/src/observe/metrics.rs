@@ -44,6 +44,36 @@ impl Histogram {
     }
 }
 
+/// Writes one metric family in the Prometheus text format: its HELP and TYPE lines, then a
+/// sample per `(labels, value)` (labels as [`label`] writes them, joined by commas; empty
+/// for none).
+pub fn write_family<V: std::fmt::Display>(
+    out: &mut String,
+    name: &str,
+    kind: &str,
+    help: &str,
+    samples: impl IntoIterator<Item = (String, V)>,
+) {
+    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+    for (labels, v) in samples {
+        if labels.is_empty() {
+            let _ = writeln!(out, "{name} {v}");
+        } else {
+            let _ = writeln!(out, "{name}{{{labels}}} {v}");
+        }
+    }
+}
+
+/// `key="value"`, the value escaped as the text format asks (a configured name may hold a
+/// quote or a backslash).
+pub fn label(key: &str, value: &str) -> String {
+    let escaped = value
+        .replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n");
+    format!("{key}=\"{escaped}\"")
+}
+
 /// A kind of store operation: the backend's name and the operation's.
 type StoreOperation = (&'static str, &'static str);
 
@@ -343,10 +373,7 @@ impl Metrics {
             ),
         ];
         for (name, kind, help, v) in scalars {
-            let _ = writeln!(
-                out,
-                "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}"
-            );
+            write_family(&mut out, name, kind, help, [(String::new(), v)]);
         }
         if let Ok(b) = self.biggest.lock()
             && !b.is_empty()
@@ -378,6 +405,15 @@ impl Metrics {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn label_values_are_escaped() {
+        assert_eq!(super::label("endpoint", "ci"), "endpoint=\"ci\"");
+        assert_eq!(
+            super::label("endpoint", "a\"b\\c\nd"),
+            "endpoint=\"a\\\"b\\\\c\\nd\""
+        );
+    }
 
     #[test]
     fn renders_counts_and_buckets() {

@@ -10,7 +10,6 @@ pub(crate) mod reconcile;
 pub(crate) mod scheduled_sync;
 mod sender;
 
-use std::fmt::Write;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
@@ -18,6 +17,7 @@ use registry_core::registry::{ReplicationAction, ReplicationEvent};
 use registry_core::{Digest, Registry, RepositoryName};
 
 use crate::config::{DownstreamSettings, ReplicationSettings};
+use crate::observe::metrics::{label, write_family};
 use crate::upstream::{UpstreamClient, UpstreamError};
 
 /// One downstream registry: its settings, its client, what its sender is doing.
@@ -193,48 +193,50 @@ impl Replication {
                 false,
             ),
         ];
-        let _ = writeln!(
+        write_family(
             out,
-            "# HELP berth_sync_runs_total Scheduled syncs run on this replica, by result (failed: some tag was not copied).\n# TYPE berth_sync_runs_total counter"
+            "berth_sync_runs_total",
+            "counter",
+            "Scheduled syncs run on this replica, by result (failed: some tag was not copied).",
+            self.syncs.iter().flat_map(|j| {
+                [("ok", &j.runs_ok), ("failed", &j.runs_failed)].map(|(result, n)| {
+                    (
+                        format!(
+                            "{},{}",
+                            label("sync", &j.settings.name),
+                            label("result", result)
+                        ),
+                        n.load(Ordering::Relaxed),
+                    )
+                })
+            }),
         );
-        for j in &self.syncs {
-            for (result, n) in [("ok", &j.runs_ok), ("failed", &j.runs_failed)] {
-                let _ = writeln!(
-                    out,
-                    "berth_sync_runs_total{{sync=\"{}\",result=\"{result}\"}} {}",
-                    j.settings.name,
-                    n.load(Ordering::Relaxed)
-                );
-            }
-        }
-        let _ = writeln!(
+        write_family(
             out,
-            "# HELP berth_sync_tags_copied_total Tags scheduled syncs copied in.\n# TYPE berth_sync_tags_copied_total counter"
+            "berth_sync_tags_copied_total",
+            "counter",
+            "Tags scheduled syncs copied in.",
+            self.syncs.iter().map(|j| {
+                (
+                    label("sync", &j.settings.name),
+                    j.tags_copied.load(Ordering::Relaxed),
+                )
+            }),
         );
-        for j in &self.syncs {
-            let _ = writeln!(
+        for (name, help, kind, read, only_sender) in families {
+            write_family(
                 out,
-                "berth_sync_tags_copied_total{{sync=\"{}\"}} {}",
-                j.settings.name,
-                j.tags_copied.load(Ordering::Relaxed)
+                name,
+                kind,
+                help,
+                self.downstreams
+                    .iter()
+                    .filter(|d| !only_sender || d.stats.sending.load(Ordering::Relaxed))
+                    .map(|d| (label("downstream", &d.settings.name), read(&d.stats))),
             );
         }
-        for (name, help, kind, read, only_sender) in families {
-            let _ = writeln!(out, "# HELP {name} {help}");
-            let _ = writeln!(out, "# TYPE {name} {kind}");
-            for d in &self.downstreams {
-                if only_sender && !d.stats.sending.load(Ordering::Relaxed) {
-                    continue;
-                }
-                let _ = writeln!(
-                    out,
-                    "{name}{{downstream=\"{}\"}} {}",
-                    d.settings.name,
-                    read(&d.stats)
-                );
-            }
-        }
     }
+
     /// Runs every scheduled sync (or only the one named `only`) once, now.
     pub async fn sync_now(
         &self,
