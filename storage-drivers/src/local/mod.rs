@@ -38,7 +38,7 @@ fn place_written(
     tmp: &Path,
     path: &Path,
     key: &str,
-    condition: PutCondition,
+    condition: &PutCondition,
 ) -> Result<(), StorageError> {
     let fail = |e| io_err(key, e);
     match condition {
@@ -61,7 +61,7 @@ fn place_written(
                 .map_err(fail)?;
             lock.lock().map_err(fail)?;
             let current = std::fs::metadata(path).map_err(fail)?;
-            if version_of(&current) != expected {
+            if version_of(&current) != *expected {
                 return Err(StorageError::Precondition(key.to_owned()));
             }
             std::fs::rename(tmp, path).map_err(fail)
@@ -94,7 +94,7 @@ fn put_small(
     path: &Path,
     key: &str,
     data: &[u8],
-    condition: PutCondition,
+    condition: &PutCondition,
 ) -> Result<ObjectInfo, StorageError> {
     let fail = |e| io_err(key, e);
     let tmp = hidden_sibling(path, "tmp");
@@ -193,14 +193,19 @@ fn io_err(key: &str, e: std::io::Error) -> StorageError {
 async fn put_small_here_or_off_task(
     path: &Path,
     key: &str,
-    data: Bytes,
-    condition: PutCondition,
+    data: &Bytes,
+    condition: &PutCondition,
 ) -> Result<ObjectInfo, StorageError> {
     if data.len() as u64 <= INLINE_WRITE {
-        return put_small(path, key, &data, condition);
+        return put_small(path, key, data, condition);
     }
-    let (path, key) = (path.to_owned(), key.to_owned());
-    tokio::task::spawn_blocking(move || put_small(&path, &key, &data, condition))
+    let (path, key, data, condition) = (
+        path.to_owned(),
+        key.to_owned(),
+        data.clone(),
+        condition.clone(),
+    );
+    tokio::task::spawn_blocking(move || put_small(&path, &key, &data, &condition))
         .await
         .map_err(StorageError::backend)?
 }
@@ -486,12 +491,12 @@ impl StorageDriver for LocalDriver {
         condition: PutCondition,
     ) -> Result<ObjectInfo, StorageError> {
         let path = self.path(key)?;
-        match put_small_here_or_off_task(&path, key, data.clone(), condition.clone()).await {
+        match put_small_here_or_off_task(&path, key, &data, &condition).await {
             // Space a removal just gave back may still be queued in the trash (a cancelled
             // upload, then its end mark): once it is freed the write fits.
             Err(StorageError::Full(_)) if self.trash.holds_any() => {
                 self.trash_settled().await;
-                put_small_here_or_off_task(&path, key, data, condition).await
+                put_small_here_or_off_task(&path, key, &data, &condition).await
             }
             done => done,
         }
