@@ -167,6 +167,10 @@ pub(super) async fn schedule(registry: Arc<Registry>, job: Arc<SyncJob>) {
                 let summary = serde_json::to_vec(&report).unwrap_or_default();
                 if let Err(e) = registry.note_sync_finished(&name, summary.into()).await {
                     tracing::warn!(sync = %name, error = %e, "the sync's finish could not be recorded");
+                    // Without the mark the next look would find it due at once: a store
+                    // that refuses writes must not turn the schedule into a loop against
+                    // the upstream.
+                    tokio::time::sleep(interval).await;
                 }
             }
             // Another replica is running it; look again when it may have finished.

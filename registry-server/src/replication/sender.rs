@@ -127,6 +127,7 @@ async fn deliver(registry: &Registry, d: &Downstream, queued: &QueuedEvent) {
                 {
                     tracing::warn!(downstream = %d.settings.name, error = %e, "a refused event could not be moved aside");
                     tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(MAX_BACKOFF);
                     continue;
                 }
                 return;
