@@ -272,3 +272,25 @@ async fn metrics_move_to_the_debug_address() {
         404
     );
 }
+
+/// The debug address keeps the API's deadlines: a socket that sends nothing is closed.
+#[tokio::test]
+async fn an_idle_socket_on_the_debug_address_is_closed() {
+    use tokio::io::AsyncReadExt;
+    let dir = tempfile::tempdir().unwrap();
+    let debug = format!("127.0.0.1:{}", integration::server::free_port());
+    let _berth = Berth::with_config(
+        &format!(
+            "{}berth:\n  connections:\n    headertimeout: 1s\n",
+            config(dir.path(), "")
+        ),
+        &[("REGISTRY_HTTP_DEBUG_ADDR", debug.as_str())],
+    );
+    let mut idle = tokio::net::TcpStream::connect(&debug).await.unwrap();
+    let mut buf = [0u8; 64];
+    let closed = tokio::time::timeout(Duration::from_secs(10), idle.read(&mut buf)).await;
+    assert!(
+        matches!(closed, Ok(Ok(_)) | Ok(Err(_))),
+        "still open after 10 s"
+    );
+}

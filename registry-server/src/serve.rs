@@ -8,6 +8,9 @@ use crate::api::{App, router};
 use crate::backend;
 use crate::config::{ConfigError, Settings};
 
+/// Connections the debug address (metrics and probes) takes at once.
+const DEBUG_CONNECTIONS: usize = 64;
+
 /// Builds the application for `settings`.
 pub fn app(settings: Settings) -> Result<Arc<App>, ConfigError> {
     let metrics = Arc::new(crate::observe::Metrics::default());
@@ -99,10 +102,23 @@ pub async fn run(settings: Settings) -> Result<(), StartupError> {
             .map_err(|e| StartupError::Io(format!("cannot listen on {}: {e}", settings.addr)))?;
         let router = crate::api::debug_router(app.clone());
         tracing::info!(addr = %settings.addr, "debug endpoints (metrics, probes) serving");
+        // The same deadlines and per-client cap as the API's (a scraper needs no more), so a
+        // client that opens sockets and sends nothing there holds nothing for long.
+        let limits = crate::connections::ConnectionSettings {
+            max: Some(DEBUG_CONNECTIONS),
+            ..connections.clone()
+        };
+        let metrics = app.metrics.clone();
         tokio::spawn(async move {
-            if let Err(e) = axum::serve(listener, router).await {
-                tracing::error!(error = %e, "the debug server stopped");
-            }
+            crate::connections::serve(
+                listener,
+                None,
+                router,
+                &limits,
+                metrics,
+                std::future::pending(),
+            )
+            .await
         });
     }
     let scheme = if tls.is_some() { "https" } else { "http" };
