@@ -55,6 +55,24 @@ fn link(path: PathBuf, digest: &str) {
 }
 
 fn write_repository(v2: &Path, i: usize, shape: StoreShape) {
+    let m = write_image(v2, i, shape);
+    let repo = v2.join("repositories").join(repository_name(i));
+    for t in 0..shape.tags {
+        write_tag(&repo, &format!("t{t}"), &m);
+    }
+}
+
+fn write_tag(repo: &Path, tag: &str, manifest: &str) {
+    let tag = repo.join(format!("_manifests/tags/{tag}"));
+    link(tag.join("current/link"), manifest);
+    link(
+        tag.join(format!("index/sha256/{}/link", &manifest[7..])),
+        manifest,
+    );
+}
+
+/// Repository `i`'s image (blobs, layer links, revision); its manifest's digest.
+fn write_image(v2: &Path, i: usize, shape: StoreShape) -> String {
     let repo = v2.join("repositories").join(repository_name(i));
     let mut layers = Vec::with_capacity(shape.layers);
     for l in 0..shape.layers {
@@ -86,11 +104,27 @@ fn write_repository(v2: &Path, i: usize, shape: StoreShape) {
         repo.join(format!("_manifests/revisions/sha256/{}/link", &m[7..])),
         &m,
     );
-    for t in 0..shape.tags {
-        let tag = repo.join(format!("_manifests/tags/t{t}"));
-        link(tag.join("current/link"), &m);
-        link(tag.join(format!("index/sha256/{}/link", &m[7..])), &m);
-    }
+    m
+}
+
+/// Gives repository `i` (of a store `generate` wrote with `shape`) `count` more tags,
+/// `many-000000` on, all naming its image, on `threads` threads; the files written.
+pub fn add_tags(root: &Path, i: usize, shape: StoreShape, count: usize, threads: usize) -> usize {
+    let v2 = root.join("docker/registry/v2");
+    let m = write_image(&v2, i, shape);
+    let repo = v2.join("repositories").join(repository_name(i));
+    let threads = threads.max(1);
+    std::thread::scope(|s| {
+        for t in 0..threads {
+            let (repo, m) = (&repo, &m);
+            s.spawn(move || {
+                for k in (t..count).step_by(threads) {
+                    write_tag(repo, &format!("many-{k:06}"), m);
+                }
+            });
+        }
+    });
+    2 * count
 }
 
 /// Writes `shape` under `root` (the storage root: `root/docker/registry/v2/...`) on `threads`

@@ -206,10 +206,20 @@ fn berth_scale_bench_runs_at_small_sizes() {
     integration::tools::require("docker-registry");
     bench_prints(
         env!("CARGO_BIN_EXE_berth-scale-bench"),
-        &["--repositories", "150", "--layers", "2"],
+        &[
+            "--repositories",
+            "150",
+            "--layers",
+            "2",
+            "--many-tags",
+            "1500",
+        ],
         &[
             "full catalog walk, 2 pages of 100",
             "first catalog page",
+            "a catalog page from the middle",
+            "tag index of a repository with 1500 tags built",
+            "a tags page from the middle",
             "gc --dry-run",
         ],
     );

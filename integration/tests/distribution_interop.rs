@@ -63,6 +63,42 @@ fn berth_serves_a_directory_distribution_wrote() {
     );
     let manifest_url = format!("{}/v2/other/manifests/{}", berth.url, image.manifest_digest);
     assert!(get_json(&manifest_url)["layers"].is_array());
+    drop(berth);
+
+    // distribution writes the directory again: Berth's index, complete since its first walk,
+    // does not know the new repository until `berth index rebuild`.
+    {
+        let dist = Distribution::filesystem(data.path());
+        skopeo_copy(
+            &format!("oci:{}:1.0", src.display()),
+            &format!("docker://{}/later/app:1.0", dist.host),
+            &["--preserve-digests"],
+        );
+    }
+    let cfg = work.path().join("config.yml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "version: 0.1\nstorage:\n  filesystem:\n    rootdirectory: {}\n",
+            data.path().display()
+        ),
+    )
+    .unwrap();
+    let out = integration::server::berth_command(&cfg, &["index", "rebuild"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["catalog"]["added"], 1, "{report}");
+    assert_eq!(report["catalog"]["repositories"], 3, "{report}");
+    let berth = Berth::filesystem(data.path());
+    let catalog = get_json(&format!("{}/v2/_catalog", berth.url));
+    assert_eq!(
+        catalog["repositories"],
+        serde_json::json!(["later/app", "legacy/app", "other"])
+    );
 }
 
 #[test]

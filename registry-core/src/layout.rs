@@ -130,24 +130,25 @@ pub fn referrer_entry(name: &RepositoryName, subject: &Digest, referrer: &Digest
     )
 }
 
-/// Prefix of Berth's repository catalog index.
-pub fn catalog_prefix() -> String {
+/// Prefix of the flat catalog index earlier versions kept (one empty object per repository),
+/// read once when the ordered index is first built.
+pub fn legacy_catalog_prefix() -> String {
     format!("{ROOT}/berth/catalog/")
 }
 
-/// Catalog entry of one repository; `/` is escaped so the index is one flat level.
-pub fn catalog_entry(name: &RepositoryName) -> String {
-    format!("{}{}", catalog_prefix(), name.as_str().replace('/', "+"))
-}
-
-/// The repository name a catalog entry key stands for.
-pub fn catalog_name_of(key_segment: &str) -> String {
+/// The repository name a legacy catalog entry's last key segment stands for.
+pub fn legacy_catalog_name_of(key_segment: &str) -> String {
     key_segment.replace('+', "/")
 }
 
-/// Marker written once the catalog index is known to cover every repository.
-pub fn catalog_complete_marker() -> String {
-    format!("{ROOT}/berth/catalog-complete")
+/// Prefix of the ordered, sharded index of repository names (see `registry::sorted_index`).
+pub fn catalog_index_prefix() -> String {
+    format!("{ROOT}/berth/catalog-index/")
+}
+
+/// Prefix of the ordered, sharded index of a repository's tags, kept once it has many.
+pub fn tag_index_prefix(name: &RepositoryName) -> String {
+    format!("{ROOT}/berth/tag-index/{name}/_index/")
 }
 
 /// Marker refreshed whenever a blob is linked or referenced, so a running GC spares it.
@@ -314,9 +315,10 @@ mod tests {
         assert!(layer_link(&n, &d).ends_with(
             "_layers/sha256/e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855/link"
         ));
+        assert_eq!(legacy_catalog_name_of("library+ubuntu"), "library/ubuntu");
         assert_eq!(
-            catalog_name_of(catalog_entry(&n).rsplit('/').next().unwrap()),
-            "library/ubuntu"
+            tag_index_prefix(&n),
+            "docker/registry/v2/berth/tag-index/library/ubuntu/_index/"
         );
         assert_eq!(digest_of_quarantine_key(&gc_quarantine(&d)), Some(d));
     }

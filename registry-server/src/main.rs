@@ -57,6 +57,13 @@ enum Command {
     /// JSON report on stdout; exit 1 if anything could not be copied). Tags found only
     /// downstream are reported, never deleted.
     Replicate(ReplicateArgs),
+    /// Rebuild the catalog index (and every repository's tag index) from the layout, after
+    /// something other than Berth wrote the store or repositories were removed by hand (a
+    /// JSON report on stdout). Safe while the registry serves.
+    Index {
+        #[command(subcommand)]
+        action: IndexCommand,
+    },
     /// Ask the access policy (`berth.policy.file`) what it decides.
     Policy {
         #[command(subcommand)]
@@ -81,6 +88,16 @@ enum PolicyCommand {
         /// pull, push, delete, catalog or admin.
         #[arg(long, value_parser = ["pull", "push", "delete", "catalog", "admin"])]
         action: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum IndexCommand {
+    /// Add what the layout holds and the index lacks, remove what it no longer holds.
+    Rebuild {
+        /// Only this repository's tag index (created whatever its size).
+        #[arg(long)]
+        repository: Option<String>,
     },
 }
 
@@ -222,6 +239,7 @@ fn main() -> ExitCode {
         Command::Token { .. }
         | Command::Policy { .. }
         | Command::Usage { .. }
+        | Command::Index { .. }
         | Command::Replicate(_) => None,
     };
     let path = cli.config.or(file);
@@ -293,6 +311,7 @@ fn main() -> ExitCode {
         Command::Token { action } => runtime.block_on(token(settings, action)),
         Command::Policy { action } => policy(&settings, action),
         Command::Usage { rebuild } => runtime.block_on(usage(settings, rebuild)),
+        Command::Index { action } => runtime.block_on(index(settings, action)),
         Command::Replicate(args) => runtime.block_on(replicate(settings, args)),
     }
 }
@@ -405,6 +424,67 @@ async fn usage(settings: Settings, rebuild: bool) -> ExitCode {
         }
         Err(e) => {
             eprintln!("berth usage: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// `berth index rebuild`.
+async fn index(settings: Settings, action: IndexCommand) -> ExitCode {
+    use futures::{StreamExt, TryStreamExt};
+    let IndexCommand::Rebuild { repository } = action;
+    let app = match registry_server::serve::app(settings) {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("berth: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let registry = &app.registry;
+    let report = async {
+        if let Some(name) = repository {
+            let name = name
+                .parse()
+                .map_err(|e| format!("--repository {name:?}: {e}"))?;
+            let tags = registry
+                .fill_tag_index(&name)
+                .await
+                .map_err(|e| e.to_string())?;
+            return Ok(serde_json::json!({ "repository": name.to_string(), "tags": tags }));
+        }
+        let catalog = registry
+            .fill_catalog(true)
+            .await
+            .map_err(|e| e.to_string())?;
+        let names = registry
+            .list_catalog(None, None)
+            .await
+            .map_err(|e| e.to_string())?
+            .items;
+        // Only indexes that exist: a repository gets one at its first large tag list.
+        let rebuilt: Vec<Option<String>> = futures::stream::iter(names)
+            .map(|n| async move {
+                let Ok(name) = n.parse() else { return Ok(None) };
+                if !registry.has_tag_index(&name).await? {
+                    return Ok(None);
+                }
+                registry.fill_tag_index(&name).await?;
+                Ok::<_, registry_core::RegistryError>(Some(n))
+            })
+            .buffer_unordered(16)
+            .try_collect()
+            .await
+            .map_err(|e| e.to_string())?;
+        let tag_indexes: Vec<String> = rebuilt.into_iter().flatten().collect();
+        Ok::<_, String>(serde_json::json!({ "catalog": catalog, "tag_indexes": tag_indexes }))
+    };
+    match report.await {
+        Ok(r) => {
+            println!("{}", serde_json::to_string_pretty(&r).unwrap_or_default());
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("berth index rebuild: {e}");
             ExitCode::FAILURE
         }
     }

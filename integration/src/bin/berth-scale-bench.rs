@@ -1,9 +1,11 @@
 //! Registry scale on local disk, beside distribution 2.8 on the very same store: a store of
 //! `--repositories` repositories is written straight into distribution's layout (the
 //! generator, `integration::store_generator`), then each registry walks the whole catalog in
-//! pages of 100, serves the first page, and runs a garbage collection dry run.
+//! pages of 100, serves the first page and one from the middle, serves pages of a repository
+//! given `--many-tags` tags (first and middle), and runs a garbage collection dry run.
 //!
-//! `berth-scale-bench [--repositories 10000] [--layers 8] [--tags 1] [--keep DIR]`
+//! `berth-scale-bench [--repositories 10000] [--layers 8] [--tags 1] [--many-tags 100000]
+//! [--keep DIR]`
 //!
 //! Start it with BERTH_BIN pointing at a release build of berth.
 
@@ -14,7 +16,7 @@ use std::time::Instant;
 use clap::Parser;
 use integration::Berth;
 use integration::distribution::Distribution;
-use integration::store_generator::{StoreShape, generate};
+use integration::store_generator::{StoreShape, add_tags, generate, repository_name};
 
 /// Catalog pages and GC on a large generated store, Berth beside distribution.
 #[derive(Parser)]
@@ -32,6 +34,9 @@ struct Cli {
     /// Write the store here and keep it (default: a temporary directory).
     #[arg(long)]
     keep: Option<std::path::PathBuf>,
+    /// Tags given to the first repository, for the tags pages (0: none).
+    #[arg(long, default_value_t = 100_000)]
+    many_tags: usize,
     /// Measure a store generated before (with the same shape) instead of writing one.
     #[arg(long)]
     existing: Option<std::path::PathBuf>,
@@ -72,22 +77,55 @@ async fn walk_catalog(base: &str, limit: Option<usize>) -> (f64, usize) {
     (started.elapsed().as_secs_f64(), pages)
 }
 
-/// Median milliseconds of `runs` GETs of the first catalog page.
-async fn first_page_ms(base: &str, runs: usize) -> f64 {
+/// Median milliseconds of `runs` GETs of `path` at `base`, and how many entries the last
+/// answer listed (under `repositories` or `tags`).
+async fn median_ms(base: &str, path: &str, runs: usize) -> (f64, usize) {
     let client = reqwest::Client::new();
     let mut ms = Vec::new();
+    let mut listed = 0;
     for _ in 0..runs {
         let started = Instant::now();
-        let r = client
-            .get(format!("{base}/v2/_catalog?n=100"))
-            .send()
-            .await
-            .unwrap();
-        let _ = r.bytes().await.unwrap();
+        let r = client.get(format!("{base}{path}")).send().await.unwrap();
+        assert!(r.status().is_success(), "{path}: {}", r.status());
+        let body: serde_json::Value = r.json().await.unwrap();
         ms.push(started.elapsed().as_secs_f64() * 1000.0);
+        listed = ["repositories", "tags"]
+            .iter()
+            .find_map(|k| body[k].as_array().map(Vec::len))
+            .unwrap_or(0);
     }
     ms.sort_by(f64::total_cmp);
-    ms[ms.len() / 2]
+    (ms[ms.len() / 2], listed)
+}
+
+/// What one registry measured: catalog pages, then tags pages of the repository with many.
+struct Pages {
+    first: f64,
+    middle: f64,
+    tags_first: f64,
+    tags_middle: f64,
+    tags_listed: usize,
+}
+
+async fn pages(base: &str, middle_name: &str, many_tags: usize) -> Pages {
+    let (first, _) = median_ms(base, "/v2/_catalog?n=100", 9).await;
+    let (middle, _) = median_ms(base, &format!("/v2/_catalog?n=100&last={middle_name}"), 9).await;
+    let (mut tags_first, mut tags_middle, mut tags_listed) = (0.0, 0.0, 0);
+    if many_tags > 0 {
+        let repo = repository_name(0);
+        (tags_first, tags_listed) =
+            median_ms(base, &format!("/v2/{repo}/tags/list?n=100"), 9).await;
+        let last = format!("many-{:06}", many_tags / 2);
+        (tags_middle, _) =
+            median_ms(base, &format!("/v2/{repo}/tags/list?n=100&last={last}"), 9).await;
+    }
+    Pages {
+        first,
+        middle,
+        tags_first,
+        tags_middle,
+        tags_listed,
+    }
 }
 
 fn timed(cmd: &mut Command) -> f64 {
@@ -130,9 +168,22 @@ async fn main() {
                 shape.blobs(),
                 files as f64 / took
             );
+            if a.many_tags > 0 {
+                let started = Instant::now();
+                add_tags(&root, 0, shape, a.many_tags, 4);
+                println!(
+                    "gave {} {} tags in {:.1} s",
+                    repository_name(0),
+                    a.many_tags,
+                    started.elapsed().as_secs_f64()
+                );
+            }
             root
         }
     };
+    let mut names: Vec<String> = (0..a.repositories).map(repository_name).collect();
+    names.sort();
+    let middle_name = names[names.len() / 2].clone();
     let cfg = tmp.path().join("config.yml");
     std::fs::write(&cfg, config(&root)).unwrap();
 
@@ -141,7 +192,7 @@ async fn main() {
     let dist = Distribution::filesystem(&root);
     let dist_url = format!("http://{}", dist.host);
     let (d_walk, d_pages) = walk_catalog(&dist_url, a.distribution_pages).await;
-    let d_first = first_page_ms(&dist_url, 9).await;
+    let d = pages(&dist_url, &middle_name, a.many_tags).await;
     drop(dist);
     let d_gc = timed(
         Command::new("docker-registry")
@@ -153,10 +204,18 @@ async fn main() {
     let berth = Berth::with_config(&config(&root), &[]);
     // The first request finds no index and builds it from the layout (once per store).
     let started = Instant::now();
-    let _ = first_page_ms(&berth.url, 1).await;
+    let _ = median_ms(&berth.url, "/v2/_catalog?n=100", 1).await;
     let b_index = started.elapsed().as_secs_f64();
+    let mut b_tag_index = 0.0;
+    if a.many_tags > 0 {
+        // Likewise the tag index of a repository with many tags, at its first listing.
+        let started = Instant::now();
+        let path = format!("/v2/{}/tags/list?n=100", repository_name(0));
+        let _ = median_ms(&berth.url, &path, 1).await;
+        b_tag_index = started.elapsed().as_secs_f64();
+    }
     let (b_walk, b_pages) = walk_catalog(&berth.url, None).await;
-    let b_first = first_page_ms(&berth.url, 9).await;
+    let b = pages(&berth.url, &middle_name, a.many_tags).await;
     drop(berth);
     let b_gc = timed(
         Command::new(integration::server::berth_binary())
@@ -188,9 +247,40 @@ async fn main() {
         );
     }
     println!(
-        "| first catalog page (median of 9) | {b_first:.1} ms | {d_first:.1} ms | {:.1}x |",
-        d_first / b_first
+        "| first catalog page (median of 9) | {:.2} ms | {:.2} ms | {:.1}x |",
+        b.first,
+        d.first,
+        d.first / b.first
     );
+    println!(
+        "| a catalog page from the middle (median of 9) | {:.2} ms | {:.2} ms | {:.1}x |",
+        b.middle,
+        d.middle,
+        d.middle / b.middle
+    );
+    if a.many_tags > 0 {
+        println!(
+            "| tag index of a repository with {} tags built (first listing, once) | {b_tag_index:.2} s | (none) | |",
+            a.many_tags
+        );
+        let note = if d.tags_listed > 100 {
+            format!(" (ignores n: all {} tags)", d.tags_listed)
+        } else {
+            String::new()
+        };
+        println!(
+            "| first tags page of it, n=100 (median of 9) | {:.2} ms | {:.2} ms{note} | {:.1}x |",
+            b.tags_first,
+            d.tags_first,
+            d.tags_first / b.tags_first
+        );
+        println!(
+            "| a tags page from the middle (median of 9) | {:.2} ms | {:.2} ms{note} | {:.1}x |",
+            b.tags_middle,
+            d.tags_middle,
+            d.tags_middle / b.tags_middle
+        );
+    }
     println!(
         "| gc --dry-run (process start to end) | {b_gc:.2} s | {d_gc:.2} s | {:.1}x |",
         d_gc / b_gc

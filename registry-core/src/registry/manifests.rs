@@ -266,7 +266,7 @@ impl Registry {
         self.store
             .delete_prefix(&layout::tag_prefix(name, tag))
             .await?;
-        Ok(())
+        self.unindex_tag(name, tag).await
     }
 
     /// Points `tag` at a manifest revision the repository holds (a cache following its upstream).
@@ -281,7 +281,8 @@ impl Registry {
             self.write_link(&current, digest),
         )?;
         self.tags.put(name, tag, digest);
-        Ok(())
+        // After the link: an index being filled lists the layout after it exists.
+        self.index_tag(name, tag).await
     }
 
     /// The digest `tag` names now, `None` when it names nothing.

@@ -16,7 +16,9 @@ mod referrers;
 mod replication_queue;
 mod retention;
 mod rules;
+pub mod sorted_index;
 mod tag_cache;
+mod tag_index;
 mod tags;
 mod usage;
 
@@ -29,12 +31,15 @@ use crate::storage::{PutCondition, StorageDriver, StorageError};
 use crate::upload::UploadSessions;
 
 pub use cache_expiry::CacheExpiry;
+pub use catalog::CatalogRebuild;
 pub use collections::CollectionRecord;
 pub use lease::{HeldLease, StoreLease};
 pub use manifests::{ManifestContent, PutManifestOutcome};
 pub use replication_queue::{QueuedEvent, ReplicationAction, ReplicationEvent};
 pub use retention::RetentionRemoval;
 pub use rules::{Quota, RepositoryRules, Retention};
+pub use sorted_index::SortedIndex;
+pub use tag_index::TAG_INDEX_AFTER;
 pub use tags::Page;
 pub use usage::{QuotaUsage, RepositoryUsage, Usage};
 

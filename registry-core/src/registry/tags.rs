@@ -93,7 +93,7 @@ impl Registry {
     /// manifests were all deleted, as distribution's catalog does), or it has revisions (a
     /// store written by distribution, before its catalog index was built).
     pub async fn repository_exists(&self, name: &RepositoryName) -> Result<bool> {
-        if self.exists(&layout::catalog_entry(name)).await? {
+        if self.catalog_lists(name).await? == Some(true) {
             return Ok(true);
         }
         let revisions = self
@@ -103,16 +103,25 @@ impl Registry {
         Ok(!revisions.prefixes.is_empty() || !revisions.objects.is_empty())
     }
 
-    /// Tags of a repository in lexical order, paginated.
+    /// Tags of a repository in lexical order, paginated: from its tag index when it has one,
+    /// else from one listing of its tag folders (which creates the index when it finds many).
     pub async fn list_tags(
         &self,
         name: &RepositoryName,
         n: Option<usize>,
         last: Option<&str>,
     ) -> Result<Page> {
+        if let Some(page) = self.indexed_tags(name, n, last).await? {
+            return Ok(page);
+        }
         let tags = self.all_tags(name).await?;
         if tags.is_empty() && !self.repository_exists(name).await? {
             return Err(RegistryError::NameUnknown(name.to_string()));
+        }
+        if tags.len() > super::tag_index::TAG_INDEX_AFTER
+            && let Err(e) = self.fill_tag_index(name).await
+        {
+            tracing::warn!(repository = %name, error = %e, "the tag index could not be built; tags are listed from the layout");
         }
         Ok(paginate(tags, n, last))
     }

@@ -33,6 +33,9 @@ pub struct Interposed {
     pub failing: Arc<dyn Fn(&str) -> bool + Send + Sync>,
     /// Matches the keys whose `stat` fails.
     pub failing_stats: Arc<dyn Fn(&str) -> bool + Send + Sync>,
+    /// Matches the keys whose small reads answer only after a millisecond (so that writers
+    /// racing on them interleave).
+    pub slow_reads: Arc<dyn Fn(&str) -> bool + Send + Sync>,
 }
 
 impl Interposed {
@@ -44,7 +47,14 @@ impl Interposed {
             interjection: Arc::new(Mutex::new(None)),
             failing: Arc::new(|_| false),
             failing_stats: Arc::new(|_| false),
+            slow_reads: Arc::new(|_| false),
         }
+    }
+
+    /// Delays every small read of a key `slow` matches by a millisecond.
+    pub fn slow_reads(mut self, slow: impl Fn(&str) -> bool + Send + Sync + 'static) -> Interposed {
+        self.slow_reads = Arc::new(slow);
+        self
     }
 
     /// Runs `interjection` once, right before a publish to or delete of a key `trigger` matches.
@@ -114,7 +124,11 @@ impl StorageDriver for Interposed {
         self.inner.stat(key).await
     }
     async fn read_small(&self, key: &str) -> Result<(Bytes, ObjectInfo), StorageError> {
-        self.inner.read_small(key).await
+        let read = self.inner.read_small(key).await;
+        if (self.slow_reads)(key) {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        read
     }
     async fn put_bytes(
         &self,
