@@ -6,6 +6,7 @@ mod cache_expiry;
 mod catalog;
 mod collections;
 pub mod gc;
+pub mod index_suite;
 mod lease;
 mod manifest_cache;
 mod manifests;
