@@ -213,6 +213,8 @@ fn berth_scale_bench_runs_at_small_sizes() {
             "2",
             "--many-tags",
             "1500",
+            "--pushes",
+            "30",
         ],
         &[
             "full catalog walk, 2 pages of 100",
@@ -221,6 +223,7 @@ fn berth_scale_bench_runs_at_small_sizes() {
             "tag index of a repository with 1500 tags built",
             "a tags page from the middle",
             "gc --dry-run",
+            "daily gc after 30 pushes and 3 deletes: incremental --dry-run",
         ],
     );
 }

@@ -291,9 +291,11 @@ fn store_requests_per_operation() {
         catalog.len(),
         tags.len()
     );
-    // Bounds a little above what is measured (47, 2, 1, 2, 1, 2, 2), so that a change that adds
+    // Bounds a little above what is measured (56, 2, 1, 2, 1, 2, 2), so that a change that adds
     // requests is seen; each failure lists the requests it counted.
-    assert!(push.len() <= 50, "push: {push:#?}");
+    // The push: 5 of them are the reference index's entries (3 layers, config, manifest), 4
+    // the candidates its uploads record for incremental collections, 3 the catalog index.
+    assert!(push.len() <= 60, "push: {push:#?}");
     assert!(again.len() <= 4, "re-push: {again:#?}");
     assert!(pull.len() <= 2, "pull on the pushing replica: {pull:#?}");
     assert!(cold.len() <= 6, "pull on another replica: {cold:#?}");

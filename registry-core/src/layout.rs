@@ -151,6 +151,65 @@ pub fn tag_index_prefix(name: &RepositoryName) -> String {
     format!("{ROOT}/berth/tag-index/{name}/_index/")
 }
 
+/// Prefix of the reference index: under each blob, one entry per manifest revision that
+/// refers to it (see `registry::references`).
+pub fn references_prefix() -> String {
+    format!("{ROOT}/berth/refs/")
+}
+
+/// Prefix of the entries of the revisions that refer to blob `d`.
+pub fn references_of(d: &Digest) -> String {
+    format!("{}{}/{}/", references_prefix(), d.algorithm(), d.hex())
+}
+
+/// The entry saying that revision `revision` of repository `name` refers to blob `d` (`@`
+/// never starts a repository path component, so entries and repositories never collide).
+pub fn reference_entry(d: &Digest, name: &RepositoryName, revision: &Digest) -> String {
+    format!(
+        "{}{name}/@{}-{}",
+        references_of(d),
+        revision.algorithm(),
+        revision.hex()
+    )
+}
+
+/// The blob, repository and revision a reference entry's key names.
+pub fn parse_reference_entry(key: &str) -> Option<(Digest, RepositoryName, Digest)> {
+    let rest = key.strip_prefix(&references_prefix())?;
+    let mut parts = rest.splitn(3, '/');
+    let (alg, hex, tail) = (parts.next()?, parts.next()?, parts.next()?);
+    let (name, revision) = tail.rsplit_once("/@")?;
+    let (ralg, rhex) = revision.split_once('-')?;
+    Some((
+        format!("{alg}:{hex}").parse().ok()?,
+        name.parse().ok()?,
+        format!("{ralg}:{rhex}").parse().ok()?,
+    ))
+}
+
+/// Marks a blob an incremental collection must look at: bytes just stored, or a revision
+/// that referred to it just removed.
+pub fn gc_candidate(d: &Digest) -> String {
+    format!("{}{}/{}", gc_candidates_prefix(), d.algorithm(), d.hex())
+}
+
+/// The blob a candidate's key names.
+pub fn digest_of_candidate_key(key: &str) -> Option<Digest> {
+    let (alg, hex) = key.strip_prefix(&gc_candidates_prefix())?.split_once('/')?;
+    format!("{alg}:{hex}").parse().ok()
+}
+
+/// Prefix of the candidates of the next incremental collection.
+pub fn gc_candidates_prefix() -> String {
+    format!("{ROOT}/berth/gc-candidates/")
+}
+
+/// Written by each full collection once the reference index matches the layout; its time is
+/// that collection's. Incremental collections need it.
+pub fn references_complete_marker() -> String {
+    format!("{ROOT}/berth/refs-complete")
+}
+
 /// Marker refreshed whenever a blob is linked or referenced, so a running GC spares it.
 pub fn touched_marker(d: &Digest) -> String {
     format!("{ROOT}/berth/touched/{}/{}", d.algorithm(), d.hex())
@@ -316,6 +375,11 @@ mod tests {
             "_layers/sha256/e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855/link"
         ));
         assert_eq!(legacy_catalog_name_of("library+ubuntu"), "library/ubuntu");
+        let m = Digest::of(Algorithm::Sha256, b"m");
+        assert_eq!(
+            parse_reference_entry(&reference_entry(&d, &n, &m)),
+            Some((d.clone(), n.clone(), m))
+        );
         assert_eq!(
             tag_index_prefix(&n),
             "docker/registry/v2/berth/tag-index/library/ubuntu/_index/"

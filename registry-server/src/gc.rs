@@ -17,6 +17,7 @@ pub fn options(
     grace: Duration,
     dry_run: bool,
     delete_untagged: bool,
+    incremental: bool,
     lease_ttl: Duration,
     proxies: &[UpstreamSettings],
 ) -> GcOptions {
@@ -28,6 +29,7 @@ pub fn options(
         holder: format!("{host}/{}", std::process::id()),
         lease_ttl,
         cache_expiry: crate::upstream::expiry_rules(proxies),
+        incremental,
     }
 }
 
@@ -35,12 +37,20 @@ pub fn options(
 pub async fn schedule(app: Arc<App>, s: GcSettings) {
     loop {
         tokio::time::sleep(s.interval).await;
+        let incremental = match s.full_interval {
+            Some(every) => match app.registry.references_complete_since().await {
+                Ok(Some(last_full)) => last_full.elapsed().is_ok_and(|age| age < every),
+                _ => false,
+            },
+            None => false,
+        };
         match app
             .registry
             .collect_garbage(&options(
                 s.grace,
                 s.dry_run,
                 s.delete_untagged,
+                incremental,
                 s.lease_ttl,
                 &app.settings.proxies,
             ))
@@ -56,6 +66,8 @@ pub async fn schedule(app: Arc<App>, s: GcSettings) {
                     Err(e) => tracing::warn!(error = %e, "usage gauges not refreshed"),
                 }
                 tracing::info!(
+                    mode = %r.mode,
+                    candidates = r.candidates,
                     swept = r.swept.len(),
                     bytes = r.bytes,
                     spared = r.spared,

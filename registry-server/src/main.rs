@@ -140,6 +140,11 @@ struct GcArgs {
     /// Keep anything younger than this (e.g. 2h, 30m).
     #[arg(long, default_value = "2h")]
     grace: String,
+    /// Look only at what changed since the last run (blobs stored, revisions removed), from
+    /// the reference index; untagged manifests, retention, cache expiry and quota ledgers are
+    /// left to full runs. Runs a full collection while none has completed the index yet.
+    #[arg(long, conflicts_with = "delete_untagged")]
+    incremental: bool,
 }
 
 #[derive(Args)]
@@ -302,6 +307,7 @@ fn main() -> ExitCode {
                 grace,
                 args.dry_run,
                 args.delete_untagged,
+                args.incremental,
                 registry_server::gc::LEASE_TTL,
                 &settings.proxies,
             );
@@ -701,6 +707,12 @@ fn run_gc(
         app.registry.store().settle().await;
         report
     });
+    let operations = app.metrics.storage_operations();
+    eprintln!(
+        "berth gc: {} store operations {}",
+        operations.values().sum::<u64>(),
+        serde_json::to_string(&operations).unwrap_or_default()
+    );
     match collected {
         Ok(Some(report)) => {
             println!(

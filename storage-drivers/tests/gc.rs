@@ -25,6 +25,7 @@ fn opts(grace: Duration) -> GcOptions {
         lease_ttl: Duration::from_secs(600),
         delete_untagged: false,
         cache_expiry: Vec::new(),
+        incremental: false,
     }
 }
 
@@ -380,4 +381,118 @@ async fn a_collection_reconciles_the_quota_ledger_with_the_layout() {
         err.to_string().contains("10000 bytes") && err.to_string().contains("adds 20000"),
         "{err}"
     );
+}
+
+/// An incremental run looks only at what changed (uploads, removed revisions) and decides
+/// each blob from the reference index; a full run after it, and a full dry run beside it,
+/// agree on what goes.
+async fn incremental_scenario(store: Arc<dyn StorageDriver>) {
+    let r = Registry::new(store.clone(), RegistrySettings::default());
+    let incremental = GcOptions {
+        incremental: true,
+        ..opts(Duration::ZERO)
+    };
+    let dry = |o: &GcOptions| GcOptions {
+        dry_run: true,
+        ..o.clone()
+    };
+    let (a, b, c): (RepositoryName, RepositoryName, RepositoryName) = (
+        "inc/a".parse().unwrap(),
+        "inc/b".parse().unwrap(),
+        "inc/c".parse().unwrap(),
+    );
+    let (old_layer, _, _) = push_image_of(&r, &a, b"before the first full run").await;
+    for i in 0..20 {
+        let name: RepositoryName = format!("inc/old{i}").parse().unwrap();
+        push_image_of(&r, &name, format!("old layer {i}").as_bytes()).await;
+    }
+    // No full run has completed the reference index yet: asked for incremental, it is full.
+    let first = r.collect_garbage(&incremental).await.unwrap().unwrap();
+    assert!(first.mode.starts_with("full"), "{}", first.mode);
+    assert!(r.references_complete_since().await.unwrap().is_some());
+
+    // What changes after it.
+    let (moved_from_layer, _, _) = push_image_of(&r, &a, b"a's first v1").await;
+    let (_, _, _) = push_image_of(&r, &a, b"a's second v1").await;
+    let (b_layer, _, b_manifest) = push_image_of(&r, &b, b"only b").await;
+    let (shared, _, c_manifest) = push_image_of(&r, &c, b"a's second v1").await;
+    let orphan = push_blob(&r, &a, b"never referenced").await;
+    r.delete_manifest(&b, &Reference::Digest(b_manifest.clone()))
+        .await
+        .unwrap();
+    r.delete_manifest(&c, &Reference::Digest(c_manifest.clone()))
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(20)).await;
+
+    let swept = |rep: &registry_core::registry::gc::GcReport| {
+        let mut s = rep.swept.clone();
+        s.sort();
+        s
+    };
+    let inc = r
+        .collect_garbage(&dry(&incremental))
+        .await
+        .unwrap()
+        .unwrap();
+    let full = r
+        .collect_garbage(&dry(&opts(Duration::ZERO)))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(inc.mode, "incremental");
+    // c's image is a's current one (same layer, same config, same manifest bytes): removing
+    // c's revision leaves what a refers to.
+    let mut expected = vec![
+        orphan.to_string(),
+        b_layer.to_string(),
+        b_manifest.to_string(),
+    ];
+    expected.sort();
+    assert_eq!(swept(&inc), expected, "incremental: {inc:?}");
+    assert_eq!(swept(&full), expected, "full: {full:?}");
+    assert_eq!(
+        full.references.as_ref().map(|f| (f.added, f.removed)),
+        Some((0, 0)),
+        "the index matches the layout"
+    );
+    assert!(
+        inc.candidates < full.marked,
+        "only what changed is looked at: {} candidates",
+        inc.candidates
+    );
+
+    let done = r.collect_garbage(&incremental).await.unwrap().unwrap();
+    assert_eq!(swept(&done), expected);
+    for kept in [&old_layer, &moved_from_layer, &shared, &c_manifest] {
+        assert!(
+            store
+                .stat(&registry_core::layout::blob_data(kept))
+                .await
+                .is_ok(),
+            "{kept} is still referenced"
+        );
+    }
+    let after = r
+        .collect_garbage(&dry(&opts(Duration::ZERO)))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        after.swept.is_empty(),
+        "a full run finds nothing more: {after:?}"
+    );
+    let again = r.collect_garbage(&incremental).await.unwrap().unwrap();
+    assert_eq!(again.candidates, 0, "every candidate was decided");
+}
+
+#[tokio::test]
+async fn incremental_runs_agree_with_full_runs_in_memory() {
+    incremental_scenario(Arc::new(memory_driver(5 << 20))).await;
+}
+
+#[tokio::test]
+async fn incremental_runs_agree_with_full_runs_on_local_disk() {
+    let dir = tempfile::tempdir().unwrap();
+    incremental_scenario(Arc::new(LocalDriver::new(dir.path()).unwrap())).await;
 }

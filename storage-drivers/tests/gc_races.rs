@@ -33,6 +33,7 @@ fn collect_now(delete_untagged: bool) -> GcOptions {
         lease_ttl: Duration::from_secs(600),
         delete_untagged,
         cache_expiry: Vec::new(),
+        incremental: false,
     }
 }
 
@@ -72,8 +73,17 @@ async fn assert_nothing_held(store: &dyn StorageDriver) {
 /// A collection removes an old, unreferenced layer and config; right as the first one's bytes
 /// are moved aside, another replica pushes a manifest naming both (and finds them stored).
 /// Their bytes must stay.
-async fn a_blob_relied_on_while_it_is_removed_stays(inner: Arc<dyn StorageDriver>) {
+/// With `incremental`, the collection is an incremental one, which finds the blobs among the
+/// candidates their uploads recorded.
+async fn a_blob_relied_on_while_it_is_removed_stays(
+    inner: Arc<dyn StorageDriver>,
+    incremental: bool,
+) {
     let other = Arc::new(Registry::new(inner.clone(), RegistrySettings::default()));
+    if incremental {
+        // A full run completes the (empty) reference index first.
+        other.collect_garbage(&collect_now(false)).await.unwrap();
+    }
     let name: RepositoryName = "race/app".parse().unwrap();
     let layer = push_blob(&other, &name, b"an old layer").await;
     let config = push_blob(&other, &name, b"{}").await;
@@ -101,11 +111,14 @@ async fn a_blob_relied_on_while_it_is_removed_stays(inner: Arc<dyn StorageDriver
     let collector_store = Interposed::over(inner.clone())
         .interjecting(|key| key.starts_with(&layout::gc_quarantine_prefix()), push);
     let collector = Registry::new(Arc::new(collector_store), RegistrySettings::default());
-    let report = collector
-        .collect_garbage(&collect_now(false))
-        .await
-        .unwrap()
-        .unwrap();
+    let options = GcOptions {
+        incremental,
+        ..collect_now(false)
+    };
+    let report = collector.collect_garbage(&options).await.unwrap().unwrap();
+    if incremental {
+        assert_eq!(report.mode, "incremental");
+    }
 
     let pushed = pushed.lock().unwrap().take();
     let manifest_digest = pushed
@@ -127,14 +140,19 @@ async fn a_blob_relied_on_while_it_is_removed_stays(inner: Arc<dyn StorageDriver
 
 #[tokio::test]
 async fn relied_on_during_removal_in_memory() {
-    a_blob_relied_on_while_it_is_removed_stays(Arc::new(memory_driver(1 << 20))).await;
+    for incremental in [false, true] {
+        a_blob_relied_on_while_it_is_removed_stays(Arc::new(memory_driver(1 << 20)), incremental)
+            .await;
+    }
 }
 
 #[tokio::test]
 async fn relied_on_during_removal_on_local_disk() {
-    let dir = tempfile::tempdir().unwrap();
-    a_blob_relied_on_while_it_is_removed_stays(Arc::new(LocalDriver::new(dir.path()).unwrap()))
-        .await;
+    for incremental in [false, true] {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(LocalDriver::new(dir.path()).unwrap());
+        a_blob_relied_on_while_it_is_removed_stays(store, incremental).await;
+    }
 }
 
 /// A collection removes an untagged revision; right then another replica pushes an index

@@ -73,7 +73,9 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
 {{- if ne (toString .Values.proxy.ttl) "" -}}{{- $_ := set $proxy "ttl" (toString .Values.proxy.ttl) -}}{{- end -}}
 {{- $_ := set $config "proxy" $proxy -}}
 {{- end -}}
-{{- $berth := dict "gc" (dict "enabled" .Values.gc.enabled "interval" .Values.gc.interval "grace" .Values.gc.grace "deleteuntagged" .Values.gc.deleteUntagged "leasettl" .Values.gc.leaseTTL) -}}
+{{- $gc := dict "enabled" .Values.gc.enabled "interval" .Values.gc.interval "grace" .Values.gc.grace "deleteuntagged" .Values.gc.deleteUntagged "leasettl" .Values.gc.leaseTTL -}}
+{{- if .Values.gc.fullInterval }}{{- $_ := set $gc "fullinterval" .Values.gc.fullInterval -}}{{- end }}
+{{- $berth := dict "gc" $gc -}}
 {{- if .Values.policy -}}{{- $_ := set $berth "policy" (dict "file" "/etc/berth/policy/policy.yml") -}}{{- end -}}
 {{- if .Values.oidc -}}{{- $_ := set $berth "oidc" .Values.oidc -}}{{- end -}}
 {{- $ui := dict "enabled" .Values.ui.enabled -}}

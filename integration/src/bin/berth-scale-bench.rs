@@ -37,6 +37,10 @@ struct Cli {
     /// Tags given to the first repository, for the tags pages (0: none).
     #[arg(long, default_value_t = 100_000)]
     many_tags: usize,
+    /// Pushes (and a tenth as many revision deletes) before the daily collection rows (0: skip
+    /// them).
+    #[arg(long, default_value_t = 1000)]
+    pushes: usize,
     /// Measure a store generated before (with the same shape) instead of writing one.
     #[arg(long)]
     existing: Option<std::path::PathBuf>,
@@ -139,6 +143,94 @@ fn timed(cmd: &mut Command) -> f64 {
     started.elapsed().as_secs_f64()
 }
 
+/// One `berth gc` run: seconds, store operations, what it swept, its mode.
+struct GcRun {
+    secs: f64,
+    operations: u64,
+    swept: Vec<String>,
+    mode: String,
+}
+
+fn berth_gc(cfg: &Path, args: &[&str]) -> GcRun {
+    let started = Instant::now();
+    let out = Command::new(integration::server::berth_binary())
+        .arg("gc")
+        .args(args)
+        .args(["--grace", "0s", "--config"])
+        .arg(cfg)
+        .output()
+        .unwrap();
+    let secs = started.elapsed().as_secs_f64();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "berth gc {args:?}: {stderr}");
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let operations = stderr
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("berth gc: ")?
+                .split(' ')
+                .next()?
+                .parse()
+                .ok()
+        })
+        .expect("berth gc prints its store operations");
+    let mut swept: Vec<String> = report["swept"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d.as_str().unwrap().to_owned())
+        .collect();
+    swept.sort();
+    GcRun {
+        secs,
+        operations,
+        swept,
+        mode: report["mode"].as_str().unwrap_or_default().to_owned(),
+    }
+}
+
+/// `pushes` small images into repositories spread over the store (tag `daily`), and every
+/// tenth push a delete of another repository's original revision (its blobs become garbage).
+async fn daily_changes(base: &str, repositories: usize, pushes: usize) {
+    let api = integration::http::Api::new(base);
+    for k in 0..pushes {
+        let repo = repository_name((k * 7919) % repositories);
+        let manifest = api.image_manifest(&repo, &format!("daily-{k}")).await;
+        let r = api
+            .put_manifest(
+                &repo,
+                "daily",
+                "application/vnd.oci.image.manifest.v1+json",
+                &manifest,
+            )
+            .await;
+        assert_eq!(r.status(), 201, "push to {repo}");
+        if k % 10 == 9 {
+            let victim = repository_name((k * 7919 + 1) % repositories);
+            let r = api
+                .send(
+                    reqwest::Method::HEAD,
+                    &format!("/v2/{victim}/manifests/t0"),
+                    &[("accept", "application/vnd.oci.image.manifest.v1+json")],
+                    None,
+                )
+                .await;
+            let Some(d) = integration::http::header(&r, "docker-content-digest") else {
+                continue;
+            };
+            let r = api
+                .send(
+                    reqwest::Method::DELETE,
+                    &format!("/v2/{victim}/manifests/{d}"),
+                    &[],
+                    None,
+                )
+                .await;
+            assert_eq!(r.status(), 202, "delete in {victim}");
+        }
+    }
+}
+
 fn config(root: &Path) -> String {
     format!(
         "version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\n",
@@ -226,6 +318,21 @@ async fn main() {
     if a.distribution_pages.is_none() {
         assert_eq!(b_pages, d_pages, "both walk every repository");
     }
+    let mut daily = None;
+    if a.pushes > 0 {
+        // The first full run writes the reference index of a store that has none.
+        let first = berth_gc(&cfg, &[]);
+        let berth = Berth::with_config(&config(&root), &[]);
+        daily_changes(&berth.url, a.repositories, a.pushes).await;
+        drop(berth);
+        let inc = berth_gc(&cfg, &["--incremental", "--dry-run"]);
+        let full = berth_gc(&cfg, &["--dry-run"]);
+        assert_eq!(inc.mode, "incremental");
+        assert_eq!(inc.swept, full.swept, "incremental and full runs agree");
+        let removing = berth_gc(&cfg, &["--incremental"]);
+        assert_eq!(removing.swept, full.swept);
+        daily = Some((first, inc, full, removing));
+    }
 
     println!(
         "| {} repositories | Berth | distribution 2.8 | ratio |",
@@ -285,4 +392,27 @@ async fn main() {
         "| gc --dry-run (process start to end) | {b_gc:.2} s | {d_gc:.2} s | {:.1}x |",
         d_gc / b_gc
     );
+    if let Some((first, inc, full, removing)) = daily {
+        println!(
+            "| first full gc, writing the reference index | {:.2} s, {} store operations | | |",
+            first.secs, first.operations
+        );
+        println!(
+            "| daily gc after {} pushes and {} deletes: incremental --dry-run | {:.2} s, {} store operations, {} blobs to sweep | full --dry-run: {:.2} s, {} store operations, the same {} blobs | {:.0}x faster, {:.0}x fewer operations |",
+            a.pushes,
+            a.pushes / 10,
+            inc.secs,
+            inc.operations,
+            inc.swept.len(),
+            full.secs,
+            full.operations,
+            full.swept.len(),
+            full.secs / inc.secs,
+            full.operations as f64 / inc.operations.max(1) as f64
+        );
+        println!(
+            "| the same, incremental, removing them | {:.2} s, {} store operations | | |",
+            removing.secs, removing.operations
+        );
+    }
 }

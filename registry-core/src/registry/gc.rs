@@ -9,10 +9,9 @@
 //! again, and put back if it appeared (`remove_unless_relied_on`). A lease object in the store
 //! lets one process collect at a time; times are the store's own clock.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::time::{Duration, SystemTime};
 
-use futures::TryStreamExt;
 use serde::Serialize;
 
 use super::Registry;
@@ -39,6 +38,11 @@ pub struct GcOptions {
     /// Pull-through caches whose tags and revisions expire when nobody pulls them (most
     /// specific prefix first).
     pub cache_expiry: Vec<super::CacheExpiry>,
+    /// Look only at the blobs that changed since the last run (the candidates pushes and
+    /// deletes recorded), deciding each from the reference index; untagged revisions,
+    /// retention, cache expiry and quota ledgers are left to full runs. A full run happens
+    /// instead while no full run has completed the reference index.
+    pub incremental: bool,
 }
 
 /// What a collection found and did.
@@ -64,6 +68,28 @@ pub struct GcReport {
     /// Tags and revisions retention rules let go (or, in a dry run, would), each with its
     /// rule and why.
     pub retention: Vec<super::retention::RetentionRemoval>,
+    /// `full` or `incremental` (a full run asked for as incremental says why).
+    pub mode: String,
+    /// Blobs an incremental run looked at (the candidates recorded since the last run).
+    pub candidates: usize,
+    /// What a full run mended in the reference index.
+    pub references: Option<super::ReferenceRepair>,
+}
+
+/// How a collection tells whether a blob is in use: by what its mark found (full) or by the
+/// reference index (incremental).
+enum InUse {
+    Marked(HashSet<Digest>),
+    Indexed,
+}
+
+impl InUse {
+    async fn holds(&self, r: &Registry, d: &Digest) -> Result<bool> {
+        match self {
+            InUse::Marked(m) => Ok(m.contains(d)),
+            InUse::Indexed => r.is_referenced(d).await,
+        }
+    }
 }
 
 /// What a manifest refers to: config, layers, index children.
@@ -169,8 +195,7 @@ impl Registry {
                 let relied_on = self.touched_since(&d, cutoff).await;
                 if !matches!(relied_on, Ok(false)) {
                     tracing::info!(repository = %name, digest = %d, "an untagged revision being removed may have been relied on meanwhile: put back");
-                    self.write_link(&layout::manifest_revision_link(name, &d), &d)
-                        .await?;
+                    self.relink_revision(name, &d).await?;
                     relied_on?;
                     stay.push(d);
                     continue;
@@ -179,6 +204,14 @@ impl Registry {
             report.untagged.push(format!("{name}@{d}"));
         }
         Ok(stay)
+    }
+
+    /// Puts back a revision a collection removed: its reference entries, then its link.
+    async fn relink_revision(&self, name: &RepositoryName, d: &Digest) -> Result<()> {
+        let references = self.revision_references(d).await?;
+        self.add_references(name, d, &references).await?;
+        self.write_link(&layout::manifest_revision_link(name, d), d)
+            .await
     }
 
     /// Removes revision `d` of `name` unless it was linked or relied on since `cutoff` (an
@@ -203,28 +236,27 @@ impl Registry {
         let relied_on = self.touched_since(d, cutoff).await;
         if !matches!(relied_on, Ok(false)) {
             tracing::info!(repository = %name, digest = %d, "a revision being removed may have been relied on meanwhile: put back");
-            self.write_link(&link, d).await?;
+            self.relink_revision(name, d).await?;
             relied_on?;
             return Ok(false);
         }
         Ok(true)
     }
 
+    /// Every blob a revision refers to, and the reference entries those revisions call for.
     async fn mark(
         &self,
         o: &GcOptions,
         cutoff: SystemTime,
         report: &mut GcReport,
-    ) -> Result<HashSet<Digest>> {
+    ) -> Result<(HashSet<Digest>, HashSet<String>)> {
         let mut marked = HashSet::new();
+        let mut wanted = HashSet::new();
+        let mut refs_of: HashMap<Digest, Vec<Digest>> = HashMap::new();
         let walked = self.repositories_with("_manifests").await?;
         if !o.dry_run {
             // Ledgers of repositories with no revision left: nothing is linked there.
-            let ledgers: Vec<String> = self
-                .store
-                .list_recursive(&layout::quota_ledgers_prefix())
-                .try_collect()
-                .await?;
+            let ledgers = self.keys_under(&layout::quota_ledgers_prefix()).await?;
             for name in ledgers
                 .iter()
                 .filter_map(|k| layout::repository_of_quota_ledger(k))
@@ -247,13 +279,20 @@ impl Registry {
             }
             for d in revisions {
                 report.manifests += 1;
-                if marked.insert(d.clone()) {
-                    marked.extend(self.references(&d).await?);
+                if !refs_of.contains_key(&d) {
+                    let refs = self.revision_references(&d).await?;
+                    marked.extend(refs.iter().cloned());
+                    refs_of.insert(d.clone(), refs);
                 }
+                wanted.extend(
+                    refs_of[&d]
+                        .iter()
+                        .map(|b| layout::reference_entry(b, &name, &d)),
+                );
             }
         }
         report.marked = marked.len();
-        Ok(marked)
+        Ok((marked, wanted))
     }
 
     async fn touched_since(&self, d: &Digest, cutoff: SystemTime) -> Result<bool> {
@@ -300,15 +339,11 @@ impl Registry {
     /// holds them): put back when anything marks or touches them now, removed otherwise.
     async fn settle_quarantine(
         &self,
-        marked: &HashSet<Digest>,
+        in_use: &InUse,
         cutoff: SystemTime,
         abandoned_before: SystemTime,
     ) -> Result<()> {
-        let held: Vec<String> = self
-            .store
-            .list_recursive(&layout::gc_quarantine_prefix())
-            .try_collect()
-            .await?;
+        let held = self.keys_under(&layout::gc_quarantine_prefix()).await?;
         for key in held {
             let Some(d) = layout::digest_of_quarantine_key(&key) else {
                 continue;
@@ -321,7 +356,7 @@ impl Registry {
             if !older_than(info.last_modified, abandoned_before) {
                 continue;
             }
-            if (marked.contains(&d) || self.touched_since(&d, cutoff).await?)
+            if (in_use.holds(self, &d).await? || self.touched_since(&d, cutoff).await?)
                 && !self.exists(&layout::blob_data(&d)).await?
             {
                 tracing::warn!(digest = %d, "bytes a failed collection held are relied on: put back");
@@ -360,71 +395,146 @@ impl Registry {
     async fn collect(&self, o: &GcOptions, start: SystemTime) -> Result<GcReport> {
         let cutoff = start.checked_sub(o.grace).unwrap_or(SystemTime::UNIX_EPOCH);
         let mut report = GcReport::default();
+        if o.incremental {
+            if self.references_complete_since().await?.is_some() {
+                report.mode = "incremental".into();
+                self.collect_candidates(o, start, cutoff, &mut report)
+                    .await?;
+                self.forget_old_markers(o, cutoff).await?;
+                return Ok(report);
+            }
+            report.mode = "full (no full run has completed the reference index yet)".into();
+        } else {
+            report.mode = "full".into();
+        }
         // First, so that what expires is swept in this same collection.
         self.expire_cached(&o.cache_expiry, start, o.dry_run, &mut report)
             .await?;
         self.apply_retention(start, cutoff, o.dry_run, &mut report)
             .await?;
-        let marked = self.mark(o, cutoff, &mut report).await?;
-        let blobs: Vec<String> = self
-            .store
-            .list_recursive(&layout::blobs_prefix())
-            .try_collect()
-            .await?;
+        let (marked, wanted) = self.mark(o, cutoff, &mut report).await?;
+        let blobs = self.keys_under(&layout::blobs_prefix()).await?;
+        let in_use = InUse::Marked(marked);
         if !o.dry_run {
             let abandoned_before = start.checked_sub(o.lease_ttl).unwrap_or(start);
-            self.settle_quarantine(&marked, cutoff, abandoned_before)
+            self.settle_quarantine(&in_use, cutoff, abandoned_before)
                 .await?;
         }
         for key in blobs {
             let Some(d) = layout::digest_of_blob_key(&key) else {
                 continue;
             };
-            if marked.contains(&d) {
-                continue;
-            }
-            // The marker before the bytes: bytes written again after it was read are seen new.
-            if self.touched_since(&d, cutoff).await? {
-                report.spared += 1;
-                continue;
-            }
-            let info = match self.store.stat(&key).await {
-                Ok(i) => i,
-                Err(StorageError::NotFound(_)) => continue,
-                Err(e) => return Err(e.into()),
-            };
-            if !older_than(info.last_modified, cutoff) {
-                report.spared += 1;
-                continue;
-            }
-            if !o.dry_run {
-                if !self
-                    .remove_unless_relied_on(&d, &key, info.size, cutoff)
-                    .await?
-                {
-                    report.spared += 1;
-                    continue;
-                }
-                self.blob_sizes.forget(&d);
-            }
-            report.bytes += info.size;
-            report.swept.push(d.to_string());
-        }
-        if !o.dry_run {
-            self.fold_pull_times().await?;
-            let markers: Vec<String> = self
-                .store
-                .list_recursive(&layout::touched_prefix())
-                .try_collect()
+            self.sweep_unless_in_use(&d, &in_use, cutoff, o.dry_run, &mut report)
                 .await?;
-            for key in markers {
-                if let Ok(info) = self.store.stat(&key).await
-                    && older_than(info.last_modified, cutoff)
+        }
+        report.references = Some(self.repair_references(wanted, cutoff, o.dry_run).await?);
+        if !o.dry_run {
+            // Candidates this run decided (in use, or gone); the spared wait for a later one.
+            let InUse::Marked(marked) = &in_use else {
+                unreachable!("a full run marks")
+            };
+            let swept: HashSet<&str> = report.swept.iter().map(String::as_str).collect();
+            let candidates = self.keys_under(&layout::gc_candidates_prefix()).await?;
+            for key in candidates {
+                if let Some(d) = layout::digest_of_candidate_key(&key)
+                    && (marked.contains(&d) || swept.contains(d.to_string().as_str()))
                 {
-                    let _ = self.store.delete(&key).await;
+                    self.store.delete(&key).await?;
                 }
             }
         }
+        self.forget_old_markers(o, cutoff).await?;
         Ok(report)
+    }
+
+    /// An incremental run: each candidate recorded since the last run, decided from the
+    /// reference index; a candidate stays until it is in use or gone.
+    async fn collect_candidates(
+        &self,
+        o: &GcOptions,
+        start: SystemTime,
+        cutoff: SystemTime,
+        report: &mut GcReport,
+    ) -> Result<()> {
+        let in_use = InUse::Indexed;
+        if !o.dry_run {
+            let abandoned_before = start.checked_sub(o.lease_ttl).unwrap_or(start);
+            self.settle_quarantine(&in_use, cutoff, abandoned_before)
+                .await?;
+        }
+        let candidates = self.keys_under(&layout::gc_candidates_prefix()).await?;
+        for key in candidates {
+            let Some(d) = layout::digest_of_candidate_key(&key) else {
+                continue;
+            };
+            report.candidates += 1;
+            let decided = self
+                .sweep_unless_in_use(&d, &in_use, cutoff, o.dry_run, report)
+                .await?;
+            if decided && !o.dry_run {
+                self.store.delete(&key).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Removes blob `d` unless it is in use, touched since `cutoff`, or younger; returns
+    /// whether it is decided (in use, gone, or removed now) rather than spared for later.
+    async fn sweep_unless_in_use(
+        &self,
+        d: &Digest,
+        in_use: &InUse,
+        cutoff: SystemTime,
+        dry_run: bool,
+        report: &mut GcReport,
+    ) -> Result<bool> {
+        if in_use.holds(self, d).await? {
+            return Ok(true);
+        }
+        // The marker before the bytes: bytes written again after it was read are seen new.
+        if self.touched_since(d, cutoff).await? {
+            report.spared += 1;
+            return Ok(false);
+        }
+        let key = layout::blob_data(d);
+        let info = match self.store.stat(&key).await {
+            Ok(i) => i,
+            Err(StorageError::NotFound(_)) => return Ok(true),
+            Err(e) => return Err(e.into()),
+        };
+        if !older_than(info.last_modified, cutoff) {
+            report.spared += 1;
+            return Ok(false);
+        }
+        if !dry_run {
+            if !self
+                .remove_unless_relied_on(d, &key, info.size, cutoff)
+                .await?
+            {
+                report.spared += 1;
+                return Ok(false);
+            }
+            self.blob_sizes.forget(d);
+        }
+        report.bytes += info.size;
+        report.swept.push(d.to_string());
+        Ok(true)
+    }
+
+    /// After a run: pull times folded, touched markers older than the run's cutoff removed.
+    async fn forget_old_markers(&self, o: &GcOptions, cutoff: SystemTime) -> Result<()> {
+        if o.dry_run {
+            return Ok(());
+        }
+        self.fold_pull_times().await?;
+        let markers = self.keys_under(&layout::touched_prefix()).await?;
+        for key in markers {
+            if let Ok(info) = self.store.stat(&key).await
+                && older_than(info.last_modified, cutoff)
+            {
+                let _ = self.store.delete(&key).await;
+            }
+        }
+        Ok(())
     }
 }

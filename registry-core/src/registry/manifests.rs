@@ -121,10 +121,16 @@ impl Registry {
             .collect();
         // Whether the revision was there before: a refused push leaves it as it found it.
         let revision_key = layout::manifest_revision_link(name, &digest);
-        let (_, (), had_revision) = futures::try_join!(
+        // Its reference entries before its revision link (see `references`).
+        let references: Vec<Digest> = super::gc::references_of(manifest.clone())
+            .into_iter()
+            .chain(std::iter::once(digest.clone()))
+            .collect();
+        let (_, (), had_revision, ()) = futures::try_join!(
             try_join_all(checks),
             self.touch(&relied_on),
-            self.exists(&revision_key)
+            self.exists(&revision_key),
+            self.add_references(name, &digest, &references)
         )?;
         // Counted before it is linked: a crash after this over-counts, never under-counts.
         let names: Vec<Digest> = manifest
@@ -162,8 +168,17 @@ impl Registry {
             // and an untagged revision is harmless (collections remove it).
             Err(e @ RegistryError::ManifestBlobUnknown(_)) => {
                 if !had_revision {
-                    if let Err(undo) = self.store.delete(&revision_key).await {
-                        tracing::warn!(repository = %name, digest = %digest, error = %undo, "a refused manifest's revision link stays (untagged)");
+                    match self.store.delete(&revision_key).await {
+                        Ok(()) => {
+                            if let Err(undo) =
+                                self.drop_references(name, &digest, &references).await
+                            {
+                                tracing::warn!(repository = %name, digest = %digest, error = %undo, "a refused manifest's reference entries stay (they only keep its blobs until a full collection)");
+                            }
+                        }
+                        Err(undo) => {
+                            tracing::warn!(repository = %name, digest = %digest, error = %undo, "a refused manifest's revision link stays (untagged)");
+                        }
                     }
                     self.release_quota(name, &digest).await;
                 }
@@ -251,6 +266,11 @@ impl Registry {
                 .put_bytes(&blob_key, body.clone(), PutCondition::Overwrite)
                 .await?;
         }
+        let mut references = Manifest::parse(&body, None)
+            .map(super::gc::references_of)
+            .unwrap_or_default();
+        references.push(digest.clone());
+        self.add_references(name, digest, &references).await?;
         self.write_link(&layout::manifest_revision_link(name, digest), digest)
             .await?;
         if let Some(t) = tag {
@@ -451,9 +471,8 @@ impl Registry {
         let content = self
             .get_manifest(name, &Reference::Digest(d.clone()))
             .await?;
-        if let Ok(m) = Manifest::parse(&content.body, None)
-            && let Some(s) = m.subject
-        {
+        let parsed = Manifest::parse(&content.body, None).ok();
+        if let Some(s) = parsed.as_ref().and_then(|m| m.subject.as_ref()) {
             self.remove_referrer(name, &s.digest, d).await?;
         }
         for t in tags {
@@ -462,6 +481,9 @@ impl Registry {
         self.store
             .delete(&layout::manifest_revision_link(name, d))
             .await?;
+        let mut references = parsed.map(super::gc::references_of).unwrap_or_default();
+        references.push(d.clone());
+        self.drop_references(name, d, &references).await?;
         self.release_quota(name, d).await;
         Ok(())
     }

@@ -13,6 +13,7 @@ mod manifests;
 mod pull_times;
 mod quota;
 mod recently_seen;
+mod references;
 mod referrers;
 mod replication_queue;
 mod retention;
@@ -36,6 +37,7 @@ pub use catalog::CatalogRebuild;
 pub use collections::CollectionRecord;
 pub use lease::{HeldLease, StoreLease};
 pub use manifests::{ManifestContent, PutManifestOutcome};
+pub use references::ReferenceRepair;
 pub use replication_queue::{QueuedEvent, ReplicationAction, ReplicationEvent};
 pub use retention::RetentionRemoval;
 pub use rules::{Quota, RepositoryRules, Retention};
@@ -197,6 +199,12 @@ impl Registry {
                 "deletes are disabled (storage.delete.enabled)".into(),
             ))
         }
+    }
+
+    /// Every key under `prefix`, at any depth.
+    async fn keys_under(&self, prefix: &str) -> Result<Vec<String>> {
+        use futures::TryStreamExt;
+        Ok(self.store.list_recursive(prefix).try_collect().await?)
     }
 
     async fn exists(&self, key: &str) -> Result<bool> {

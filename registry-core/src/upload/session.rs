@@ -880,7 +880,19 @@ impl UploadSessions {
             }
             Ok(())
         };
-        futures::try_join!(publish, alongside)?;
+        // New bytes: a candidate of the next incremental collection, until a revision refers
+        // to them (see `registry::references`).
+        let candidate = async {
+            self.store
+                .put_bytes(
+                    &layout::gc_candidate(expected),
+                    Bytes::new(),
+                    PutCondition::Overwrite,
+                )
+                .await?;
+            Ok(())
+        };
+        futures::try_join!(publish, alongside, candidate)?;
         Ok(())
     }
 

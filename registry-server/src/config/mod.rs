@@ -618,6 +618,9 @@ pub struct GcConfig {
     /// How long a collector that stopped renewing its lease (a killed pod) keeps others
     /// waiting (default 2m).
     pub leasettl: Option<String>,
+    /// Set, runs are incremental (only what changed since the last run) and a full one runs
+    /// when the last is older than this (e.g. 168h); unset, every run is full.
+    pub fullinterval: Option<String>,
 }
 
 /// Scheduled collection settings.
@@ -633,6 +636,8 @@ pub struct GcSettings {
     pub delete_untagged: bool,
     /// A lease not renewed for this long is taken over.
     pub lease_ttl: Duration,
+    /// Runs are incremental, with a full one when the last is older than this.
+    pub full_interval: Option<Duration>,
 }
 
 /// `auth`.

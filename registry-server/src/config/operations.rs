@@ -90,6 +90,14 @@ pub(super) fn gc_settings(
         dry_run: c.dryrun,
         delete_untagged: c.deleteuntagged,
         lease_ttl: duration_key(&c.leasettl, "2m", "berth.gc.leasettl")?,
+        full_interval: match &c.fullinterval {
+            Some(_) => Some(duration_key(
+                &c.fullinterval,
+                "168h",
+                "berth.gc.fullinterval",
+            )?),
+            None => None,
+        },
     }))
 }
 

@@ -384,6 +384,29 @@ fn a_cache_that_expires_collects_on_a_schedule_unless_told_not_to() {
 }
 
 #[test]
+fn collections_are_incremental_with_a_full_interval() {
+    let base =
+        "storage:\n  filesystem:\n    rootdirectory: /tmp/x\nberth:\n  gc:\n    enabled: true\n";
+    let gc = |extra: &str| load_str(&format!("{base}{extra}"), &[]).map(|s| s.0.gc);
+    assert_eq!(
+        gc("").unwrap().unwrap().full_interval,
+        None,
+        "full unless asked"
+    );
+    assert_eq!(
+        gc("    fullinterval: 168h\n")
+            .unwrap()
+            .unwrap()
+            .full_interval,
+        Some(std::time::Duration::from_secs(168 * 3600))
+    );
+    match gc("    fullinterval: weekly\n") {
+        Err(ConfigError::Key { key, .. }) => assert_eq!(key, "berth.gc.fullinterval"),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
 fn the_ui_is_on_unless_turned_off_and_its_oidc_login_must_be_trusted() {
     let (s, _) = load_str("storage: {inmemory: {}}\n", &[]).unwrap();
     assert!(s.ui && s.ui_oidc.is_none());

@@ -154,6 +154,17 @@ impl Metrics {
         }
     }
 
+    /// Store operations made so far, by kind (a listing counts once, whatever its pages).
+    pub fn storage_operations(&self) -> BTreeMap<String, u64> {
+        let mut out = BTreeMap::new();
+        if let Ok(m) = self.storage.lock() {
+            for ((_, op), (h, _)) in m.iter() {
+                *out.entry((*op).to_string()).or_default() += h.count;
+            }
+        }
+        out
+    }
+
     /// Records one storage operation of the `backend` (s3, azure, gcs, filesystem, ...).
     pub fn observe_storage(
         &self,
