@@ -162,12 +162,14 @@ pub fn references_of(d: &Digest) -> String {
     format!("{}{}/{}/", references_prefix(), d.algorithm(), d.hex())
 }
 
-/// The entry saying that revision `revision` of repository `name` refers to blob `d` (`@`
-/// never starts a repository path component, so entries and repositories never collide).
+/// The entry saying that revision `revision` of repository `name` refers to blob `d`: one
+/// level under the blob (`/` in the name escaped as `+`, and `@` before the revision, neither
+/// of which a repository name can hold), so that walking the index walks one folder per blob.
 pub fn reference_entry(d: &Digest, name: &RepositoryName, revision: &Digest) -> String {
     format!(
-        "{}{name}/@{}-{}",
+        "{}{}@{}-{}",
         references_of(d),
+        name.as_str().replace('/', "+"),
         revision.algorithm(),
         revision.hex()
     )
@@ -177,12 +179,12 @@ pub fn reference_entry(d: &Digest, name: &RepositoryName, revision: &Digest) -> 
 pub fn parse_reference_entry(key: &str) -> Option<(Digest, RepositoryName, Digest)> {
     let rest = key.strip_prefix(&references_prefix())?;
     let mut parts = rest.splitn(3, '/');
-    let (alg, hex, tail) = (parts.next()?, parts.next()?, parts.next()?);
-    let (name, revision) = tail.rsplit_once("/@")?;
+    let (alg, hex, entry) = (parts.next()?, parts.next()?, parts.next()?);
+    let (name, revision) = entry.rsplit_once('@')?;
     let (ralg, rhex) = revision.split_once('-')?;
     Some((
         format!("{alg}:{hex}").parse().ok()?,
-        name.parse().ok()?,
+        name.replace('+', "/").parse().ok()?,
         format!("{ralg}:{rhex}").parse().ok()?,
     ))
 }

@@ -18,6 +18,7 @@ pub fn options(
     dry_run: bool,
     delete_untagged: bool,
     incremental: bool,
+    verify_references: bool,
     lease_ttl: Duration,
     proxies: &[UpstreamSettings],
 ) -> GcOptions {
@@ -30,6 +31,7 @@ pub fn options(
         lease_ttl,
         cache_expiry: crate::upstream::expiry_rules(proxies),
         incremental,
+        verify_references,
     }
 }
 
@@ -37,6 +39,8 @@ pub fn options(
 pub async fn schedule(app: Arc<App>, s: GcSettings) {
     loop {
         tokio::time::sleep(s.interval).await;
+        // In incremental mode, the full run every `fullinterval` is the one that checks the
+        // reference index.
         let incremental = match s.full_interval {
             Some(every) => match app.registry.references_complete_since().await {
                 Ok(Some(last_full)) => last_full.elapsed().is_ok_and(|age| age < every),
@@ -51,6 +55,7 @@ pub async fn schedule(app: Arc<App>, s: GcSettings) {
                 s.dry_run,
                 s.delete_untagged,
                 incremental,
+                s.full_interval.is_some(),
                 s.lease_ttl,
                 &app.settings.proxies,
             ))

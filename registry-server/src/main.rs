@@ -145,6 +145,11 @@ struct GcArgs {
     /// left to full runs. Runs a full collection while none has completed the index yet.
     #[arg(long, conflicts_with = "delete_untagged")]
     incremental: bool,
+    /// A full run that also checks the reference index incremental runs rely on against what
+    /// it marks, mends it and records it complete (as the scheduled full run does when
+    /// `berth.gc.fullinterval` is set).
+    #[arg(long, conflicts_with = "incremental")]
+    verify_references: bool,
 }
 
 #[derive(Args)]
@@ -308,6 +313,7 @@ fn main() -> ExitCode {
                 args.dry_run,
                 args.delete_untagged,
                 args.incremental,
+                args.verify_references,
                 registry_server::gc::LEASE_TTL,
                 &settings.proxies,
             );

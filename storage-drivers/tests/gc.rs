@@ -26,6 +26,7 @@ fn opts(grace: Duration) -> GcOptions {
         delete_untagged: false,
         cache_expiry: Vec::new(),
         incremental: false,
+        verify_references: false,
     }
 }
 
@@ -435,11 +436,11 @@ async fn incremental_scenario(store: Arc<dyn StorageDriver>) {
         .await
         .unwrap()
         .unwrap();
-    let full = r
-        .collect_garbage(&dry(&opts(Duration::ZERO)))
-        .await
-        .unwrap()
-        .unwrap();
+    let verifying = GcOptions {
+        verify_references: true,
+        ..opts(Duration::ZERO)
+    };
+    let full = r.collect_garbage(&dry(&verifying)).await.unwrap().unwrap();
     assert_eq!(inc.mode, "incremental");
     // c's image is a's current one (same layer, same config, same manifest bytes): removing
     // c's revision leaves what a refers to.

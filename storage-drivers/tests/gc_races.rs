@@ -34,6 +34,7 @@ fn collect_now(delete_untagged: bool) -> GcOptions {
         delete_untagged,
         cache_expiry: Vec::new(),
         incremental: false,
+        verify_references: false,
     }
 }
 
@@ -81,8 +82,12 @@ async fn a_blob_relied_on_while_it_is_removed_stays(
 ) {
     let other = Arc::new(Registry::new(inner.clone(), RegistrySettings::default()));
     if incremental {
-        // A full run completes the (empty) reference index first.
-        other.collect_garbage(&collect_now(false)).await.unwrap();
+        // A verifying full run completes the (empty) reference index first.
+        let verifying = GcOptions {
+            verify_references: true,
+            ..collect_now(false)
+        };
+        other.collect_garbage(&verifying).await.unwrap();
     }
     let name: RepositoryName = "race/app".parse().unwrap();
     let layer = push_blob(&other, &name, b"an old layer").await;

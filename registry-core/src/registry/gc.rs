@@ -40,9 +40,13 @@ pub struct GcOptions {
     pub cache_expiry: Vec<super::CacheExpiry>,
     /// Look only at the blobs that changed since the last run (the candidates pushes and
     /// deletes recorded), deciding each from the reference index; untagged revisions,
-    /// retention, cache expiry and quota ledgers are left to full runs. A full run happens
-    /// instead while no full run has completed the reference index.
+    /// retention, cache expiry and quota ledgers are left to full runs. A full run that
+    /// verifies the index happens instead while none has completed it.
     pub incremental: bool,
+    /// A full run also checks the whole reference index against what it marked, mends it and
+    /// records it complete (the periodic safety net of incremental runs: a walk of the whole
+    /// index besides the mark).
+    pub verify_references: bool,
 }
 
 /// What a collection found and did.
@@ -252,6 +256,9 @@ impl Registry {
     ) -> Result<(HashSet<Digest>, HashSet<String>)> {
         let mut marked = HashSet::new();
         let mut wanted = HashSet::new();
+        // What each revision refers to, and the entries that calls for, only for a run that
+        // checks the index (~150 bytes an entry).
+        let verify = o.verify_references || o.incremental;
         let mut refs_of: HashMap<Digest, Vec<Digest>> = HashMap::new();
         let walked = self.repositories_with("_manifests").await?;
         if !o.dry_run {
@@ -279,6 +286,12 @@ impl Registry {
             }
             for d in revisions {
                 report.manifests += 1;
+                if !verify {
+                    if marked.insert(d.clone()) {
+                        marked.extend(self.references(&d).await?);
+                    }
+                    continue;
+                }
                 if !refs_of.contains_key(&d) {
                     let refs = self.revision_references(&d).await?;
                     marked.extend(refs.iter().cloned());
@@ -407,6 +420,7 @@ impl Registry {
         } else {
             report.mode = "full".into();
         }
+        let verify = o.verify_references || o.incremental;
         // First, so that what expires is swept in this same collection.
         self.expire_cached(&o.cache_expiry, start, o.dry_run, &mut report)
             .await?;
@@ -427,7 +441,9 @@ impl Registry {
             self.sweep_unless_in_use(&d, &in_use, cutoff, o.dry_run, &mut report)
                 .await?;
         }
-        report.references = Some(self.repair_references(wanted, cutoff, o.dry_run).await?);
+        if verify {
+            report.references = Some(self.repair_references(wanted, cutoff, o.dry_run).await?);
+        }
         if !o.dry_run {
             // Candidates this run decided (in use, or gone); the spared wait for a later one.
             let InUse::Marked(marked) = &in_use else {
