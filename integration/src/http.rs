@@ -247,6 +247,17 @@ impl Api {
         .await
     }
 
+    /// DELETE of a manifest by tag or digest; returns the response.
+    pub async fn delete_manifest(&self, repo: &str, reference: &str) -> Response {
+        self.send(
+            Method::DELETE,
+            &format!("/v2/{repo}/manifests/{reference}"),
+            &[],
+            None,
+        )
+        .await
+    }
+
     /// Pushes a config and one layer and returns an OCI image manifest naming them.
     pub async fn image_manifest(&self, repo: &str, seed: &str) -> Vec<u8> {
         let config = self

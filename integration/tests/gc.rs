@@ -209,14 +209,7 @@ async fn incremental_collections_on_s3_agree_with_full_ones() {
         }
     }
     for d in &doomed {
-        let r = api_b
-            .send(
-                reqwest::Method::DELETE,
-                &format!("/v2/inc/two/manifests/{d}"),
-                &[],
-                None,
-            )
-            .await;
+        let r = api_b.delete_manifest("inc/two", d).await;
         assert_eq!(r.status(), 202);
     }
     api_a

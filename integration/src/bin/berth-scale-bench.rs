@@ -224,14 +224,7 @@ async fn daily_changes(base: &str, repositories: usize, pushes: usize) {
             let Some(d) = integration::http::header(&r, "docker-content-digest") else {
                 continue;
             };
-            let r = api
-                .send(
-                    reqwest::Method::DELETE,
-                    &format!("/v2/{victim}/manifests/{d}"),
-                    &[],
-                    None,
-                )
-                .await;
+            let r = api.delete_manifest(&victim, &d).await;
             assert_eq!(r.status(), 202, "delete in {victim}");
         }
     }
