@@ -4,7 +4,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use futures::{StreamExt, stream};
+use futures::{StreamExt, TryStreamExt, stream};
 use registry_core::registry::CacheExpiry;
 use registry_core::registry::gc::GcOptions;
 use registry_core::storage::{ByteStream, PutCondition, StorageError};
@@ -485,6 +485,27 @@ async fn incremental_scenario(store: Arc<dyn StorageDriver>) {
     );
     let again = r.collect_garbage(&incremental).await.unwrap().unwrap();
     assert_eq!(again.candidates, 0, "every candidate was decided");
+
+    // Entries lost (a store written before the index) are written back by a verifying run,
+    // and entries of a revision that is gone are removed.
+    let lost = registry_core::layout::references_of(&old_layer);
+    store.delete_prefix(&lost).await.unwrap();
+    let gone_revision = Digest::of(Algorithm::Sha256, b"a revision that is not there");
+    let stale = registry_core::layout::reference_entry(&old_layer, &a, &gone_revision);
+    store
+        .put_bytes(&stale, Bytes::new(), PutCondition::Overwrite)
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let mended = r.collect_garbage(&verifying).await.unwrap().unwrap();
+    assert_eq!(
+        mended.references.as_ref().map(|f| (f.added, f.removed)),
+        Some((1, 1)),
+        "{mended:?}"
+    );
+    let entries: Vec<String> = store.list_recursive(&lost).try_collect().await.unwrap();
+    assert_eq!(entries.len(), 1, "{entries:?}");
+    assert_ne!(entries[0], stale);
 }
 
 #[tokio::test]

@@ -253,12 +253,11 @@ impl Registry {
         o: &GcOptions,
         cutoff: SystemTime,
         report: &mut GcReport,
-    ) -> Result<(HashSet<Digest>, HashSet<String>)> {
+        mut check: Option<&mut super::references::ReferenceCheck>,
+    ) -> Result<HashSet<Digest>> {
         let mut marked = HashSet::new();
-        let mut wanted = HashSet::new();
-        // What each revision refers to, and the entries that calls for, only for a run that
-        // checks the index (~150 bytes an entry).
-        let verify = o.verify_references || o.incremental;
+        // What each revision refers to, kept only for a run that checks the index (a digest
+        // shared by several repositories calls for entries in each).
         let mut refs_of: HashMap<Digest, Vec<Digest>> = HashMap::new();
         let walked = self.repositories_with("_manifests").await?;
         if !o.dry_run {
@@ -286,26 +285,22 @@ impl Registry {
             }
             for d in revisions {
                 report.manifests += 1;
-                if !verify {
+                let Some(check) = check.as_deref_mut() else {
                     if marked.insert(d.clone()) {
                         marked.extend(self.references(&d).await?);
                     }
                     continue;
-                }
+                };
                 if !refs_of.contains_key(&d) {
                     let refs = self.revision_references(&d).await?;
                     marked.extend(refs.iter().cloned());
                     refs_of.insert(d.clone(), refs);
                 }
-                wanted.extend(
-                    refs_of[&d]
-                        .iter()
-                        .map(|b| layout::reference_entry(b, &name, &d)),
-                );
+                self.want_references(check, &name, &d, &refs_of[&d]).await?;
             }
         }
         report.marked = marked.len();
-        Ok((marked, wanted))
+        Ok(marked)
     }
 
     async fn touched_since(&self, d: &Digest, cutoff: SystemTime) -> Result<bool> {
@@ -426,7 +421,11 @@ impl Registry {
             .await?;
         self.apply_retention(start, cutoff, o.dry_run, &mut report)
             .await?;
-        let (marked, wanted) = self.mark(o, cutoff, &mut report).await?;
+        let mut check = match verify {
+            true => Some(self.begin_reference_check(o.dry_run).await?),
+            false => None,
+        };
+        let marked = self.mark(o, cutoff, &mut report, check.as_mut()).await?;
         let blobs = self.keys_under(&layout::blobs_prefix()).await?;
         let in_use = InUse::Marked(marked);
         if !o.dry_run {
@@ -441,8 +440,8 @@ impl Registry {
             self.sweep_unless_in_use(&d, &in_use, cutoff, o.dry_run, &mut report)
                 .await?;
         }
-        if verify {
-            report.references = Some(self.repair_references(wanted, cutoff, o.dry_run).await?);
+        if let Some(check) = check {
+            report.references = Some(self.finish_reference_check(check, cutoff).await?);
         }
         if !o.dry_run {
             // Candidates this run decided (in use, or gone); the spared wait for a later one.
