@@ -149,6 +149,13 @@ impl Berth {
 impl Drop for Berth {
     fn drop(&mut self) {
         self.kill();
+        // A failing test shows what the server said last.
+        if std::thread::panicking() {
+            let log = self.log();
+            let lines: Vec<&str> = log.lines().collect();
+            let tail = lines[lines.len().saturating_sub(60)..].join("\n");
+            eprintln!("--- the last lines of berth's log ---\n{tail}");
+        }
         let _ = std::fs::remove_file(&self.log);
     }
 }

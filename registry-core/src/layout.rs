@@ -163,30 +163,26 @@ pub fn references_of(d: &Digest) -> String {
 }
 
 /// The entry saying that revision `revision` of repository `name` refers to blob `d`: one
-/// level under the blob (`/` in the name escaped as `+`, and `@` before the revision, neither
-/// of which a repository name can hold), so that walking the index walks one folder per blob.
+/// level under the blob (walking the index walks one folder per blob), named by a 128-bit hash
+/// of the repository and revision so that keys stay short whatever the name's length (a
+/// file name holds 255 bytes; some S3 servers refuse long keys). Its body,
+/// [`reference_body`], says which revision it stands for.
 pub fn reference_entry(d: &Digest, name: &RepositoryName, revision: &Digest) -> String {
-    format!(
-        "{}{}@{}-{}",
-        references_of(d),
-        name.as_str().replace('/', "+"),
-        revision.algorithm(),
-        revision.hex()
-    )
+    use sha2::Digest as _;
+    let sum = sha2::Sha256::digest(reference_body(name, revision).as_bytes());
+    format!("{}{}", references_of(d), hex::encode(&sum[..16]))
 }
 
-/// The blob, repository and revision a reference entry's key names.
-pub fn parse_reference_entry(key: &str) -> Option<(Digest, RepositoryName, Digest)> {
-    let rest = key.strip_prefix(&references_prefix())?;
-    let mut parts = rest.splitn(3, '/');
-    let (alg, hex, entry) = (parts.next()?, parts.next()?, parts.next()?);
-    let (name, revision) = entry.rsplit_once('@')?;
-    let (ralg, rhex) = revision.split_once('-')?;
-    Some((
-        format!("{alg}:{hex}").parse().ok()?,
-        name.replace('+', "/").parse().ok()?,
-        format!("{ralg}:{rhex}").parse().ok()?,
-    ))
+/// What a reference entry holds: the repository and the revision, one per line.
+pub fn reference_body(name: &RepositoryName, revision: &Digest) -> String {
+    format!("{name}\n{revision}")
+}
+
+/// The repository and revision a reference entry's body names.
+pub fn parse_reference_body(body: &[u8]) -> Option<(RepositoryName, Digest)> {
+    let text = std::str::from_utf8(body).ok()?;
+    let (name, revision) = text.split_once('\n')?;
+    Some((name.parse().ok()?, revision.trim().parse().ok()?))
 }
 
 /// Marks a blob an incremental collection must look at: bytes just stored, or a revision
@@ -379,9 +375,11 @@ mod tests {
         assert_eq!(legacy_catalog_name_of("library+ubuntu"), "library/ubuntu");
         let m = Digest::of(Algorithm::Sha256, b"m");
         assert_eq!(
-            parse_reference_entry(&reference_entry(&d, &n, &m)),
-            Some((d.clone(), n.clone(), m))
+            parse_reference_body(reference_body(&n, &m).as_bytes()),
+            Some((n.clone(), m.clone()))
         );
+        assert!(reference_entry(&d, &n, &m).starts_with(&references_of(&d)));
+        assert_ne!(reference_entry(&d, &n, &m), reference_entry(&d, &n, &d));
         assert_eq!(
             tag_index_prefix(&n),
             "docker/registry/v2/berth/tag-index/library/ubuntu/_index/"

@@ -492,8 +492,9 @@ async fn incremental_scenario(store: Arc<dyn StorageDriver>) {
     store.delete_prefix(&lost).await.unwrap();
     let gone_revision = Digest::of(Algorithm::Sha256, b"a revision that is not there");
     let stale = registry_core::layout::reference_entry(&old_layer, &a, &gone_revision);
+    let body = registry_core::layout::reference_body(&a, &gone_revision);
     store
-        .put_bytes(&stale, Bytes::new(), PutCondition::Overwrite)
+        .put_bytes(&stale, Bytes::from(body), PutCondition::Overwrite)
         .await
         .unwrap();
     tokio::time::sleep(Duration::from_millis(20)).await;

@@ -37,7 +37,7 @@ pub struct ReferenceRepair {
 pub(super) struct ReferenceCheck {
     present: HashSet<u128>,
     wanted: HashSet<u128>,
-    missing: Vec<String>,
+    missing: Vec<(String, Bytes)>,
     dry_run: bool,
     added: usize,
 }
@@ -57,6 +57,12 @@ fn entries(name: &RepositoryName, d: &Digest, refs: &[Digest]) -> Vec<String> {
         .collect()
 }
 
+/// The entries of `entries`, each with the body that names its revision.
+fn with_bodies(keys: Vec<String>, name: &RepositoryName, d: &Digest) -> Vec<(String, Bytes)> {
+    let body = Bytes::from(layout::reference_body(name, d));
+    keys.into_iter().map(|k| (k, body.clone())).collect()
+}
+
 impl Registry {
     /// Writes the entries of revision `d` of `name`, which refers to `refs` (itself among them).
     pub(super) async fn add_references(
@@ -65,7 +71,8 @@ impl Registry {
         d: &Digest,
         refs: &[Digest],
     ) -> Result<()> {
-        self.put_empty_all(entries(name, d, refs)).await
+        self.put_all(with_bodies(entries(name, d, refs), name, d))
+            .await
     }
 
     /// Removes the entries of a revision whose link was just removed, and marks what it
@@ -90,20 +97,18 @@ impl Registry {
 
     /// Marks blobs for the next incremental collection to look at.
     pub(super) async fn mark_candidates(&self, blobs: &[Digest]) -> Result<()> {
-        self.put_empty_all(blobs.iter().map(layout::gc_candidate).collect())
-            .await
+        let keys = blobs
+            .iter()
+            .map(|b| (layout::gc_candidate(b), Bytes::new()));
+        self.put_all(keys.collect()).await
     }
 
-    async fn put_empty_all(&self, keys: Vec<String>) -> Result<()> {
+    async fn put_all(&self, objects: Vec<(String, Bytes)>) -> Result<()> {
         let store = self.store.clone();
-        stream::iter(keys)
-            .map(move |key| {
+        stream::iter(objects)
+            .map(move |(key, body)| {
                 let store = store.clone();
-                async move {
-                    store
-                        .put_bytes(&key, Bytes::new(), PutCondition::Overwrite)
-                        .await
-                }
+                async move { store.put_bytes(&key, body, PutCondition::Overwrite).await }
             })
             .buffer_unordered(16)
             .try_collect::<Vec<_>>()
@@ -160,11 +165,11 @@ impl Registry {
         d: &Digest,
         refs: &[Digest],
     ) -> Result<()> {
-        for key in entries(name, d, refs) {
+        for (key, body) in with_bodies(entries(name, d, refs), name, d) {
             let h = entry_hash(&key);
             if check.wanted.insert(h) && !check.present.contains(&h) {
                 check.added += 1;
-                check.missing.push(key);
+                check.missing.push((key, body));
             }
         }
         if check.missing.len() >= 1000 {
@@ -176,7 +181,7 @@ impl Registry {
     async fn write_missing(&self, check: &mut ReferenceCheck) -> Result<()> {
         let missing = std::mem::take(&mut check.missing);
         if !check.dry_run {
-            self.put_empty_all(missing).await?;
+            self.put_all(missing).await?;
         }
         Ok(())
     }
@@ -203,13 +208,13 @@ impl Registry {
             }
         }
         for key in unwanted {
-            let Some((_, name, revision)) = layout::parse_reference_entry(&key) else {
-                continue;
-            };
-            let info = match self.store.stat(&key).await {
-                Ok(i) => i,
+            let (body, info) = match self.store.read_small(&key).await {
+                Ok(read) => read,
                 Err(StorageError::NotFound(_)) => continue,
                 Err(e) => return Err(e.into()),
+            };
+            let Some((name, revision)) = layout::parse_reference_body(&body) else {
+                continue;
             };
             if info.last_modified.is_none_or(|t| t >= cutoff)
                 || self
