@@ -76,6 +76,10 @@ impl Registry {
                 .exists(&layout::manifest_revision_link(name, &digest))
                 .await?
         {
+            // Unless the first push failed after its tags were written and before the
+            // listing indexes took them: a retry is what puts them there.
+            let tagged = try_join_all(all_tags.iter().map(|t| self.index_tag(name, t)));
+            futures::try_join!(tagged, self.add_to_catalog(name))?;
             return Ok(PutManifestOutcome {
                 subject: manifest.subject.as_ref().map(|s| s.digest.clone()),
                 digest,
@@ -122,10 +126,7 @@ impl Registry {
         // Whether the revision was there before: a refused push leaves it as it found it.
         let revision_key = layout::manifest_revision_link(name, &digest);
         // Its reference entries before its revision link (see `references`).
-        let references: Vec<Digest> = super::gc::references_of(manifest.clone())
-            .into_iter()
-            .chain(std::iter::once(digest.clone()))
-            .collect();
+        let references = super::references::with_itself(Some(manifest.clone()), &digest);
         let (_, (), had_revision, ()) = futures::try_join!(
             try_join_all(checks),
             self.touch(&relied_on),
@@ -266,10 +267,7 @@ impl Registry {
                 .put_bytes(&blob_key, body.clone(), PutCondition::Overwrite)
                 .await?;
         }
-        let mut references = Manifest::parse(&body, None)
-            .map(super::gc::references_of)
-            .unwrap_or_default();
-        references.push(digest.clone());
+        let references = super::references::with_itself(Manifest::parse(&body, None).ok(), digest);
         self.add_references(name, digest, &references).await?;
         self.write_link(&layout::manifest_revision_link(name, digest), digest)
             .await?;
@@ -481,8 +479,7 @@ impl Registry {
         self.store
             .delete(&layout::manifest_revision_link(name, d))
             .await?;
-        let mut references = parsed.map(super::gc::references_of).unwrap_or_default();
-        references.push(d.clone());
+        let references = super::references::with_itself(parsed, d);
         self.drop_references(name, d, &references).await?;
         self.release_quota(name, d).await;
         Ok(())

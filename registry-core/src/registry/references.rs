@@ -31,6 +31,14 @@ pub struct ReferenceRepair {
     pub removed: usize,
 }
 
+/// What revision `d`, whose manifest is `manifest` (`None`: unreadable), refers to, itself
+/// included: the blobs its reference entries name.
+pub(super) fn with_itself(manifest: Option<crate::manifest::Manifest>, d: &Digest) -> Vec<Digest> {
+    let mut refs = manifest.map(super::gc::references_of).unwrap_or_default();
+    refs.push(d.clone());
+    refs
+}
+
 /// A verifying full run's check of the index. Entries are held as 128-bit hashes of their keys
 /// (about a fifth of the memory of the keys: 1,100,000 entries at 100,000 repositories), the
 /// index is listed before the mark and again after it.
@@ -119,9 +127,7 @@ impl Registry {
     /// What revision `d` refers to, itself included (its manifest's references when its bytes
     /// are stored and parse).
     pub(super) async fn revision_references(&self, d: &Digest) -> Result<Vec<Digest>> {
-        let mut refs = self.references(d).await?;
-        refs.push(d.clone());
-        Ok(refs)
+        Ok(with_itself(self.stored_manifest(d).await?, d))
     }
 
     /// Whether any revision refers to blob `d`: one listing.
