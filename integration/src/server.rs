@@ -171,6 +171,18 @@ pub fn berth_command(config: &Path, args: &[&str]) -> std::process::Output {
         .expect("cannot run berth")
 }
 
+/// The digests a `berth gc` JSON report swept (or, dry, would sweep), sorted.
+pub fn swept_digests(report: &serde_json::Value) -> Vec<String> {
+    let mut swept: Vec<String> = report["swept"]
+        .as_array()
+        .expect("a gc report lists what it swept")
+        .iter()
+        .filter_map(|d| d.as_str().map(str::to_owned))
+        .collect();
+    swept.sort();
+    swept
+}
+
 /// Creates a robot token `name` with `access` through `berth token create`; the token.
 pub fn create_robot_token(config: &Path, name: &str, access: &str) -> String {
     let out = berth_command(

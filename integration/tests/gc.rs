@@ -154,13 +154,7 @@ fn pushes_during_collections_lose_nothing() {
 /// The swept digests of a `berth gc` report, sorted, and its mode.
 fn swept(out: &str) -> (Vec<String>, String) {
     let report: serde_json::Value = serde_json::from_str(out).unwrap();
-    let mut swept: Vec<String> = report["swept"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|d| d.as_str().unwrap().to_owned())
-        .collect();
-    swept.sort();
+    let swept = integration::server::swept_digests(&report);
     (swept, report["mode"].as_str().unwrap().to_owned())
 }
 

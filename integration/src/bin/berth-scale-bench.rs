@@ -174,17 +174,10 @@ fn berth_gc(cfg: &Path, args: &[&str]) -> GcRun {
                 .ok()
         })
         .expect("berth gc prints its store operations");
-    let mut swept: Vec<String> = report["swept"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|d| d.as_str().unwrap().to_owned())
-        .collect();
-    swept.sort();
     GcRun {
         secs,
         operations,
-        swept,
+        swept: integration::server::swept_digests(&report),
         mode: report["mode"].as_str().unwrap_or_default().to_owned(),
     }
 }
