@@ -40,6 +40,9 @@ pub struct Faults {
     pub hang: Option<(f64, Duration)>,
     /// Every request is 503 until then.
     pub outage_until: Option<Instant>,
+    /// CopyObject of a source larger than this is refused as S3 refuses one above 5 GiB (the
+    /// proxy asks the store for the source's size; moto answers unsigned requests).
+    pub copy_object_limit: Option<u64>,
 }
 
 impl Faults {
@@ -66,7 +69,8 @@ pub struct Counts {
     pub presigned: AtomicU64,
     /// Requests answered with a fault (or left hanging first).
     pub faulted: AtomicU64,
-    /// `METHOD /path?query` of every request passed to the store, in order.
+    /// `METHOD /path?query` of every request passed to the store, in order; a server-side copy
+    /// is followed by ` copy-of /SOURCE` (its `x-amz-copy-source`), and ` range=A-B` for a part.
     pub seen: Mutex<Vec<String>>,
 }
 
@@ -284,6 +288,22 @@ async fn handle(
         }
         Plan::Pass | Plan::PassThenFail | Plan::PassThenReset => {}
     }
+    let copy_source = parts
+        .headers
+        .get("x-amz-copy-source")
+        .and_then(|v| v.to_str().ok())
+        .map(|s| format!("/{}", s.trim_start_matches('/')));
+    if let (Some(limit), Some(source)) = (f.copy_object_limit, &copy_source)
+        && !path.contains("partNumber=")
+        && source_size(&client, &upstream, source).await > Some(limit)
+    {
+        counts.faulted.fetch_add(1, Ordering::SeqCst);
+        let mut resp = Response::new(Full::new(Bytes::from(format!(
+            "<?xml version=\"1.0\" encoding=\"UTF-8\"?><Error><Code>InvalidRequest</Code><Message>The specified copy source is larger than the maximum allowable size for a copy source: {limit}</Message></Error>"
+        ))));
+        *resp.status_mut() = StatusCode::BAD_REQUEST;
+        return Ok(resp);
+    }
     let mut forward = Request::builder()
         .method(parts.method.clone())
         .uri(format!("{upstream}{path}"));
@@ -298,11 +318,14 @@ async fn handle(
         Err(_) => return Ok(error_body(StatusCode::BAD_GATEWAY)),
     };
     counts.passed.fetch_add(1, Ordering::SeqCst);
-    counts
-        .seen
-        .lock()
-        .unwrap()
-        .push(format!("{} {path}", parts.method));
+    let mut seen = format!("{} {path}", parts.method);
+    if let Some(source) = &copy_source {
+        seen.push_str(&format!(" copy-of {source}"));
+        if let Some(r) = parts.headers.get("x-amz-copy-source-range") {
+            seen.push_str(&format!(" range={}", r.to_str().unwrap_or("?").trim_start_matches("bytes=")));
+        }
+    }
+    counts.seen.lock().unwrap().push(seen);
     if presigned {
         counts.presigned.fetch_add(1, Ordering::SeqCst);
     }
@@ -322,4 +345,24 @@ async fn handle(
         }
         _ => Ok(Response::from_parts(rparts, Full::new(rbody))),
     }
+}
+
+/// The size of the object at `source` (`/bucket/key`), asked of the store with an unsigned HEAD.
+async fn source_size(
+    client: &Client<HttpConnector, Full<Bytes>>,
+    upstream: &str,
+    source: &str,
+) -> Option<u64> {
+    let head = Request::builder()
+        .method("HEAD")
+        .uri(format!("{upstream}{source}"))
+        .body(Full::new(Bytes::new()))
+        .ok()?;
+    let resp = client.request(head).await.ok()?;
+    resp.headers()
+        .get("content-length")?
+        .to_str()
+        .ok()?
+        .parse()
+        .ok()
 }

@@ -115,9 +115,13 @@ async fn s3_upload_part_copy_for_large_objects() {
     let moto = Moto::start();
     moto.create_bucket("bigcopy");
     // Through a proxy that lists the requests, to see which copy was made.
+    // A store that refuses CopyObject above 8 MiB stands in for S3's 5 GiB limit.
     let proxy = integration::fault_proxy::FaultProxy::start(
         &moto.endpoint,
-        integration::fault_proxy::Faults::default(),
+        integration::fault_proxy::Faults {
+            copy_object_limit: Some(8 << 20),
+            ..Default::default()
+        },
     );
     let mut o = s3_options(&proxy.endpoint, MOTO_KEYS, "bigcopy");
     o.copy_threshold = 1 << 20;
@@ -141,6 +145,11 @@ async fn s3_upload_part_copy_for_large_objects() {
     assert_eq!(copies.len(), 3, "12 MiB in 5 MiB parts: {copies:?}");
     let (got, _) = d.read_small("big/dst").await.unwrap();
     assert!(got.as_ref() == data.as_slice(), "copied object differs");
+    // The stand-in limit holds: one CopyObject of the same object is refused.
+    assert!(
+        d.copy("big/src", "big/whole").await.is_err(),
+        "the store took a CopyObject above its limit"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

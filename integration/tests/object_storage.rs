@@ -476,3 +476,76 @@ async fn the_purge_aborts_multipart_uploads_no_session_names() {
         tokio::time::sleep(std::time::Duration::from_millis(300)).await;
     }
 }
+
+/// Server-side copies the store was asked for since its `from`-th request, as
+/// (destination request, whole-object copy?) pairs.
+fn copies(proxy: &integration::fault_proxy::FaultProxy, from: usize) -> Vec<(String, bool)> {
+    proxy
+        .requests_since(from)
+        .into_iter()
+        .filter(|r| r.contains(" copy-of "))
+        .map(|r| {
+            let whole = !r.contains("partNumber=");
+            (r, whole)
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn blobs_above_the_copy_threshold_are_moved_part_by_part() {
+    use integration::fault_proxy::{FaultProxy, Faults};
+    let moto = Moto::start();
+    moto.create_bucket("bigcopy");
+    // A store whose CopyObject refuses sources above 8 MiB, as S3 refuses them above 5 GiB.
+    let proxy = FaultProxy::start(
+        &moto.endpoint,
+        Faults {
+            copy_object_limit: Some(8 << 20),
+            ..Faults::default()
+        },
+    );
+    let storage = moto
+        .storage_yaml("bigcopy")
+        .replace(&moto.endpoint, &proxy.endpoint)
+        + "    chunksize: 5242880\n    multipartcopythresholdsize: 8388608\n    multipartcopychunksize: 5242880\n";
+    let berth = berth_on(&storage, "");
+    let api = Api::new(&berth.url);
+    // Chunked (a multipart write completed, then moved), monolithic (one staged object, then
+    // moved) and one below the threshold (one CopyObject is right there).
+    let big = bytes::Bytes::from(random_bytes(24, (20 << 20) + 3));
+    let before = proxy.requests_since(0).len();
+    let chunked = api.chunked_push(&[], "big/copy", &big, 6 << 20).await;
+    let chunked_copies = copies(&proxy, before);
+    let before = proxy.requests_since(0).len();
+    let other = bytes::Bytes::from(random_bytes(25, (12 << 20) + 1));
+    let monolithic = api.push_blob("big/copy", &other).await;
+    let monolithic_copies = copies(&proxy, before);
+    let before = proxy.requests_since(0).len();
+    let small = random_bytes(26, 7 << 20);
+    let small_digest = api.push_blob("big/copy", &small).await;
+    let small_copies = copies(&proxy, before);
+    for (what, found) in [("chunked", &chunked_copies), ("monolithic", &monolithic_copies)] {
+        let to_blob: Vec<_> = found.iter().filter(|(r, _)| r.contains("/blobs/")).collect();
+        assert!(
+            to_blob.iter().all(|(_, whole)| !whole),
+            "{what}: a CopyObject above the threshold: {found:#?}"
+        );
+        assert!(
+            to_blob.len() >= 3,
+            "{what}: 12-20 MiB in 5 MiB copied parts: {found:#?}"
+        );
+    }
+    assert!(
+        small_copies
+            .iter()
+            .filter(|(r, _)| r.contains("/blobs/"))
+            .all(|(_, whole)| *whole),
+        "below the threshold, one CopyObject: {small_copies:#?}"
+    );
+    assert_eq!(sha256(&fetch(&api, "big/copy", &chunked).await), chunked);
+    assert_eq!(sha256(&fetch(&api, "big/copy", &monolithic).await), monolithic);
+    assert_eq!(
+        sha256(&fetch(&api, "big/copy", &small_digest).await),
+        small_digest
+    );
+}
