@@ -107,6 +107,25 @@ impl Moto {
     pub fn storage_yaml(&self, bucket: &str) -> String {
         s3_storage_yaml(&self.endpoint, bucket, "test", "test")
     }
+
+    /// An S3 driver on `bucket` under the root `storage_yaml` names, to write into the store
+    /// beside a Berth (what a crash left behind, or another process).
+    pub fn driver(&self, bucket: &str) -> storage_drivers::object_store_driver::ObjectStoreDriver {
+        // Both TLS providers are linked into the tests: pick one, as berth's main does.
+        let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+        storage_drivers::s3::s3_driver(&storage_drivers::s3::S3Options {
+            bucket: bucket.into(),
+            region: Some("us-east-1".into()),
+            endpoint: Some(self.endpoint.clone()),
+            access_key: Some("test".into()),
+            secret_key: Some("test".into()),
+            force_path_style: true,
+            root: "registry".into(),
+            part_size: 5 << 20,
+            ..Default::default()
+        })
+        .unwrap()
+    }
 }
 
 impl Drop for Moto {
@@ -292,6 +311,11 @@ impl GcsEmulator {
         );
         assert_eq!(status, 200, "emulator refused to create bucket {bucket}");
     }
+
+    /// The `berth` section a Berth on the emulator needs: the emulator ignores
+    /// `ifGenerationMatch` (real GCS honours it), which the startup probe finds, so Berth runs
+    /// there in single-writer mode.
+    pub const BERTH_YAML: &str = "berth:\n  storage:\n    singlewriter: true\n";
 
     /// A `storage.gcs` config section for this server (the key is written to `dir`).
     pub fn storage_yaml(&self, bucket: &str, dir: &std::path::Path) -> String {

@@ -43,6 +43,11 @@ pub struct Faults {
     /// CopyObject of a source larger than this is refused as S3 refuses one above 5 GiB (the
     /// proxy asks the store for the source's size; moto answers unsigned requests).
     pub copy_object_limit: Option<u64>,
+    /// `If-Match` and `If-None-Match` are dropped before the store sees them: the store then
+    /// behaves as one that takes them and ignores them (Garage, older MinIO and Ceph RGW).
+    pub ignore_conditions: bool,
+    /// GETs of presigned URLs are answered 403, as a store that does not accept the signature.
+    pub refuse_presigned: bool,
 }
 
 impl Faults {
@@ -223,11 +228,16 @@ async fn handle(
     let presigned = ["X-Amz-Signature=", "X-Goog-Signature=", "sig="]
         .iter()
         .any(|s| path.contains(s));
-    let f = if presigned {
-        Faults::default()
-    } else {
-        faults.lock().unwrap().clone()
-    };
+    let f = faults.lock().unwrap().clone();
+    if presigned && f.refuse_presigned {
+        counts.faulted.fetch_add(1, Ordering::SeqCst);
+        let mut resp = Response::new(Full::new(Bytes::from_static(
+            b"<?xml version=\"1.0\" encoding=\"UTF-8\"?><Error><Code>SignatureDoesNotMatch</Code><Message>injected</Message></Error>",
+        )));
+        *resp.status_mut() = StatusCode::FORBIDDEN;
+        return Ok(resp);
+    }
+    let f = if presigned { Faults::default() } else { f };
     let body = match body.collect().await {
         Ok(b) => b.to_bytes(),
         Err(_) => return Err(Dropped),
@@ -308,6 +318,9 @@ async fn handle(
         .method(parts.method.clone())
         .uri(format!("{upstream}{path}"));
     for (k, v) in &parts.headers {
+        if f.ignore_conditions && (k == "if-match" || k == "if-none-match") {
+            continue;
+        }
         forward = forward.header(k, v);
     }
     let Ok(forward) = forward.body(Full::new(body)) else {
@@ -322,7 +335,10 @@ async fn handle(
     if let Some(source) = &copy_source {
         seen.push_str(&format!(" copy-of {source}"));
         if let Some(r) = parts.headers.get("x-amz-copy-source-range") {
-            seen.push_str(&format!(" range={}", r.to_str().unwrap_or("?").trim_start_matches("bytes=")));
+            seen.push_str(&format!(
+                " range={}",
+                r.to_str().unwrap_or("?").trim_start_matches("bytes=")
+            ));
         }
     }
     counts.seen.lock().unwrap().push(seen);

@@ -139,6 +139,14 @@ impl Berth {
         self.child.id()
     }
 
+    /// Stops the process as Kubernetes does (SIGTERM) and waits for it to end.
+    pub fn stop(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let _ = self.child.wait();
+    }
+
     /// Kills the process at once (SIGKILL).
     pub fn kill(&mut self) {
         let _ = self.child.kill();

@@ -15,8 +15,9 @@ use sha2::Digest as _;
 fn berth_on(emu: &GcsEmulator, bucket: &str, dir: &std::path::Path) -> Berth {
     Berth::with_config(
         &format!(
-            "version: 0.1\nstorage:\n  {}",
-            emu.storage_yaml(bucket, dir)
+            "version: 0.1\nstorage:\n  {}{}",
+            emu.storage_yaml(bucket, dir),
+            GcsEmulator::BERTH_YAML
         ),
         &[],
     )

@@ -140,6 +140,11 @@ fn wrong_values_fail_at_install_with_a_clear_message() {
             json!({"replicaCount": 3, "persistence": {"enabled": true}}),
             "ReadWriteMany",
         ),
+        (json!({"singleWriter": true}), "replicaCount=1"),
+        (
+            json!({"singleWriter": true, "replicaCount": 1, "autoscaling": {"enabled": true}}),
+            "autoscaling.enabled=false",
+        ),
     ];
     for (values, expect) in cases {
         let err = render(&values).expect_err(&format!("{values} was accepted"));
@@ -148,6 +153,29 @@ fn wrong_values_fail_at_install_with_a_clear_message() {
             "{values}: message does not name {expect}: {err}"
         );
     }
+}
+
+/// A store that ignores conditional writes: one replica, replaced with Recreate, and the
+/// switch in Berth's configuration.
+#[test]
+fn single_writer_mode_is_one_replica_replaced_whole() {
+    let objects = render(
+        &json!({"storage": "s3", "s3": {"bucket": "images", "regionEndpoint": "http://garage:3900"},
+        "singleWriter": true, "replicaCount": 1}),
+    )
+    .unwrap();
+    let deployment = find(&objects, "Deployment");
+    assert_eq!(deployment["spec"]["replicas"], 1);
+    assert_eq!(deployment["spec"]["strategy"]["type"], "Recreate");
+    let config = find(&objects, "ConfigMap")["data"]["config.yml"]
+        .as_str()
+        .unwrap();
+    assert!(
+        config.contains("storage:\n    singlewriter: true"),
+        "{config}"
+    );
+    let usual = render(&json!({})).unwrap();
+    assert!(find(&usual, "Deployment")["spec"]["strategy"].is_null());
 }
 
 #[test]

@@ -424,18 +424,7 @@ async fn the_purge_aborts_multipart_uploads_no_session_names() {
     moto.create_bucket("purge");
     // Left by a crash: a multipart upload no state names, and a session with data but no
     // state (a monolithic push that never finished).
-    let driver = storage_drivers::s3::s3_driver(&storage_drivers::s3::S3Options {
-        bucket: "purge".into(),
-        region: Some("us-east-1".into()),
-        endpoint: Some(moto.endpoint.clone()),
-        access_key: Some("test".into()),
-        secret_key: Some("test".into()),
-        force_path_style: true,
-        root: "registry".into(),
-        part_size: 5 << 20,
-        ..Default::default()
-    })
-    .unwrap();
+    let driver = moto.driver("purge");
     use registry_core::storage::{PutCondition, StorageDriver};
     let orphan = "docker/registry/v2/repositories/team/app/_uploads/7c9e6679-7425-40de-944b-e07fc1f90ae7/data";
     driver.create_multipart(orphan).await.unwrap();
@@ -524,8 +513,14 @@ async fn blobs_above_the_copy_threshold_are_moved_part_by_part() {
     let small = random_bytes(26, 7 << 20);
     let small_digest = api.push_blob("big/copy", &small).await;
     let small_copies = copies(&proxy, before);
-    for (what, found) in [("chunked", &chunked_copies), ("monolithic", &monolithic_copies)] {
-        let to_blob: Vec<_> = found.iter().filter(|(r, _)| r.contains("/blobs/")).collect();
+    for (what, found) in [
+        ("chunked", &chunked_copies),
+        ("monolithic", &monolithic_copies),
+    ] {
+        let to_blob: Vec<_> = found
+            .iter()
+            .filter(|(r, _)| r.contains("/blobs/"))
+            .collect();
         assert!(
             to_blob.iter().all(|(_, whole)| !whole),
             "{what}: a CopyObject above the threshold: {found:#?}"
@@ -543,7 +538,10 @@ async fn blobs_above_the_copy_threshold_are_moved_part_by_part() {
         "below the threshold, one CopyObject: {small_copies:#?}"
     );
     assert_eq!(sha256(&fetch(&api, "big/copy", &chunked).await), chunked);
-    assert_eq!(sha256(&fetch(&api, "big/copy", &monolithic).await), monolithic);
+    assert_eq!(
+        sha256(&fetch(&api, "big/copy", &monolithic).await),
+        monolithic
+    );
     assert_eq!(
         sha256(&fetch(&api, "big/copy", &small_digest).await),
         small_digest

@@ -72,7 +72,12 @@ fn round_trips(berth: &Berth, work: &Path, rounds: usize) -> Vec<String> {
 fn survive(store: &str, storage_yaml: &str, origin: &str, proxy: &FaultProxy) {
     let work = tempfile::tempdir().unwrap();
     let yaml = storage_yaml.replace(origin, &proxy.endpoint);
-    let berth = Berth::with_config(&format!("storage:\n  {yaml}"), &[]);
+    let berth_yaml = if store.starts_with("GCS") {
+        integration::emulators::GcsEmulator::BERTH_YAML
+    } else {
+        ""
+    };
+    let berth = Berth::with_config(&format!("storage:\n  {yaml}{berth_yaml}"), &[]);
     let n = rounds();
     let failures = round_trips(&berth, work.path(), n);
     eprintln!(

@@ -352,6 +352,16 @@ pub fn parse_link(body: &[u8]) -> Option<Digest> {
     std::str::from_utf8(body).ok()?.trim().parse().ok()
 }
 
+/// A scratch object the startup probe of the store's guarantees writes and removes.
+pub fn store_probe(instance: &str) -> String {
+    format!("{ROOT}/berth/probe/{instance}")
+}
+
+/// Where a Berth in single-writer mode says it is alive, so that a second one is noticed.
+pub fn single_writer_heartbeat() -> String {
+    format!("{ROOT}/berth/single-writer")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

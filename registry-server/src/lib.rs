@@ -13,5 +13,6 @@ pub mod notify;
 pub mod observe;
 pub mod replication;
 pub mod serve;
+pub mod store_mode;
 pub mod ui;
 pub mod upstream;

@@ -12,6 +12,7 @@ use std::process::ExitCode;
 use clap::{Args, Parser, Subcommand};
 use registry_core::registry::gc as registry_core_gc;
 use registry_server::config::{self, Settings, Source};
+use registry_server::store_mode::Role;
 use tracing_subscriber::EnvFilter;
 
 /// Berth: an OCI distribution registry.
@@ -330,7 +331,7 @@ fn main() -> ExitCode {
 
 /// `berth replicate --once`.
 async fn replicate(settings: Settings, args: ReplicateArgs) -> ExitCode {
-    let app = match registry_server::serve::app(settings) {
+    let app = match registry_server::serve::app(settings, Role::Command).await {
         Ok(a) => a,
         Err(e) => {
             eprintln!("berth: {e}");
@@ -409,7 +410,7 @@ async fn replicate(settings: Settings, args: ReplicateArgs) -> ExitCode {
 
 /// `berth usage`.
 async fn usage(settings: Settings, rebuild: bool) -> ExitCode {
-    let app = match registry_server::serve::app(settings) {
+    let app = match registry_server::serve::app(settings, Role::Command).await {
         Ok(a) => a,
         Err(e) => {
             eprintln!("berth: {e}");
@@ -445,7 +446,7 @@ async fn usage(settings: Settings, rebuild: bool) -> ExitCode {
 async fn index(settings: Settings, action: IndexCommand) -> ExitCode {
     use futures::{StreamExt, TryStreamExt};
     let IndexCommand::Rebuild { repository } = action;
-    let app = match registry_server::serve::app(settings) {
+    let app = match registry_server::serve::app(settings, Role::Command).await {
         Ok(a) => a,
         Err(e) => {
             eprintln!("berth: {e}");
@@ -555,8 +556,9 @@ fn policy(settings: &Settings, action: PolicyCommand) -> ExitCode {
 /// `berth token`: robot tokens in the configured store.
 async fn token(settings: Settings, action: TokenCommand) -> ExitCode {
     use registry_server::auth::robots::{RobotAccess, RobotTokens};
-    let store = match registry_server::backend::build(&settings.storage, settings.retry) {
-        Ok(s) => s,
+    let mut settings = settings;
+    let store = match registry_server::store_mode::open(&mut settings, Role::Command).await {
+        Ok((s, _)) => s,
         Err(e) => {
             eprintln!("berth: {e}");
             return ExitCode::from(2);
@@ -700,7 +702,7 @@ fn run_gc(
     settings: Settings,
     options: registry_core_gc::GcOptions,
 ) -> ExitCode {
-    let app = match runtime.block_on(async { registry_server::serve::app(settings) }) {
+    let app = match runtime.block_on(registry_server::serve::app(settings, Role::Command)) {
         Ok(a) => a,
         Err(e) => {
             eprintln!("berth: {e}");

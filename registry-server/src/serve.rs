@@ -5,20 +5,30 @@ use std::sync::Arc;
 use registry_core::{Registry, RegistrySettings};
 
 use crate::api::{App, router};
-use crate::backend;
 use crate::config::{ConfigError, Settings};
 
 /// Connections the debug address (metrics and probes) takes at once.
 const DEBUG_CONNECTIONS: usize = 64;
 
-/// Builds the application for `settings`.
-pub fn app(settings: Settings) -> Result<Arc<App>, ConfigError> {
+/// Builds the application for `settings`, after probing what its store honours
+/// (`store_mode`): a store that cannot arbitrate writers stops it here unless accepted.
+pub async fn app(
+    mut settings: Settings,
+    role: crate::store_mode::Role,
+) -> Result<Arc<App>, StartupError> {
+    let (store, status) = crate::store_mode::open(&mut settings, role).await?;
+    Ok(app_on(settings, store, status)?)
+}
+
+/// Builds the application for `settings` on a store already opened.
+pub fn app_on(
+    settings: Settings,
+    store: Arc<dyn registry_core::StorageDriver>,
+    status: Arc<crate::store_mode::StoreStatus>,
+) -> Result<Arc<App>, ConfigError> {
     let metrics = Arc::new(crate::observe::Metrics::default());
     let store: Arc<dyn registry_core::StorageDriver> = Arc::new(
-        crate::observe::instrumented_driver::InstrumentedDriver::new(
-            backend::build(&settings.storage, settings.retry)?,
-            metrics.clone(),
-        ),
+        crate::observe::instrumented_driver::InstrumentedDriver::new(store, metrics.clone()),
     );
     // Robot tokens are kept in the store; the authorizer learns of it here.
     let _ = settings
@@ -55,6 +65,7 @@ pub fn app(settings: Settings) -> Result<Arc<App>, ConfigError> {
         metrics,
         notifier,
         replication,
+        store: status,
     }))
 }
 
@@ -70,7 +81,13 @@ pub async fn run(settings: Settings) -> Result<(), StartupError> {
         ),
     };
     let connections = settings.connections.clone();
-    let app = app(settings)?;
+    let app = app(settings, crate::store_mode::Role::Server).await?;
+    if app.store.mode == crate::store_mode::StoreMode::SingleWriter {
+        tokio::spawn(crate::store_mode::keep_beating(
+            app.registry.store().clone(),
+            app.store.clone(),
+        ));
+    }
     if let Some(g) = app.settings.gc.clone() {
         tokio::spawn(crate::gc::schedule(app.clone(), g));
     }
@@ -130,6 +147,7 @@ pub async fn run(settings: Settings) -> Result<(), StartupError> {
     } else {
         axum::Router::new()
     };
+    let (store, status) = (app.registry.store().clone(), app.store.clone());
     crate::connections::serve(
         listener,
         tls,
@@ -139,6 +157,7 @@ pub async fn run(settings: Settings) -> Result<(), StartupError> {
         shutdown_signal(),
     )
     .await;
+    crate::store_mode::release(store.as_ref(), &status).await;
     Ok(())
 }
 

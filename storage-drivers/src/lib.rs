@@ -15,6 +15,7 @@ mod percent;
 pub mod resilient;
 #[cfg(feature = "s3")]
 pub mod s3;
+pub mod single_writer;
 
 pub use local::LocalDriver;
 pub use memory::memory_driver;

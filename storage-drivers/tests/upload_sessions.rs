@@ -491,3 +491,17 @@ async fn local_disk() {
     })
     .await;
 }
+
+/// A store that ignores conditional writes (as Garage does), in single-writer mode: racing
+/// appends in one process still cannot both win.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn single_writer_over_a_store_ignoring_conditions() {
+    use storage_drivers::single_writer::SingleWriter;
+    all(|| {
+        let ignoring = common::Interposed::over(Arc::new(memory_driver(1 << 20)))
+            .slow_reads(|_| true)
+            .ignoring_conditions();
+        Arc::new(SingleWriter::new(Arc::new(ignoring)))
+    })
+    .await;
+}

@@ -81,6 +81,7 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
 {{- $ui := dict "enabled" .Values.ui.enabled -}}
 {{- if .Values.ui.oidc -}}{{- $_ := set $ui "oidc" .Values.ui.oidc -}}{{- end -}}
 {{- $_ := set $berth "ui" $ui -}}
+{{- if .Values.singleWriter -}}{{- $_ := set $berth "storage" (dict "singlewriter" true) -}}{{- end -}}
 {{- $_ := set $config "berth" $berth -}}
 {{- toYaml (mustMergeOverwrite $config .Values.configData) -}}
 {{- end -}}

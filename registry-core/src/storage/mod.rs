@@ -352,4 +352,5 @@ pub trait StorageDriver: Send + Sync + Debug + 'static {
     async fn settle(&self) {}
 }
 
+pub mod guarantees;
 pub mod suite;

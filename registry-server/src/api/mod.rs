@@ -41,6 +41,8 @@ pub struct App {
     pub notifier: crate::notify::Notifier,
     /// Push mirroring to downstream registries, when configured.
     pub replication: Option<Arc<crate::replication::Replication>>,
+    /// How this process writes the store, and what the store was found to honour.
+    pub store: Arc<crate::store_mode::StoreStatus>,
 }
 
 /// Builds the router serving the whole API, and `pages` (the web UI) beside it under the
@@ -266,6 +268,7 @@ async fn metrics(State(app): State<Arc<App>>) -> Response {
     if let Some(r) = &app.replication {
         r.render_metrics(&mut text);
     }
+    app.store.render_metrics(&mut text);
     // Asked at each scrape, as readyz asks: an alert on it sees what the probes see.
     let ready = tokio::time::timeout(std::time::Duration::from_secs(2), store_ready(&app))
         .await
@@ -296,10 +299,21 @@ async fn store_ready(app: &App) -> bool {
     }
 }
 
-/// Ready when the store answers.
+/// Ready when the store answers and no other process writes a store only one may write; the
+/// body names the store mode.
 async fn readyz(State(app): State<Arc<App>>) -> Response {
-    if store_ready(&app).await {
-        (StatusCode::OK, "ready").into_response()
+    if app.store.other_writer() {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "another Berth writes this store (single-writer mode): stop all but one",
+        )
+            .into_response()
+    } else if store_ready(&app).await {
+        (
+            StatusCode::OK,
+            format!("ready (store: {})", app.store.mode.name()),
+        )
+            .into_response()
     } else {
         (StatusCode::SERVICE_UNAVAILABLE, "storage unreachable").into_response()
     }

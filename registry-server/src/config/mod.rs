@@ -564,6 +564,9 @@ pub struct BerthStorageConfig {
     /// How long a replica answers a manifest GET by tag from what the tag named before,
     /// without asking the store (default 0s: off).
     pub tagcachettl: Option<String>,
+    /// Run on a store that ignores conditional writes, as its only writer (default false:
+    /// such a store stops Berth at startup).
+    pub singlewriter: Option<bool>,
 }
 
 /// `berth.logins`: how failed password logins are slowed down.
@@ -775,6 +778,8 @@ pub struct Settings {
     pub connections: crate::connections::ConnectionSettings,
     /// How object-store requests are retried.
     pub retry: storage_drivers::resilient::RetryPolicy,
+    /// `berth.storage.singlewriter`: accept a store that ignores conditional writes.
+    pub single_writer: bool,
     /// Log level filter.
     pub log_level: String,
     /// Emit JSON logs.
@@ -1183,6 +1188,7 @@ fn validate(config: Config, warnings: &mut Vec<String>) -> Result<Settings, Conf
     Ok(Settings {
         connections,
         retry,
+        single_writer: berth_storage.and_then(|s| s.singlewriter).unwrap_or(false),
         tls,
         addr: parse_addr(config.http.addr.as_deref().unwrap_or(":5000"))?,
         debug: debug_settings(config.http.debug.as_ref())?,

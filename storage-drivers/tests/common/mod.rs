@@ -36,6 +36,8 @@ pub struct Interposed {
     /// Matches the keys whose small reads answer only after a millisecond (so that writers
     /// racing on them interleave).
     pub slow_reads: Arc<dyn Fn(&str) -> bool + Send + Sync>,
+    /// Takes every conditional put as a plain overwrite, as Garage does.
+    pub ignores_conditions: bool,
 }
 
 impl Interposed {
@@ -48,7 +50,14 @@ impl Interposed {
             failing: Arc::new(|_| false),
             failing_stats: Arc::new(|_| false),
             slow_reads: Arc::new(|_| false),
+            ignores_conditions: false,
         }
+    }
+
+    /// Takes conditional puts and ignores their conditions, as some S3-compatible stores do.
+    pub fn ignoring_conditions(mut self) -> Interposed {
+        self.ignores_conditions = true;
+        self
     }
 
     /// Delays every small read of a key `slow` matches by a millisecond.
@@ -139,6 +148,11 @@ impl StorageDriver for Interposed {
         if (self.failing)(key) {
             return Err(StorageError::Backend(format!("{key}: failing on purpose")));
         }
+        let condition = if self.ignores_conditions {
+            PutCondition::Overwrite
+        } else {
+            condition
+        };
         self.inner.put_bytes(key, data, condition).await
     }
     async fn put_stream(&self, key: &str, body: ByteStream) -> Result<u64, StorageError> {
