@@ -8,7 +8,8 @@
 #   root filesystem made with debootstrap (stand-in base images),
 #   moto (S3 emulator), gcp-storage-emulator, azure-storage-blob, oras, helm-python-sdk and
 #   kubernetes-validate from PyPI,
-#   Azurite (Azure emulator) from npm, s3s-fs (an S3 server that checks signatures) with cargo.
+#   Azurite (Azure emulator) from npm, s3s-fs (an S3 server that checks signatures) and Garage
+#   (a distributed S3 store, run as a 3-node cluster) with cargo.
 # Fails loudly if an install fails; never skips a test for a missing tool.
 set -euo pipefail
 cd "$(git -C "$(dirname "$0")" rev-parse --show-toplevel)"
@@ -69,7 +70,14 @@ command -v s3s-fs >/dev/null || {
   echo "test.sh: installing s3s-fs with cargo" >&2
   cargo install --quiet --locked s3s-fs@0.14.1 --features binary
 }
+# Garage, a real distributed S3 store (the tests run a 3-node cluster on loopback); only the
+# sqlite metadata engine the tests use: ~8 min on 2 cores, once.
+command -v garage >/dev/null || {
+  echo "test.sh: installing garage with cargo" >&2
+  cargo install --quiet --locked garage@2.5.0 --no-default-features --features bundled-libs,sqlite
+}
 command -v moto_server >/dev/null || { echo "test.sh: moto_server is still missing after install" >&2; exit 1; }
+command -v garage >/dev/null || { echo "test.sh: garage is still missing after install" >&2; exit 1; }
 command -v s3s-fs >/dev/null || { echo "test.sh: s3s-fs is still missing after install" >&2; exit 1; }
 command -v gcp-storage-emulator >/dev/null || { echo "test.sh: gcp-storage-emulator is still missing after install" >&2; exit 1; }
 [ -x .tools/node_modules/.bin/azurite-blob ] || { echo "test.sh: azurite is still missing after install" >&2; exit 1; }

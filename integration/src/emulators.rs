@@ -49,7 +49,12 @@ fn spawn_listening(mut cmd: Command, addr: &str) -> Child {
 }
 
 /// A `storage.s3` config section for `bucket` on the S3 server at `endpoint`.
-fn s3_storage_yaml(endpoint: &str, bucket: &str, access_key: &str, secret_key: &str) -> String {
+pub(crate) fn s3_storage_yaml(
+    endpoint: &str,
+    bucket: &str,
+    access_key: &str,
+    secret_key: &str,
+) -> String {
     format!(
         "s3:\n    bucket: {bucket}\n    region: us-east-1\n    regionendpoint: {endpoint}\n    accesskey: {access_key}\n    secretkey: {secret_key}\n    forcepathstyle: true\n    rootdirectory: /registry\n"
     )

@@ -8,6 +8,7 @@ pub mod distribution;
 pub mod docker;
 pub mod emulators;
 pub mod fault_proxy;
+pub mod garage;
 pub mod helm;
 pub mod http;
 pub mod image;

@@ -56,6 +56,29 @@ pub fn skopeo_copy(src: &str, dst: &str, extra: &[&str]) -> Output {
     run(&mut cmd)
 }
 
+/// `skopeo copy` between two references without retries, for copies that may fail (a store on
+/// a bad day): whether it succeeded, and what skopeo said.
+pub fn skopeo_attempt(src: &str, dst: &str) -> (bool, String) {
+    require("skopeo");
+    let out = Command::new("skopeo")
+        .args([
+            "--insecure-policy",
+            "copy",
+            "--retry-times",
+            "0",
+            "--src-tls-verify=false",
+            "--dest-tls-verify=false",
+            src,
+            dst,
+        ])
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
 /// Every file under `dir` with its bytes, keyed by relative path.
 pub fn tree(dir: &Path) -> std::collections::BTreeMap<String, Vec<u8>> {
     let mut out = std::collections::BTreeMap::new();

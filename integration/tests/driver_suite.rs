@@ -94,7 +94,9 @@ async fn s3_on_s3s_fs_passes_the_suite() {
     s3.create_bucket("suite");
     let keys = (S3S_ACCESS_KEY, S3S_SECRET_KEY);
     let mut options = s3_options(&s3.endpoint, keys, "suite");
-    // Every copy through UploadPartCopy, so that those requests' signatures are checked too.
+    // Every copy of 5 MiB or more through UploadPartCopy (below, one part would be a CopyObject
+    // in disguise), and every short tail copied into a part, so that those requests'
+    // signatures are checked too.
     options.copy_threshold = 0;
     let driver = s3_driver(&options).unwrap();
     // Like moto, s3s-fs checks If-Match and If-None-Match but not atomically (8 of 8 racing

@@ -174,8 +174,15 @@ fn single_writer_mode_is_one_replica_replaced_whole() {
         config.contains("storage:\n    singlewriter: true"),
         "{config}"
     );
+    // One pod cannot keep a disruption budget: a drain would wait on it forever.
+    assert!(
+        !kinds(&objects).contains(&"PodDisruptionBudget".to_owned()),
+        "{:?}",
+        kinds(&objects)
+    );
     let usual = render(&json!({})).unwrap();
     assert!(find(&usual, "Deployment")["spec"]["strategy"].is_null());
+    assert!(kinds(&usual).contains(&"PodDisruptionBudget".to_owned()));
 }
 
 #[test]

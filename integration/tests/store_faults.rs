@@ -9,7 +9,7 @@ use std::process::Command;
 use integration::Berth;
 use integration::fault_proxy::{FaultProxy, Faults};
 use integration::layout::write_image;
-use integration::tools::{require, tree};
+use integration::tools::{skopeo_attempt, tree};
 
 /// Round trips in the suite; `BERTH_FAULT_ROUNDS` asks for more (the 50).
 fn rounds() -> usize {
@@ -17,28 +17,6 @@ fn rounds() -> usize {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(12)
-}
-
-/// `skopeo copy`, returning whether it succeeded (and its stderr).
-fn copy(src: &str, dst: &str) -> (bool, String) {
-    require("skopeo");
-    let out = Command::new("skopeo")
-        .args([
-            "--insecure-policy",
-            "copy",
-            "--retry-times",
-            "0",
-            "--src-tls-verify=false",
-            "--dest-tls-verify=false",
-            src,
-            dst,
-        ])
-        .output()
-        .unwrap();
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
 }
 
 /// Pushes and pulls the three-layer image `rounds` times through `berth`; returns the failures.
@@ -49,13 +27,13 @@ fn round_trips(berth: &Berth, work: &Path, rounds: usize) -> Vec<String> {
         // Sizes of the image, scaled: a multipart layer, a small one, a tiny one.
         write_image(&src, "v1", 500 + i as u64, &[12 << 20, 2 << 20, 10 << 10]);
         let remote = format!("docker://{}/team/app:r{i}", berth.host);
-        let (ok, err) = copy(&format!("oci:{}:v1", src.display()), &remote);
+        let (ok, err) = skopeo_attempt(&format!("oci:{}:v1", src.display()), &remote);
         if !ok {
             failures.push(format!("push {i}: {err}"));
             continue;
         }
         let dst = work.join(format!("dst-{i}"));
-        let (ok, err) = copy(&remote, &format!("oci:{}:v1", dst.display()));
+        let (ok, err) = skopeo_attempt(&remote, &format!("oci:{}:v1", dst.display()));
         if !ok {
             failures.push(format!("pull {i}: {err}"));
             continue;
@@ -258,11 +236,11 @@ fn store_requests_per_operation() {
     write_image(&src, "v1", 77, &[30 << 20, 5 << 20, 10 << 10]);
     let remote = format!("docker://{}/team/app:v1", berth.host);
     let layout = format!("oci:{}:v1", src.display());
-    let push = cost(&proxy, || assert!(copy(&layout, &remote).0));
-    let again = cost(&proxy, || assert!(copy(&layout, &remote).0));
+    let push = cost(&proxy, || assert!(skopeo_attempt(&layout, &remote).0));
+    let again = cost(&proxy, || assert!(skopeo_attempt(&layout, &remote).0));
     let dst = work.path().join("dst");
     let pull = cost(&proxy, || {
-        assert!(copy(&remote, &format!("oci:{}:v1", dst.display())).0)
+        assert!(skopeo_attempt(&remote, &format!("oci:{}:v1", dst.display())).0)
     });
     let curl = |path: &str| {
         let ok = Command::new("curl")
@@ -284,7 +262,7 @@ fn store_requests_per_operation() {
     let cold_dst = work.path().join("cold");
     let cold = cost(&proxy, || {
         let remote = format!("docker://{}/team/app:v1", other.host);
-        assert!(copy(&remote, &format!("oci:{}:v1", cold_dst.display())).0)
+        assert!(skopeo_attempt(&remote, &format!("oci:{}:v1", cold_dst.display())).0)
     });
     eprintln!(
         "store requests: push {}, re-push {}, pull {} (another replica: {}) besides presigned GETs, manifest GET by tag {}, catalog page {}, tags page {}",

@@ -240,7 +240,9 @@ async fn fetch_presigned(url: String, expected: Bytes) -> Presigning {
     };
     match client.get(&url).send().await {
         Err(e) => Presigning::Unchecked(e.to_string()),
-        Ok(r) if !r.status().is_success() => Presigning::Refused(format!("{}", r.status())),
+        // A 4xx is the store's verdict on the URL; a 5xx says nothing about it.
+        Ok(r) if r.status().is_client_error() => Presigning::Refused(r.status().to_string()),
+        Ok(r) if !r.status().is_success() => Presigning::Unchecked(r.status().to_string()),
         Ok(r) => match r.bytes().await {
             Ok(b) if b == expected => Presigning::Served,
             Ok(_) => Presigning::Refused("the URL served other bytes".into()),

@@ -79,7 +79,8 @@ pub trait LargeCopy: Send + Sync + std::fmt::Debug {
     /// Copies `from` (of `size` bytes) to `to` inside the store.
     async fn copy(&self, from: &Path, to: &Path, size: u64) -> Result<(), StorageError>;
     /// Copies the `len` bytes of `from` into part `index` of the multipart write `upload_id`
-    /// to `to`; returns the part's id.
+    /// to `to`; returns the part's id, or `None` when the store will not copy that source
+    /// into a part (the caller sends the bytes instead).
     async fn copy_into_part(
         &self,
         from: &Path,
@@ -87,7 +88,7 @@ pub trait LargeCopy: Send + Sync + std::fmt::Debug {
         upload_id: &str,
         index: usize,
         len: u64,
-    ) -> Result<String, StorageError>;
+    ) -> Result<Option<String>, StorageError>;
 }
 
 impl std::fmt::Debug for ObjectStoreDriver {
@@ -446,7 +447,7 @@ impl StorageDriver for ObjectStoreDriver {
             let (bytes, _) = self.read_small(source).await?;
             return self.put_part(key, handle, slot, vec![bytes]).await;
         };
-        let content_id = copier
+        let copied = copier
             .copy_into_part(
                 &self.path(source),
                 &self.path(key),
@@ -455,7 +456,14 @@ impl StorageDriver for ObjectStoreDriver {
                 len,
             )
             .await?;
-        Ok(WrittenPart { content_id })
+        match copied {
+            Some(content_id) => Ok(WrittenPart { content_id }),
+            None => {
+                // A short source is at most a part: its bytes pass through here.
+                let (bytes, _) = self.read_small(source).await?;
+                self.put_part(key, handle, slot, vec![bytes]).await
+            }
+        }
     }
 
     async fn complete_multipart(

@@ -14,6 +14,10 @@ use crate::percent::encode_unreserved;
 /// CopyObject refuses sources larger than this.
 pub const COPY_OBJECT_LIMIT: u64 = 5 << 30;
 
+/// The smallest part S3 takes but for the last; some stores (Garage) refuse to copy any source
+/// smaller than this into a part, even the last.
+const MIN_PART: u64 = 5 << 20;
+
 /// Settings of an S3 backend (distribution's `storage.s3` keys).
 #[derive(Clone, Default, PartialEq, Eq)]
 pub struct S3Options {
@@ -133,7 +137,8 @@ pub fn s3_driver(o: &S3Options) -> Result<ObjectStoreDriver, StorageError> {
     let copier = PartCopy {
         s3: signed.clone(),
         threshold: o.copy_threshold,
-        part_size: o.copy_part_size.max(5 << 20),
+        part_size: o.copy_part_size.max(MIN_PART),
+        short_sources_refused: std::sync::atomic::AtomicBool::new(false),
     };
     Ok(ObjectStoreDriver::new(
         "s3",
@@ -167,6 +172,9 @@ struct PartCopy {
     s3: Arc<SignedRequests>,
     threshold: u64,
     part_size: u64,
+    /// Set once the store refused to copy a short source into a part: such parts are sent
+    /// as bytes from then on, without asking again.
+    short_sources_refused: std::sync::atomic::AtomicBool,
 }
 
 /// Open multipart uploads, by ListMultipartUploads.
@@ -259,7 +267,7 @@ impl PartCopy {
         upload_id: &str,
         part: usize,
         range: (u64, u64),
-    ) -> Result<String, StorageError> {
+    ) -> Result<Result<String, PartCopyRefused>, StorageError> {
         let url = format!(
             "{}?partNumber={}&uploadId={}",
             self.s3.object_url(to),
@@ -280,21 +288,31 @@ impl PartCopy {
                 ],
             )
             .await?;
+        if status == reqwest::StatusCode::BAD_REQUEST {
+            return Ok(Err(PartCopyRefused(body)));
+        }
         if !status.is_success() {
             return Err(StorageError::Backend(format!(
                 "UploadPartCopy {status}: {body}"
             )));
         }
-        xml_etag(&body).ok_or_else(|| {
+        xml_etag(&body).map(Ok).ok_or_else(|| {
             StorageError::Backend(format!("UploadPartCopy answer without ETag: {body}"))
         })
     }
 }
 
+/// A store's 400 to an UploadPartCopy (its body): the copy is not possible as asked, and
+/// sending it again will not change that.
+#[derive(Debug)]
+struct PartCopyRefused(String);
+
 #[async_trait::async_trait]
 impl LargeCopy for PartCopy {
     fn threshold(&self) -> u64 {
-        self.threshold
+        // An object below the smallest part would be copied as one part: CopyObject does that
+        // in one request, and every store takes it.
+        self.threshold.max(MIN_PART)
     }
 
     async fn copy_into_part(
@@ -304,14 +322,33 @@ impl LargeCopy for PartCopy {
         upload_id: &str,
         index: usize,
         len: u64,
-    ) -> Result<String, StorageError> {
+    ) -> Result<Option<String>, StorageError> {
+        use std::sync::atomic::Ordering;
         if len == 0 {
             return Err(StorageError::Backend(
                 "an empty part cannot be copied".into(),
             ));
         }
-        self.copy_part(from, to, upload_id, index, (0, len - 1))
-            .await
+        if len < MIN_PART && self.short_sources_refused.load(Ordering::Relaxed) {
+            return Ok(None);
+        }
+        match self
+            .copy_part(from, to, upload_id, index, (0, len - 1))
+            .await?
+        {
+            Ok(etag) => Ok(Some(etag)),
+            Err(PartCopyRefused(body)) if len < MIN_PART => {
+                tracing::info!(
+                    answer = %body,
+                    "the store refuses to copy a source shorter than 5 MiB into a part: such parts are sent as bytes"
+                );
+                self.short_sources_refused.store(true, Ordering::Relaxed);
+                Ok(None)
+            }
+            Err(PartCopyRefused(body)) => {
+                Err(StorageError::Backend(format!("UploadPartCopy 400: {body}")))
+            }
+        }
     }
 
     async fn copy(&self, from: &Path, to: &Path, size: u64) -> Result<(), StorageError> {
@@ -325,10 +362,17 @@ impl LargeCopy for PartCopy {
         let mut start = 0u64;
         while start < size {
             let end = (start + self.part_size).min(size) - 1;
-            match self
+            let copied = match self
                 .copy_part(from, to, &id, parts.len(), (start, end))
                 .await
             {
+                Ok(Ok(etag)) => Ok(etag),
+                Ok(Err(PartCopyRefused(body))) => {
+                    Err(StorageError::Backend(format!("UploadPartCopy 400: {body}")))
+                }
+                Err(e) => Err(e),
+            };
+            match copied {
                 Ok(etag) => parts.push(PartId { content_id: etag }),
                 Err(e) => {
                     let _ = self.s3.store.abort_multipart(to, &id).await;

@@ -17,8 +17,8 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use futures::stream::BoxStream;
 use registry_core::storage::{
-    ByteStream, DanglingMultipart, GetResponse, Listing, MultipartHandle, ObjectInfo,
-    ObjectVersion, PartPolicy, PartSlot, PutCondition, StorageDriver, StorageError, WrittenPart,
+    ByteStream, DanglingMultipart, GetResponse, Listing, MultipartHandle, ObjectInfo, PartPolicy,
+    PartSlot, PutCondition, StorageDriver, StorageError, WrittenPart,
 };
 use tokio::sync::Mutex;
 
@@ -45,15 +45,6 @@ impl SingleWriter {
         let mut h = std::collections::hash_map::DefaultHasher::new();
         key.hash(&mut h);
         &self.stripes[(h.finish() as usize) % STRIPES]
-    }
-}
-
-/// Whether `current` is the version `expected` names: by ETag where both have one (content
-/// equal under another ETag would need the same bytes, which is as good), else by version id.
-fn same_version(current: &ObjectVersion, expected: &ObjectVersion) -> bool {
-    match (&current.e_tag, &expected.e_tag) {
-        (Some(a), Some(b)) => a.trim_matches('"') == b.trim_matches('"'),
-        _ => current.version.is_some() && current.version == expected.version,
     }
 }
 
@@ -96,7 +87,7 @@ impl StorageDriver for SingleWriter {
                 Err(e) => return Err(e),
             },
             PutCondition::IfVersion(expected) => match self.inner.stat(key).await {
-                Ok(info) if same_version(&info.version, expected) => {}
+                Ok(info) if info.version.matches(expected) => {}
                 Ok(_) | Err(StorageError::NotFound(_)) => {
                     return Err(StorageError::Precondition(key.to_owned()));
                 }

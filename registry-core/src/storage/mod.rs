@@ -63,6 +63,17 @@ pub struct ObjectVersion {
     pub version: Option<String>,
 }
 
+impl ObjectVersion {
+    /// Whether two versions name the same object version: by ETag where both have one (some
+    /// stores report a version id on writes and not on reads), else by version id.
+    pub fn matches(&self, other: &ObjectVersion) -> bool {
+        match (&self.e_tag, &other.e_tag) {
+            (Some(a), Some(b)) => a.trim_matches('"') == b.trim_matches('"'),
+            _ => self.version.is_some() && self.version == other.version,
+        }
+    }
+}
+
 /// Metadata of a stored object.
 #[derive(Debug, Clone)]
 pub struct ObjectInfo {
