@@ -33,7 +33,10 @@ fn router() -> &'static axum::Router {
             registry_server::config::load(registry_server::config::Source::Embedded, env)
                 .expect("config");
         let app: Arc<registry_server::api::App> = runtime()
-            .block_on(registry_server::serve::app(settings, registry_server::store_mode::Role::Command))
+            .block_on(registry_server::serve::app(
+                settings,
+                registry_server::store_mode::Role::Command,
+            ))
             .expect("app");
         // The web UI's pages too: they parse the same hostile paths and queries.
         let pages = registry_server::ui::routes(app.clone());

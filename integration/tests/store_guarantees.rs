@@ -298,3 +298,73 @@ async fn a_store_refusing_its_presigned_urls_gets_blobs_served_through_berth() {
     let metrics = text(&api, "/metrics").await.1;
     assert!(metrics.contains("berth_store_guarantee{guarantee=\"presigned_get\"} 0"));
 }
+
+/// What the probe and single-writer mode cost, in store requests (BENCHMARKS.md): a start, a
+/// skopeo push of a three-layer image, and its pull, on moto keeping conditional writes and on
+/// moto ignoring them (in single-writer mode), each through a counting proxy.
+#[test]
+fn what_the_probe_and_single_writer_mode_cost_in_store_requests() {
+    use integration::layout::write_image;
+    use integration::tools::{skopeo_attempt, tree};
+    let quiet = "  maintenance:\n    uploadpurging:\n      enabled: false\n";
+    let moto = Moto::start();
+    let work = tempfile::tempdir().unwrap();
+    let src = work.path().join("src");
+    write_image(&src, "v1", 91, &[30 << 20, 5 << 20, 10 << 10]);
+    let mut costs = Vec::new();
+    for (bucket, faults, berth_yaml) in [
+        ("keeping", Faults::default(), ""),
+        (
+            "ignoring",
+            Faults {
+                ignore_conditions: true,
+                ..Faults::default()
+            },
+            SINGLE_WRITER,
+        ),
+    ] {
+        moto.create_bucket(bucket);
+        let proxy = FaultProxy::start(&moto.endpoint, faults);
+        let yaml = config(&moto, &proxy, bucket, berth_yaml).replace(
+            "  delete:\n    enabled: true\n",
+            &format!("  delete:\n    enabled: true\n{quiet}"),
+        );
+        let berth = Berth::with_config(&yaml, &[]);
+        let started = proxy.store_requests();
+        let remote = format!("docker://{}/team/app:v1", berth.host);
+        let (ok, err) = skopeo_attempt(&format!("oci:{}:v1", src.display()), &remote);
+        assert!(ok, "{err}");
+        let pushed = proxy.store_requests();
+        let dst = work.path().join(bucket);
+        let (ok, err) = skopeo_attempt(&remote, &format!("oci:{}:v1", dst.display()));
+        assert!(ok, "{err}");
+        assert_eq!(tree(&src.join("blobs")), tree(&dst.join("blobs")));
+        let pulled = proxy.store_requests();
+        costs.push((started, pushed - started, pulled - pushed));
+    }
+    let [
+        (start, push, pull),
+        (single_start, single_push, single_pull),
+    ] = costs[..]
+    else {
+        unreachable!()
+    };
+    eprintln!(
+        "store requests: start {start} (single-writer {single_start}), push {push} ({single_push}), pull {pull} ({single_pull})"
+    );
+    // The probe is a handful of requests; single-writer mode adds a stat before each
+    // conditional put of the push (its upload states, index shards), and nothing to a pull.
+    assert!(start <= 12, "start: {start}");
+    assert!(
+        single_start <= start + 8,
+        "single-writer start: {single_start}"
+    );
+    assert!(
+        single_push <= push + push / 2,
+        "single-writer push: {single_push} vs {push}"
+    );
+    assert!(
+        single_pull <= pull + 1,
+        "single-writer pull: {single_pull} vs {pull}"
+    );
+}

@@ -2,8 +2,8 @@
 //!
 //! `berth-bench all [--size-mib 1024] [--runs 3] [--uploads 32] [--upload-mib 256] [--tags 10000]`
 //! runs every scenario (local disk, then S3 on moto) and prints one table of medians with
-//! distribution/berth ratios. `berth-bench push --backend s3|azure|filesystem` runs only the
-//! chunked push. Start it with BERTH_BIN pointing at a release build of berth.
+//! distribution/berth ratios. `berth-bench push --backend s3|azure|filesystem|garage` runs only
+//! the chunked push (garage: a 3-node cluster, Berth in single-writer mode). Start it with BERTH_BIN pointing at a release build of berth.
 //! `--against-berth PATH` puts another berth build (a baseline) where distribution would run, to
 //! see what a change to Berth is worth with the same alternation that cancels the machine's swings.
 
@@ -176,6 +176,7 @@ struct Pair {
     other: Option<Other>,
     _moto: Option<Moto>,
     _azurite: Option<Azurite>,
+    _garage: Option<integration::garage::GarageCluster>,
     _dir: tempfile::TempDir,
 }
 
@@ -188,7 +189,9 @@ impl Pair {
                 dir.path().display()
             )
         };
-        let (mut moto, mut azurite) = (None, None);
+        let (mut moto, mut azurite, mut garage) = (None, None, None);
+        // Garage ignores conditional writes: Berth runs there as the one writer.
+        let mut berth_extra = "";
         let (berth_storage, dist_storage) = match backend {
             "filesystem" => (local("berth"), Some(local("dist"))),
             "s3" => {
@@ -213,11 +216,27 @@ impl Pair {
                 // and cannot reach an emulator on a loopback port.
                 (b, None)
             }
+            "garage" => {
+                let g = integration::garage::GarageCluster::start();
+                g.create_bucket("berth");
+                g.create_bucket("dist");
+                let dist = format!(
+                    "s3:\n    region: us-east-1\n    regionendpoint: {}\n    bucket: dist\n    accesskey: {}\n    secretkey: {}\n    secure: false\n    v4auth: true\n    forcepathstyle: true\n    chunksize: {}\n    rootdirectory: /registry",
+                    g.endpoint,
+                    integration::garage::GARAGE_ACCESS_KEY,
+                    integration::garage::GARAGE_SECRET_KEY,
+                    16 << 20
+                );
+                let b = g.storage_yaml("berth");
+                garage = Some(g);
+                berth_extra = "berth:\n  storage:\n    singlewriter: true\n";
+                (b, Some(dist))
+            }
             other => panic!("unknown backend {other}"),
         };
         let berth_yaml = |storage: &str| {
             format!(
-                "version: 0.1\nlog:\n  level: warn\nstorage:\n  {storage}  delete:\n    enabled: true\n"
+                "version: 0.1\nlog:\n  level: warn\nstorage:\n  {storage}  delete:\n    enabled: true\n{berth_extra}"
             )
         };
         let berth = Berth::with_config(&berth_yaml(&berth_storage), &[("RUST_LOG", "warn")]);
@@ -244,6 +263,7 @@ impl Pair {
             other,
             _moto: moto,
             _azurite: azurite,
+            _garage: garage,
             _dir: dir,
         }
     }
