@@ -124,7 +124,13 @@ impl StoreStatus {
 
 /// `host-pid-random`: names this process in its heartbeat and in the probe's scratch key.
 fn instance_name() -> String {
-    let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "berth".into());
+    // It becomes part of a key: only characters every store takes in one.
+    let host: String = std::env::var("HOSTNAME")
+        .unwrap_or_else(|_| "berth".into())
+        .chars()
+        .filter(|c| c.is_ascii_alphanumeric() || *c == '-' || *c == '.')
+        .take(63)
+        .collect();
     let random = uuid::Uuid::new_v4().simple().to_string();
     format!("{host}-{}-{}", std::process::id(), &random[..8])
 }
