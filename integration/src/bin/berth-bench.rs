@@ -59,7 +59,7 @@ struct Cli {
     #[arg(value_parser = ["all", "push"])]
     command: String,
     /// The backend of `push`.
-    #[arg(long, default_value = "filesystem", value_parser = ["filesystem", "s3", "azure"])]
+    #[arg(long, default_value = "filesystem", value_parser = ["filesystem", "s3", "azure", "garage"])]
     backend: String,
     /// The blob size of the push and pull scenarios.
     #[arg(long, default_value_t = 1024)]
