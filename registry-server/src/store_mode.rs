@@ -364,3 +364,48 @@ pub async fn release(store: &dyn StorageDriver, status: &StoreStatus) {
         tracing::warn!(error = %e, "single-writer heartbeat not released");
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn metrics_name_the_mode_in_force_and_what_was_probed() {
+        let status = StoreStatus {
+            mode: StoreMode::SingleWriter,
+            guarantees: Some(Guarantees {
+                conditional_create: false,
+                conditional_replace: false,
+                presigning: Presigning::Served,
+            }),
+            instance: "test".into(),
+            other_writer: AtomicBool::new(false),
+        };
+        let mut text = String::new();
+        status.render_metrics(&mut text);
+        for line in [
+            "berth_store_mode{mode=\"single-writer\"} 1",
+            "berth_store_mode{mode=\"multi-writer\"} 0",
+            "berth_store_guarantee{guarantee=\"conditional_replace\"} 0",
+            "berth_store_guarantee{guarantee=\"presigned_get\"} 1",
+            "berth_store_other_writer 0",
+        ] {
+            assert!(text.contains(line), "{line} not in {text}");
+        }
+        let mut text = String::new();
+        StoreStatus::unprobed(StoreMode::ReadOnly).render_metrics(&mut text);
+        assert!(text.contains("berth_store_mode{mode=\"read-only\"} 1"));
+        assert!(!text.contains("berth_store_guarantee"), "{text}");
+    }
+
+    #[test]
+    fn instance_names_are_one_key_segment() {
+        let name = instance_name();
+        assert!(
+            name.chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.'),
+            "{name}"
+        );
+        assert_ne!(name, instance_name(), "two processes' names differ");
+    }
+}
