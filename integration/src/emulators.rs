@@ -60,6 +60,28 @@ pub(crate) fn s3_storage_yaml(
     )
 }
 
+/// S3 driver options for `bucket` on the S3 server at `endpoint` with these keys, under the
+/// root `storage_yaml` names (5 MiB parts; copies above 5 GiB part by part, as Berth's default).
+pub fn s3_options(
+    endpoint: &str,
+    keys: (&str, &str),
+    bucket: &str,
+) -> storage_drivers::s3::S3Options {
+    storage_drivers::s3::S3Options {
+        bucket: bucket.into(),
+        region: Some("us-east-1".into()),
+        endpoint: Some(endpoint.into()),
+        access_key: Some(keys.0.into()),
+        secret_key: Some(keys.1.into()),
+        force_path_style: true,
+        root: "registry".into(),
+        part_size: 5 << 20,
+        copy_threshold: 5 << 30,
+        copy_part_size: 1 << 30,
+        ..Default::default()
+    }
+}
+
 /// A raw HTTP/1.1 request on loopback; returns the status code.
 fn raw_request(addr: &str, request: &str) -> u16 {
     let mut s = std::net::TcpStream::connect(addr).unwrap();
@@ -118,18 +140,8 @@ impl Moto {
     pub fn driver(&self, bucket: &str) -> storage_drivers::object_store_driver::ObjectStoreDriver {
         // Both TLS providers are linked into the tests: pick one, as berth's main does.
         let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
-        storage_drivers::s3::s3_driver(&storage_drivers::s3::S3Options {
-            bucket: bucket.into(),
-            region: Some("us-east-1".into()),
-            endpoint: Some(self.endpoint.clone()),
-            access_key: Some("test".into()),
-            secret_key: Some("test".into()),
-            force_path_style: true,
-            root: "registry".into(),
-            part_size: 5 << 20,
-            ..Default::default()
-        })
-        .unwrap()
+        storage_drivers::s3::s3_driver(&s3_options(&self.endpoint, ("test", "test"), bucket))
+            .unwrap()
     }
 }
 

@@ -35,22 +35,6 @@ pub struct GarageCluster {
     _dir: tempfile::TempDir,
 }
 
-fn garage(config: &Path, args: &[&str]) -> String {
-    let out = Command::new("garage")
-        .arg("-c")
-        .arg(config)
-        .args(args)
-        .output()
-        .expect("garage is not installed; run ./scripts/test.sh, which installs it (see README)");
-    assert!(
-        out.status.success(),
-        "garage {args:?}: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
 /// Runs `garage ARGS` until it succeeds (the cluster settles for a moment after a change).
 fn garage_until_ok(config: &Path, args: &[&str]) -> String {
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -178,7 +162,7 @@ impl GarageCluster {
     pub fn create_bucket(&self, bucket: &str) {
         let config = &self.nodes[0].config;
         garage_until_ok(config, &["bucket", "create", bucket]);
-        garage(
+        garage_until_ok(
             config,
             &[
                 "bucket", "allow", "--read", "--write", "--owner", bucket, "--key", "berth",

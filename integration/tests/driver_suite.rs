@@ -3,12 +3,13 @@
 
 use std::sync::Arc;
 
+use integration::emulators::s3_options;
 use integration::emulators::{
     AZURITE_ACCOUNT, AZURITE_KEY, Azurite, GcsEmulator, Moto, S3S_ACCESS_KEY, S3S_SECRET_KEY, S3sFs,
 };
 use registry_core::storage::suite::SuiteOptions;
 use storage_drivers::azure::{AzureOptions, azure_driver};
-use storage_drivers::s3::{S3Options, s3_driver};
+use storage_drivers::s3::s3_driver;
 
 /// moto accepts any keys.
 const MOTO_KEYS: (&str, &str) = ("test", "test");
@@ -16,23 +17,6 @@ const MOTO_KEYS: (&str, &str) = ("test", "test");
 /// Both ring and aws-lc-rs are linked into this test binary: pick one, as berth's main does.
 fn tls() {
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
-}
-
-/// Driver options for `bucket` on the S3 server at `endpoint` with these keys.
-pub fn s3_options(endpoint: &str, keys: (&str, &str), bucket: &str) -> S3Options {
-    S3Options {
-        bucket: bucket.into(),
-        region: Some("us-east-1".into()),
-        endpoint: Some(endpoint.into()),
-        access_key: Some(keys.0.into()),
-        secret_key: Some(keys.1.into()),
-        force_path_style: true,
-        root: "registry".into(),
-        part_size: 5 << 20,
-        copy_threshold: 5 << 30,
-        copy_part_size: 1 << 30,
-        ..Default::default()
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -7,35 +7,28 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use integration::Berth;
+use integration::emulators::s3_options;
 use integration::garage::{GARAGE_ACCESS_KEY, GARAGE_SECRET_KEY, GarageCluster};
 use integration::layout::write_image;
 use integration::tools::{skopeo_attempt, tree};
 use registry_core::StorageDriver;
 use registry_core::storage::guarantees::{Presigning, probe};
 use registry_core::storage::suite::SuiteOptions;
-use storage_drivers::s3::{S3Options, s3_driver};
+use storage_drivers::s3::s3_driver;
 use storage_drivers::single_writer::SingleWriter;
 
 fn driver(garage: &GarageCluster, bucket: &str) -> Arc<dyn StorageDriver> {
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
-    Arc::new(
-        s3_driver(&S3Options {
-            bucket: bucket.into(),
-            region: Some("us-east-1".into()),
-            endpoint: Some(garage.endpoint.clone()),
-            access_key: Some(GARAGE_ACCESS_KEY.into()),
-            secret_key: Some(GARAGE_SECRET_KEY.into()),
-            force_path_style: true,
-            root: "registry".into(),
-            part_size: 5 << 20,
-            // Every copy of 5 MiB or more through UploadPartCopy, and short tails copied into
-            // parts (which Garage refuses: they are sent as bytes instead).
-            copy_threshold: 0,
-            copy_part_size: 5 << 20,
-            ..Default::default()
-        })
-        .unwrap(),
-    )
+    let mut options = s3_options(
+        &garage.endpoint,
+        (GARAGE_ACCESS_KEY, GARAGE_SECRET_KEY),
+        bucket,
+    );
+    // Every copy of 5 MiB or more through UploadPartCopy, and short tails copied into parts
+    // (which Garage refuses: they are sent as bytes instead).
+    options.copy_threshold = 0;
+    options.copy_part_size = 5 << 20;
+    Arc::new(s3_driver(&options).unwrap())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -50,12 +50,7 @@ fn round_trips(berth: &Berth, work: &Path, rounds: usize) -> Vec<String> {
 fn survive(store: &str, storage_yaml: &str, origin: &str, proxy: &FaultProxy) {
     let work = tempfile::tempdir().unwrap();
     let yaml = storage_yaml.replace(origin, &proxy.endpoint);
-    let berth_yaml = if store.starts_with("GCS") {
-        integration::emulators::GcsEmulator::BERTH_YAML
-    } else {
-        ""
-    };
-    let berth = Berth::with_config(&format!("storage:\n  {yaml}{berth_yaml}"), &[]);
+    let berth = Berth::with_config(&format!("storage:\n  {yaml}"), &[]);
     let n = rounds();
     let failures = round_trips(&berth, work.path(), n);
     eprintln!(
@@ -115,7 +110,11 @@ fn gcs_on_a_bad_day() {
     let proxy = FaultProxy::start(&gcs.endpoint, Faults::cloud_bad_day());
     survive(
         "GCS (emulator)",
-        &gcs.storage_yaml("faults", dir.path()),
+        &format!(
+            "{}{}",
+            gcs.storage_yaml("faults", dir.path()),
+            integration::emulators::GcsEmulator::BERTH_YAML
+        ),
         &gcs.endpoint,
         &proxy,
     );

@@ -21,7 +21,7 @@ pub async fn app(
 }
 
 /// Builds the application for `settings` on a store already opened.
-pub fn app_on(
+fn app_on(
     settings: Settings,
     store: Arc<dyn registry_core::StorageDriver>,
     status: Arc<crate::store_mode::StoreStatus>,

@@ -443,23 +443,25 @@ impl StorageDriver for ObjectStoreDriver {
         source: &str,
         len: u64,
     ) -> Result<WrittenPart, StorageError> {
-        let Some(copier) = &self.large_copy else {
-            let (bytes, _) = self.read_small(source).await?;
-            return self.put_part(key, handle, slot, vec![bytes]).await;
+        let copied = match &self.large_copy {
+            Some(copier) => {
+                copier
+                    .copy_into_part(
+                        &self.path(source),
+                        &self.path(key),
+                        &handle.upload_id,
+                        slot.index,
+                        len,
+                    )
+                    .await?
+            }
+            None => None,
         };
-        let copied = copier
-            .copy_into_part(
-                &self.path(source),
-                &self.path(key),
-                &handle.upload_id,
-                slot.index,
-                len,
-            )
-            .await?;
         match copied {
             Some(content_id) => Ok(WrittenPart { content_id }),
+            // No copy inside the store: a short source is at most a part, and its bytes pass
+            // through here.
             None => {
-                // A short source is at most a part: its bytes pass through here.
                 let (bytes, _) = self.read_small(source).await?;
                 self.put_part(key, handle, slot, vec![bytes]).await
             }

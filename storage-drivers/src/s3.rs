@@ -307,6 +307,13 @@ impl PartCopy {
 #[derive(Debug)]
 struct PartCopyRefused(String);
 
+impl PartCopyRefused {
+    /// The refusal as the error of a copy that cannot go another way.
+    fn into_error(self) -> StorageError {
+        StorageError::Backend(format!("UploadPartCopy 400: {}", self.0))
+    }
+}
+
 #[async_trait::async_trait]
 impl LargeCopy for PartCopy {
     fn threshold(&self) -> u64 {
@@ -345,9 +352,7 @@ impl LargeCopy for PartCopy {
                 self.short_sources_refused.store(true, Ordering::Relaxed);
                 Ok(None)
             }
-            Err(PartCopyRefused(body)) => {
-                Err(StorageError::Backend(format!("UploadPartCopy 400: {body}")))
-            }
+            Err(refused) => Err(refused.into_error()),
         }
     }
 
@@ -362,16 +367,10 @@ impl LargeCopy for PartCopy {
         let mut start = 0u64;
         while start < size {
             let end = (start + self.part_size).min(size) - 1;
-            let copied = match self
+            let copied = self
                 .copy_part(from, to, &id, parts.len(), (start, end))
                 .await
-            {
-                Ok(Ok(etag)) => Ok(etag),
-                Ok(Err(PartCopyRefused(body))) => {
-                    Err(StorageError::Backend(format!("UploadPartCopy 400: {body}")))
-                }
-                Err(e) => Err(e),
-            };
+                .and_then(|copied| copied.map_err(PartCopyRefused::into_error));
             match copied {
                 Ok(etag) => parts.push(PartId { content_id: etag }),
                 Err(e) => {

@@ -81,19 +81,14 @@ where
             .put_bytes(key, body(3), PutCondition::Overwrite)
             .await?
             .version;
-        let stale_refused = match store
+        // A stale write that went through made its own version the current one.
+        let (stale_refused, current) = match store
             .put_bytes(key, body(4), PutCondition::IfVersion(first.version.clone()))
             .await
         {
-            Err(StorageError::Precondition(_)) => true,
-            Ok(_) => false,
+            Err(StorageError::Precondition(_)) => (true, current),
+            Ok(applied) => (false, applied.version),
             Err(e) => return Err(e),
-        };
-        // After a stale write went through, the current version is that write's.
-        let current = if stale_refused {
-            current
-        } else {
-            store.stat(key).await?.version
         };
         let fresh_taken = match store
             .put_bytes(key, body(5), PutCondition::IfVersion(current))
